@@ -1,0 +1,31 @@
+//! The error a command ends with: one line that names the thing and what is
+//! wrong with it.
+
+use std::io;
+
+use thiserror::Error;
+
+use crate::cow::CowError;
+use crate::lvm::LvmError;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
+    #[error("{path}: {source}")]
+    Cow { path: String, source: CowError },
+    #[error("{path}: cannot open: {source}")]
+    Open { path: String, source: io::Error },
+    #[error("{0}")]
+    Usage(String),
+    #[error("writing output: {0}")]
+    Output(#[source] io::Error),
+}
+
+impl Error {
+    /// Whether the error is a closed output pipe (`| head`), which ends the
+    /// command quietly.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}

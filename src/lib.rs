@@ -1,0 +1,16 @@
+//! lvmsync-rs: ship the chunks that changed on an LVM origin since a snapshot
+//! was taken, read from the kernel's own change table, to a backup copy.
+//!
+//! The library holds the logic; the `lvmsync-rs` binary parses arguments and
+//! calls [`commands`].
+
+pub mod blockdev;
+pub mod commands;
+pub mod cow;
+pub mod cowgen;
+pub mod error;
+pub mod extents;
+pub mod lvm;
+pub mod units;
+
+pub use error::Error;

@@ -1,0 +1,475 @@
+//! From what a user types (`vg/lv`, `/dev/vg/lv`, `/dev/mapper/vg-lv`, a dm
+//! name) to the devices behind a classic LVM snapshot.
+//!
+//! Names are never split or unescaped by hand: the path is resolved to a
+//! device number, the kernel (sysfs) names the device-mapper device, its table
+//! (`dmsetup table`) names the COW and origin devices by number, and `lvs`
+//! reports the LVM view (names, UUIDs, attributes) for the same number.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::cow::SECTOR_SIZE;
+
+#[derive(Debug, Error)]
+pub enum LvmError {
+    #[error("{spec}: no such device ({path}){hint}")]
+    NotFound {
+        spec: String,
+        path: String,
+        hint: String,
+    },
+    #[error("{spec}: cannot open {path}: {source}")]
+    Access {
+        spec: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{spec}: not a block device")]
+    NotBlockDevice { spec: String },
+    #[error("{spec}: not a device-mapper device, so not an LVM snapshot")]
+    NotDeviceMapper { spec: String },
+    #[error(
+        "{spec}: not a snapshot: it is the origin of snapshots{names}; name one of its snapshots"
+    )]
+    IsOrigin { spec: String, names: String },
+    #[error(
+        "{spec}: thin volumes are not supported yet; only classic (COW) snapshots can be listed"
+    )]
+    Thin { spec: String },
+    #[error("{spec}: not a snapshot (its device-mapper table is {target})")]
+    NotSnapshot { spec: String, target: String },
+    #[error("{spec}: the snapshot is being merged into its origin; its table no longer describes the changes")]
+    Merging { spec: String },
+    #[error("{spec}: the snapshot is invalid (dm status {status}): the kernel invalidated it, usually because its COW space ran out; its changes can no longer be listed; take a new snapshot and copy the whole volume")]
+    Invalid { spec: String, status: String },
+    #[error(
+        "{spec}: the snapshot uses a transient exception store (N), which keeps no table on disk"
+    )]
+    Transient { spec: String },
+    #[error("{spec}: unexpected device-mapper {what}: {text:?}")]
+    Unexpected {
+        spec: String,
+        what: &'static str,
+        text: String,
+    },
+    #[error("{tool} not found: install the {package} package")]
+    ToolMissing {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("{tool} failed: {message}")]
+    ToolFailed { tool: String, message: String },
+}
+
+/// A device-mapper device, by kernel name and number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmDevice {
+    pub name: String,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DmDevice {
+    /// A path that opens this device: `/dev/mapper/NAME` when it is that
+    /// device, else the kernel's `/dev/dm-N` node.
+    pub fn path(&self) -> PathBuf {
+        let mapper = Path::new("/dev/mapper").join(&self.name);
+        if device_number(&mapper) == Some((self.major, self.minor)) {
+            return mapper;
+        }
+        let uevent = sysfs(self.major, self.minor, "uevent").unwrap_or_default();
+        match uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+            Some(devname) => Path::new("/dev").join(devname),
+            None => mapper,
+        }
+    }
+}
+
+/// The LVM view of a logical volume, from `lvs`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct LvInfo {
+    pub vg_name: String,
+    pub lv_name: String,
+    pub lv_attr: String,
+    #[serde(default)]
+    pub origin: String,
+    #[serde(default)]
+    pub lv_uuid: String,
+    #[serde(default)]
+    pub lv_kernel_major: String,
+    #[serde(default)]
+    pub lv_kernel_minor: String,
+}
+
+impl LvInfo {
+    /// `vg/lv`.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.vg_name, self.lv_name)
+    }
+}
+
+/// A classic snapshot, ready to have its COW table read.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// What the user typed.
+    pub spec: String,
+    pub device: DmDevice,
+    pub cow: DmDevice,
+    pub origin: DmDevice,
+    /// Size of the origin (and of the snapshot) in bytes.
+    pub origin_size: u64,
+    /// Chunk size in bytes, as the dm table gives it.
+    pub chunk_size: u64,
+    /// The LVM names, when lvm2 knows the device.
+    pub lv: Option<LvInfo>,
+}
+
+impl Snapshot {
+    /// The name to show: `vg/lv` when LVM knows it, else what was typed.
+    pub fn display_name(&self) -> String {
+        self.lv
+            .as_ref()
+            .map(LvInfo::full_name)
+            .unwrap_or_else(|| self.spec.clone())
+    }
+}
+
+/// Finds the snapshot that `spec` names and checks that its table can be read:
+/// a classic snapshot with a persistent store, not merging, not invalid.
+pub fn find_snapshot(spec: &str) -> Result<Snapshot, LvmError> {
+    let device = resolve(spec)?;
+    let lv = lv_for_device(&device);
+    let table = dmsetup("table", &device.name)?;
+    let lines: Vec<&str> = table.lines().filter(|l| !l.trim().is_empty()).collect();
+    let first = lines.first().copied().unwrap_or("");
+    let fields: Vec<&str> = first.split_whitespace().collect();
+    let target = fields.get(2).copied().unwrap_or("");
+    match target {
+        "snapshot" if lines.len() == 1 => {}
+        "snapshot-merge" => return Err(LvmError::Merging { spec: spec.into() }),
+        "snapshot-origin" => {
+            return Err(LvmError::IsOrigin {
+                spec: spec.into(),
+                names: snapshot_names_of(lv.as_ref()),
+            })
+        }
+        "thin" | "thin-pool" => return Err(LvmError::Thin { spec: spec.into() }),
+        _ => {
+            let target = if lines.is_empty() {
+                "empty".to_string()
+            } else {
+                lines
+                    .iter()
+                    .map(|l| l.split_whitespace().nth(2).unwrap_or("?"))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            };
+            return Err(LvmError::NotSnapshot {
+                spec: spec.into(),
+                target,
+            });
+        }
+    }
+    if let Some(lv) = &lv {
+        let attr: Vec<char> = lv.lv_attr.chars().collect();
+        if attr.first() == Some(&'S') {
+            return Err(LvmError::Merging { spec: spec.into() });
+        }
+    }
+    // 0 <len> snapshot <origin maj:min> <cow maj:min> <P|PO|N> <chunk sectors>
+    let unexpected = || LvmError::Unexpected {
+        spec: spec.into(),
+        what: "table",
+        text: first.to_string(),
+    };
+    if fields.len() < 7 {
+        return Err(unexpected());
+    }
+    let sectors: u64 = fields[1].parse().map_err(|_| unexpected())?;
+    let origin_dev = parse_dev(fields[3]).ok_or_else(unexpected)?;
+    let cow_dev = parse_dev(fields[4]).ok_or_else(unexpected)?;
+    if fields[5].starts_with('N') {
+        return Err(LvmError::Transient { spec: spec.into() });
+    }
+    if !fields[5].starts_with('P') {
+        return Err(unexpected());
+    }
+    let chunk_sectors: u64 = fields[6].parse().map_err(|_| unexpected())?;
+
+    let status = dmsetup("status", &device.name)?;
+    let status_text = status
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if status_text.starts_with("Invalid")
+        || status_text.starts_with("Overflow")
+        || status_text.starts_with("Merge failed")
+    {
+        return Err(LvmError::Invalid {
+            spec: spec.into(),
+            status: status_text,
+        });
+    }
+    if let Some(lv) = &lv {
+        if lv.lv_attr.chars().nth(4) == Some('I') {
+            return Err(LvmError::Invalid {
+                spec: spec.into(),
+                status: format!("lv_attr {}", lv.lv_attr),
+            });
+        }
+    }
+    Ok(Snapshot {
+        spec: spec.into(),
+        cow: dm_device(cow_dev.0, cow_dev.1),
+        origin: dm_device(origin_dev.0, origin_dev.1),
+        device,
+        origin_size: sectors * SECTOR_SIZE,
+        chunk_size: chunk_sectors * SECTOR_SIZE,
+        lv,
+    })
+}
+
+/// Resolves what a user typed to a device-mapper device.
+pub fn resolve(spec: &str) -> Result<DmDevice, LvmError> {
+    let path = spec_path(spec);
+    let meta = fs::metadata(&path).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            LvmError::NotFound {
+                spec: spec.into(),
+                path: path.display().to_string(),
+                hint: not_found_hint(spec),
+            }
+        } else {
+            LvmError::Access {
+                spec: spec.into(),
+                path: path.display().to_string(),
+                source,
+            }
+        }
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(LvmError::NotBlockDevice { spec: spec.into() });
+    }
+    let rdev = meta.rdev();
+    let (major, minor) = (
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    );
+    match sysfs(major, minor, "dm/name") {
+        Some(name) => Ok(DmDevice { name, major, minor }),
+        None => Err(LvmError::NotDeviceMapper { spec: spec.into() }),
+    }
+}
+
+/// `vg/lv` is `/dev/vg/lv`; a bare name is a dm name; a path is a path.
+fn spec_path(spec: &str) -> PathBuf {
+    if spec.starts_with('/') {
+        PathBuf::from(spec)
+    } else if spec.contains('/') {
+        Path::new("/dev").join(spec)
+    } else {
+        Path::new("/dev/mapper").join(spec)
+    }
+}
+
+fn not_found_hint(spec: &str) -> String {
+    let Some((vg, lv)) = spec.trim_start_matches("/dev/").split_once('/') else {
+        return String::new();
+    };
+    match lvs(&[&format!("{vg}/{lv}")]) {
+        Ok(found) if !found.is_empty() => {
+            format!("; the LV exists but is not active (try: lvchange -ay {vg}/{lv})")
+        }
+        Ok(_) => format!("; lvm2 knows no LV {vg}/{lv}"),
+        Err(_) => String::new(),
+    }
+}
+
+fn sysfs(major: u32, minor: u32, file: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/{file}")).ok()?;
+    Some(text.trim_end_matches('\n').to_string())
+}
+
+fn device_number(path: &Path) -> Option<(u32, u32)> {
+    let meta = fs::metadata(path).ok()?;
+    meta.file_type().is_block_device().then(|| {
+        let rdev = meta.rdev();
+        (
+            nix::sys::stat::major(rdev) as u32,
+            nix::sys::stat::minor(rdev) as u32,
+        )
+    })
+}
+
+fn dm_device(major: u32, minor: u32) -> DmDevice {
+    DmDevice {
+        name: sysfs(major, minor, "dm/name").unwrap_or_else(|| format!("{major}:{minor}")),
+        major,
+        minor,
+    }
+}
+
+fn parse_dev(text: &str) -> Option<(u32, u32)> {
+    let (a, b) = text.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+fn run(tool: &'static str, package: &'static str, args: &[&OsStr]) -> Result<String, LvmError> {
+    let out = Command::new(tool)
+        .args(args)
+        .env("LC_ALL", "C")
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .output()
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                LvmError::ToolMissing { tool, package }
+            } else {
+                LvmError::ToolFailed {
+                    tool: tool.into(),
+                    message: e.to_string(),
+                }
+            }
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let msg = err
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("no message")
+            .to_string();
+        return Err(LvmError::ToolFailed {
+            tool: format!("{tool} {}", args[0].to_string_lossy()),
+            message: format!("{msg} ({})", out.status),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn dmsetup(command: &str, name: &str) -> Result<String, LvmError> {
+    run(
+        "dmsetup",
+        "dmsetup",
+        &[OsStr::new(command), OsStr::new(name)],
+    )
+}
+
+#[derive(Deserialize)]
+struct LvsReport {
+    report: Vec<LvsSection>,
+}
+
+#[derive(Deserialize)]
+struct LvsSection {
+    #[serde(default)]
+    lv: Vec<LvInfo>,
+}
+
+/// `lvs -a` for the given VGs or LVs (all when empty).
+pub fn lvs(names: &[&str]) -> Result<Vec<LvInfo>, LvmError> {
+    let mut args: Vec<&OsStr> = [
+        "--reportformat",
+        "json",
+        "-a",
+        "-o",
+        "vg_name,lv_name,lv_attr,origin,lv_uuid,lv_kernel_major,lv_kernel_minor",
+    ]
+    .iter()
+    .map(OsStr::new)
+    .collect();
+    args.extend(names.iter().map(OsStr::new));
+    let text = run("lvs", "lvm2", &args)?;
+    let report: LvsReport = serde_json::from_str(&text).map_err(|e| LvmError::ToolFailed {
+        tool: "lvs".into(),
+        message: format!("unreadable report: {e}"),
+    })?;
+    Ok(report.report.into_iter().flat_map(|s| s.lv).collect())
+}
+
+/// The LV that is this device, if lvm2 is installed and knows it.
+fn lv_for_device(device: &DmDevice) -> Option<LvInfo> {
+    let uuid = sysfs(device.major, device.minor, "dm/uuid")?;
+    if !uuid.starts_with("LVM-") {
+        return None;
+    }
+    lvs(&[]).ok()?.into_iter().find(|lv| {
+        lv.lv_kernel_major == device.major.to_string()
+            && lv.lv_kernel_minor == device.minor.to_string()
+    })
+}
+
+fn snapshot_names_of(origin: Option<&LvInfo>) -> String {
+    let Some(origin) = origin else {
+        return String::new();
+    };
+    let snaps: Vec<String> = lvs(&[&origin.vg_name])
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|lv| lv.origin == origin.lv_name)
+        .map(|lv| lv.full_name())
+        .collect();
+    if snaps.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", snaps.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_forms_map_to_paths() {
+        assert_eq!(spec_path("vg/lv"), Path::new("/dev/vg/lv"));
+        assert_eq!(spec_path("my-vg/a-b"), Path::new("/dev/my-vg/a-b"));
+        assert_eq!(spec_path("/dev/vg/lv"), Path::new("/dev/vg/lv"));
+        assert_eq!(
+            spec_path("/dev/mapper/my--vg-a--b"),
+            Path::new("/dev/mapper/my--vg-a--b")
+        );
+        assert_eq!(spec_path("vg-lv"), Path::new("/dev/mapper/vg-lv"));
+    }
+
+    #[test]
+    fn device_numbers_parse() {
+        assert_eq!(parse_dev("253:12"), Some((253, 12)));
+        assert_eq!(parse_dev("253"), None);
+        assert_eq!(parse_dev("a:1"), None);
+    }
+
+    #[test]
+    fn lvs_json_report_parses() {
+        let text = r#"  {
+      "report": [
+          {
+              "lv": [
+                  {"vg_name":"my-vg", "lv_name":"data-lv-snap", "lv_attr":"swi-a-s---", "origin":"data-lv", "lv_uuid":"abc", "lv_kernel_major":"253", "lv_kernel_minor":"4"}
+              ]
+          }
+      ]
+  }"#;
+        let r: LvsReport = serde_json::from_str(text).unwrap();
+        assert_eq!(r.report[0].lv[0].full_name(), "my-vg/data-lv-snap");
+    }
+
+    #[test]
+    fn a_regular_file_is_not_a_snapshot() {
+        let err = resolve("/proc/self/status").unwrap_err();
+        assert!(matches!(err, LvmError::NotBlockDevice { .. }), "{err}");
+        let err = resolve("/nonexistent/thing").unwrap_err();
+        assert!(err.to_string().contains("no such device"), "{err}");
+    }
+}

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use lvmsync::commands::list;
 use lvmsync::units::parse_size;
@@ -42,7 +42,7 @@ enum Command {
         cow: Option<PathBuf>,
         /// With --cow: the origin's size (bytes, or with k/M/G/T), to check
         /// that no entry lies past its end
-        #[arg(long, value_name = "BYTES", requires = "cow", value_parser = parse_size)]
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         origin_size: Option<u64>,
         /// Print one JSON object instead of text
         #[arg(long)]
@@ -61,8 +61,11 @@ fn main() -> ExitCode {
         } => {
             let target = match (snapshot, cow) {
                 (_, Some(path)) => list::Target::Cow { path, origin_size },
+                (Some(_), None) if origin_size.is_some() => usage_error(
+                    "--origin-size goes with --cow; a snapshot's origin size comes from its table",
+                ),
                 (Some(spec), None) => list::Target::Snapshot(spec),
-                (None, None) => unreachable!("clap requires one of them"),
+                (None, None) => usage_error("name a SNAPSHOT, or a COW image with --cow"),
             };
             list::run(list::Args { target, json })
         }
@@ -75,6 +78,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exits as the argument parser does for a usage error (status 2).
+fn usage_error(message: &str) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
 fn report(e: &Error) {

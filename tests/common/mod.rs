@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: running the binary and checking
+//! how it failed.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lvmsync-rs"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run lvmsync-rs")
+}
+
+/// A fresh directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts that the command failed the way a user should see it: exit status
+/// 1, one line on stderr that contains `needle`, nothing on stdout, no panic.
+pub fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status; stderr: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "panic: {stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("lvmsync-rs: error: "), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+}
+
+/// `[(offset, length)]` from a listing's `extents`.
+pub fn extents(doc: &serde_json::Value) -> Vec<(u64, u64)> {
+    doc["extents"]
+        .as_array()
+        .expect("extents array")
+        .iter()
+        .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The chunks touched by byte writes `(offset, length)`, coalesced into byte
+/// extents: what a change table must list. Independent of the library.
+pub fn expected_extents(writes: &[(u64, u64)], chunk: u64, origin_size: u64) -> Vec<(u64, u64)> {
+    let mut chunks = std::collections::BTreeSet::new();
+    for &(off, len) in writes {
+        if len == 0 {
+            continue;
+        }
+        for c in off / chunk..=(off + len - 1) / chunk {
+            chunks.insert(c);
+        }
+    }
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for c in chunks {
+        let start = c * chunk;
+        let end = ((c + 1) * chunk).min(origin_size);
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 == start => last.1 = end - last.0,
+            _ => out.push((start, end - start)),
+        }
+    }
+    out
+}

@@ -1,0 +1,223 @@
+//! `lvmsync-rs list --cow` through the binary, on stores built in the
+//! kernel's layout: output, totals, and refusals of bad input.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use lvmsync::cowgen::CowImage;
+
+fn image(dir: &std::path::Path, name: &str, chunk: u64, chunks: &[u64]) -> String {
+    let mut img = CowImage::new(chunk);
+    for &c in chunks {
+        img.push(c);
+    }
+    let path = dir.join(name);
+    fs::write(&path, img.to_vec()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn json_lists_coalesced_extents_and_totals() {
+    let dir = scratch("list-json");
+    let img = image(&dir, "a.cow", 65536, &[10, 11, 12, 1000, 0, 11, 13, 5]);
+    let doc = json(&run(&[
+        "list",
+        "--json",
+        "--cow",
+        &img,
+        "--origin-size",
+        "1G",
+    ]));
+    assert_eq!(doc["chunk_size"], 65536);
+    assert_eq!(doc["origin_size"], 1u64 << 30);
+    assert_eq!(doc["exceptions"], 8);
+    assert_eq!(doc["extent_count"], 4);
+    assert_eq!(doc["changed_bytes"], 7 * 65536);
+    assert_eq!(
+        extents(&doc),
+        vec![
+            (0, 65536),
+            (5 * 65536, 65536),
+            (10 * 65536, 4 * 65536),
+            (1000 * 65536, 65536)
+        ]
+    );
+}
+
+#[test]
+fn without_origin_size_the_size_is_unknown_not_invented() {
+    let dir = scratch("list-nosize");
+    let img = image(&dir, "a.cow", 4096, &[3]);
+    let doc = json(&run(&["list", "--json", "--cow", &img]));
+    assert!(doc["origin_size"].is_null());
+    assert_eq!(extents(&doc), vec![(3 * 4096, 4096)]);
+}
+
+#[test]
+fn an_empty_table_lists_nothing() {
+    let dir = scratch("list-empty");
+    let img = image(&dir, "a.cow", 4096, &[]);
+    let doc = json(&run(&[
+        "list",
+        "--json",
+        "--cow",
+        &img,
+        "--origin-size",
+        "64M",
+    ]));
+    assert_eq!(doc["changed_bytes"], 0);
+    assert_eq!(extents(&doc), vec![]);
+    let out = run(&["list", "--cow", &img, "--origin-size", "64M"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("changed:     0 bytes"), "{text}");
+}
+
+#[test]
+fn text_output_names_the_totals_and_each_extent() {
+    let dir = scratch("list-text");
+    let img = image(&dir, "a.cow", 4096, &[7, 8, 100]);
+    let out = run(&["list", "--cow", &img, "--origin-size", "1M"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("chunk size:  4096 (4 KiB)"), "{text}");
+    assert!(text.contains("origin size: 1048576 (1 MiB)"), "{text}");
+    assert!(
+        text.contains("12288 bytes (12 KiB, 1.17% of the origin) in 2 extents"),
+        "{text}"
+    );
+    let rows: Vec<Vec<u64>> = text
+        .lines()
+        .filter_map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (v.len() == 2 && l.trim_start().starts_with(char::is_numeric)).then_some(v)
+        })
+        .collect();
+    assert_eq!(rows, vec![vec![7 * 4096, 8192], vec![100 * 4096, 4096]]);
+}
+
+#[test]
+fn an_entry_past_the_origin_is_refused() {
+    let dir = scratch("list-past-origin");
+    let img = image(&dir, "a.cow", 4096, &[1, 256]);
+    let out = run(&["list", "--cow", &img, "--origin-size", "1M"]);
+    assert_clean_failure(
+        &out,
+        "names origin chunk 256 (byte 1048576), past the end of the origin (1048576 bytes)",
+    );
+    // The same table is fine for a larger origin.
+    assert!(run(&["list", "--cow", &img, "--origin-size", "2M"])
+        .status
+        .success());
+}
+
+#[test]
+fn damaged_headers_and_images_are_refused_with_a_reason() {
+    let dir = scratch("list-damaged");
+    let good = {
+        let mut img = CowImage::new(4096);
+        img.push(9);
+        img.to_vec()
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("zeroes", vec![0u8; 65536], "bad magic 0x00000000"),
+        (
+            "version2",
+            {
+                let mut b = good.clone();
+                b[8] = 2;
+                b
+            },
+            "unsupported exception store version 2",
+        ),
+        (
+            "invalid",
+            {
+                let mut b = good.clone();
+                b[4] = 0;
+                b
+            },
+            "the snapshot is invalid",
+        ),
+        (
+            "chunk3",
+            {
+                let mut b = good.clone();
+                b[12] = 3;
+                b
+            },
+            "bad chunk size in header: 3 sectors",
+        ),
+        ("short", good[..10].to_vec(), "truncated"),
+        ("no-area", good[..4096].to_vec(), "truncated"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = dir.join(name);
+        fs::write(&path, bytes).unwrap();
+        let out = run(&["list", "--cow", path.to_str().unwrap()]);
+        assert_clean_failure(&out, needle);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(path.to_str().unwrap()),
+            "names the file: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let dir = scratch("list-args");
+    let img = image(&dir, "a.cow", 4096, &[1]);
+    let missing = dir.join("missing.cow");
+    assert_clean_failure(
+        &run(&["list", "--cow", missing.to_str().unwrap()]),
+        "cannot open: No such file or directory",
+    );
+    assert_clean_failure(
+        &run(&["list", "--cow", dir.to_str().unwrap()]),
+        "not a block device or a regular file",
+    );
+    // A snapshot name that is a regular file, or nothing at all.
+    assert_clean_failure(&run(&["list", &img]), "not a block device");
+    assert_clean_failure(
+        &run(&["list", "novg/nolv"]),
+        "novg/nolv: no such device (/dev/novg/nolv)",
+    );
+    // Usage errors come from the argument parser, with status 2.
+    for args in [
+        vec!["list"],
+        vec!["list", "vg/lv", "--cow", &img],
+        vec!["list", "vg/lv", "--origin-size", "1G"],
+        vec!["list", "--cow", &img, "--origin-size", "lots"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let dir = scratch("list-pipe");
+    let chunks: Vec<u64> = (0..20000).map(|i| i * 2).collect();
+    let img = image(&dir, "a.cow", 4096, &chunks);
+    let mut child = std::process::Command::new(bin())
+        .args(["list", "--cow", &img])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).is_empty(),
+        "{:?}",
+        out.stderr
+    );
+}

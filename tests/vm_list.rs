@@ -1,0 +1,249 @@
+//! `list` against a real kernel: boots the host's Debian kernel under qemu,
+//! creates LVM snapshots with real lvm2, writes known chunks
+//! (`tests/vm/scenarios/list.sh`), and checks that `lvmsync-rs list` reports
+//! exactly the chunks each scenario wrote, and refuses what it must.
+//!
+//! Needs qemu-system-x86, linux-image-amd64, lvm2, busybox-static
+//! (`tests/run` installs them).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+struct Scenario {
+    dir: PathBuf,
+    meta: BTreeMap<String, String>,
+}
+
+impl Scenario {
+    fn load(dir: PathBuf) -> Scenario {
+        let text = fs::read_to_string(dir.join("meta"))
+            .unwrap_or_else(|e| panic!("{}: no meta: {e}", dir.display()));
+        let meta = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Scenario { dir, meta }
+    }
+
+    fn name(&self) -> String {
+        self.dir.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn num(&self, key: &str) -> u64 {
+        self.meta
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{}: meta has no number {key}", self.name()))
+    }
+
+    fn writes(&self) -> Vec<(u64, u64)> {
+        fs::read_to_string(self.dir.join("writes.txt"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
+            })
+            .collect()
+    }
+
+    /// Every `list.<tag>` run: tag, exit status, stdout, stderr.
+    fn list_runs(&self) -> Vec<(String, i32, String, String)> {
+        let mut tags: Vec<String> = fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| {
+                let n = e.ok()?.file_name().to_string_lossy().into_owned();
+                Some(n.strip_prefix("list.")?.strip_suffix(".rc")?.to_string())
+            })
+            .collect();
+        tags.sort();
+        tags.into_iter()
+            .map(|tag| {
+                let read = |ext: &str| {
+                    fs::read_to_string(self.dir.join(format!("list.{tag}.{ext}")))
+                        .unwrap_or_default()
+                };
+                let rc = read("rc").trim().parse().unwrap_or(-1);
+                (tag.clone(), rc, read("out"), read("err"))
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn list_agrees_with_the_real_kernel() {
+    let results = scratch("vm-list");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("bash")
+        .arg(repo.join("tests/vm/run-in-guest.sh"))
+        .arg(repo.join("tests/vm/scenarios/list.sh"))
+        .arg(&results)
+        .env("LVMSYNC", bin())
+        .status()
+        .expect("run the guest");
+    let guest_log = fs::read_to_string(results.join("guest.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "guest run failed ({status}); guest log:\n{guest_log}"
+    );
+
+    let mut failures = Vec::new();
+    let mut seen = Vec::new();
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&results)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("meta").exists())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let s = Scenario::load(dir);
+        let name = s.name();
+        seen.push(name.clone());
+        let runs = s.list_runs();
+        if runs.is_empty() {
+            failures.push(format!("{name}: list was never run"));
+        }
+        match s.meta.get("expect").map(String::as_str) {
+            Some("ok") => check_ok(&s, &runs, &mut failures),
+            Some("refuse") => check_refused(&s, &runs, &mut failures),
+            other => failures.push(format!("{name}: unknown expect {other:?}")),
+        }
+    }
+    for want in [
+        "chunk4k",
+        "chunk64k",
+        "chunk512k",
+        "multiarea",
+        "snapwrite",
+        "empty",
+        "dashes",
+        "twosnaps-s1",
+        "twosnaps-s2",
+        "overflow",
+        "merging",
+        "notsnap",
+    ] {
+        if !seen.iter().any(|n| n == want) {
+            failures.push(format!("scenario {want} produced no results"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}\n\nguest log tail:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        guest_log
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn check_ok(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut Vec<String>) {
+    let name = s.name();
+    let chunk = s.num("chunk_size");
+    let origin_size = s.num("origin_size");
+    let expected = expected_extents(&s.writes(), chunk, origin_size);
+    if name != "empty" && expected.is_empty() {
+        failures.push(format!("{name}: the scenario recorded no writes"));
+    }
+    for (tag, rc, out, err) in runs {
+        if *rc != 0 {
+            failures.push(format!("{name} [{tag}]: exit {rc}: {err}"));
+            continue;
+        }
+        let doc: serde_json::Value = match serde_json::from_str(out) {
+            Ok(d) => d,
+            Err(e) => {
+                failures.push(format!("{name} [{tag}]: not JSON ({e}): {out}"));
+                continue;
+            }
+        };
+        if doc["chunk_size"] != chunk || doc["origin_size"] != origin_size {
+            failures.push(format!(
+                "{name} [{tag}]: chunk_size {} origin_size {}, expected {chunk} and {origin_size}",
+                doc["chunk_size"], doc["origin_size"]
+            ));
+        }
+        let got = extents(&doc);
+        if got != expected {
+            failures.push(format!(
+                "{name} [{tag}]: extents {got:?}\n  expected {expected:?}"
+            ));
+        }
+        let total: u64 = expected.iter().map(|e| e.1).sum();
+        if doc["changed_bytes"] != total {
+            failures.push(format!(
+                "{name} [{tag}]: changed_bytes {} expected {total}",
+                doc["changed_bytes"]
+            ));
+        }
+        if name == "multiarea" && doc["metadata_areas"].as_u64().unwrap_or(0) < 3 {
+            failures.push(format!(
+                "{name}: only {} metadata areas",
+                doc["metadata_areas"]
+            ));
+        }
+    }
+    // The image the guest copied off the COW device reads the same on the host.
+    let img = s.dir.join("cow.img");
+    if img.exists() {
+        let out = run(&[
+            "list",
+            "--json",
+            "--cow",
+            img.to_str().unwrap(),
+            "--origin-size",
+            &origin_size.to_string(),
+        ]);
+        match out.status.success() {
+            true => {
+                let got = extents(&json(&out));
+                if got != expected {
+                    failures.push(format!(
+                        "{name} [cow.img]: extents {got:?}\n  expected {expected:?}"
+                    ));
+                }
+            }
+            false => failures.push(format!(
+                "{name} [cow.img]: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    }
+}
+
+fn check_refused(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut Vec<String>) {
+    let name = s.name();
+    let reason = match name.as_str() {
+        "overflow" => "the snapshot is invalid",
+        "merging" => "being merged into its origin",
+        "notsnap" => "not a snapshot",
+        _ => "",
+    };
+    for (tag, rc, out, err) in runs {
+        let one_line = err.trim_end().lines().count() == 1;
+        if *rc != 1
+            || !out.is_empty()
+            || !one_line
+            || !err.starts_with("lvmsync-rs: error: ")
+            || !err.contains(reason)
+        {
+            failures.push(format!(
+                "{name} [{tag}]: expected exit 1 and one line saying {reason:?}; got exit {rc}, stdout {out:?}, stderr {err:?}"
+            ));
+        }
+    }
+}

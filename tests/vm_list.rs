@@ -129,6 +129,8 @@ fn list_agrees_with_the_real_kernel() {
         "overflow",
         "merging",
         "notsnap",
+        "dmplain",
+        "transient",
     ] {
         if !seen.iter().any(|n| n == want) {
             failures.push(format!("scenario {want} produced no results"));
@@ -231,6 +233,8 @@ fn check_refused(s: &Scenario, runs: &[(String, i32, String, String)], failures:
         "overflow" => "the snapshot is invalid",
         "merging" => "being merged into its origin",
         "notsnap" => "not a snapshot",
+        "transient" => "transient exception store (N)",
+        "merging-active" => "",
         _ => "",
     };
     for (tag, rc, out, err) in runs {

@@ -10,7 +10,9 @@
 # The guest has no root image of its own: the host's / is shared read-only
 # over 9p and the guest chroots into it, so every host file (the repository,
 # the lvmsync-rs binary, lvm2, bash, python3) is visible at the same path as
-# on the host, as it was when the guest booted.  Inside the chroot, /run,
+# on the host, as it was when the guest booted.  The repository is also
+# shared on its own, read-only, at its host path, so a checkout under /tmp
+# works too.  Inside the chroot, /run,
 # /tmp, /etc/lvm and /var/lib are tmpfs, /etc/lvm/lvm.conf is a minimal
 # configuration for running LVM without udev, lvmetad, lvmpolld or dmeventd.
 #
@@ -199,6 +201,12 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmctl $R/run/vmctl \
     || fail "cannot mount the control share"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results $R/tmp/results \
     || fail "cannot mount the results share"
+# The repository, at its host path: it may lie under a directory the
+# mounts above cover (a clone in /tmp, say).
+repo_path=$(cat $R/run/vmctl/repo-path)
+mkdir -p "$R$repo_path" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro,cache=loose repo "$R$repo_path" \
+    || fail "cannot mount the repository share at $repo_path"
 
 cat > $R/etc/lvm/lvm.conf <<'EOF'
 # LVM configuration for a guest without udev, lvmetad, lvmpolld or dmeventd.
@@ -308,6 +316,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$work/ctl"
+printf '%s\n' "$repo" > "$work/ctl/repo-path"
 
 # Paths the guest covers with its own mounts are not visible there: copy
 # the script and the binary into the control share when they live there.
@@ -358,6 +367,8 @@ timeout -k 10 "$timeout_secs" qemu-system-x86_64 \
     -device virtio-9p-pci,fsdev=c,mount_tag=vmctl \
     -fsdev "local,id=r,path=$resultdir,security_model=none" \
     -device virtio-9p-pci,fsdev=r,mount_tag=results \
+    -fsdev "local,id=g,path=$repo,security_model=none,readonly=on,multidevs=remap" \
+    -device virtio-9p-pci,fsdev=g,mount_tag=repo \
     "${drive_args[@]}" \
     </dev/null >"$work/qemu.out" 2>&1 &
 qpid=$!

@@ -230,9 +230,56 @@ sc_notsnap() {
     run_list linear "$VG/notsnap_linear"
 }
 
+# A snapshot made with dmsetup alone: lvm2 knows nothing of it, so list
+# must work from the device-mapper table (named by its bare dm name).
+sc_dmplain() {
+    VG=$VG0 ORIGIN=dmplain_origin SNAP=
+    make_origin "$VG" "$ORIGIN" 16m fill
+    make_origin "$VG" dmplain_cow 4m     # lvcreate -Zy zeroes its start
+    local sectors o c
+    sectors=$(blockdev --getsz "/dev/$VG/$ORIGIN")
+    o=$(dmsetup info -c --noheadings -o major,minor --separator : "$(dm_name "$VG" "$ORIGIN")")
+    c=$(dmsetup info -c --noheadings -o major,minor --separator : "$(dm_name "$VG" dmplain_cow)")
+    dmsetup create --noudevrules --noudevsync lvmsync-dmplain-origin --table "0 $sectors snapshot-origin $o"
+    dmsetup create --noudevrules --noudevsync lvmsync-dmplain-snap --table "0 $sectors snapshot $o $c P 8"
+    dmsetup mknodes
+    local dev=/dev/mapper/lvmsync-dmplain-origin
+    write_chunk "$dev" 0 4096
+    write_chunk "$dev" $((3 * MiB)) $((12 * KiB))
+    write_chunk "$dev" $((16 * MiB - 4096)) 4096
+    write_meta "$VG" "$ORIGIN" "" ok
+    meta_set snap lvmsync-dmplain-snap
+    meta_set chunk_size 4096
+    meta_set cow_size "$(blockdev --getsize64 "/dev/$VG/dmplain_cow")"
+    dmsetup table lvmsync-dmplain-snap > "$SDIR/table.txt" 2>&1 || true
+    dmsetup status lvmsync-dmplain-snap > "$SDIR/status.txt" 2>&1 || true
+    dd if="/dev/$VG/dmplain_cow" of="$SDIR/cow.img" bs=1M iflag=direct status=none
+    run_list dmname lvmsync-dmplain-snap
+    run_list mapper /dev/mapper/lvmsync-dmplain-snap
+    dmsetup remove --noudevrules --noudevsync lvmsync-dmplain-snap
+    dmsetup remove --noudevrules --noudevsync lvmsync-dmplain-origin
+}
+
+# A snapshot with the transient store (N): it keeps no table on disk.
+sc_transient() {
+    VG=$VG0 ORIGIN=transient_origin SNAP=
+    make_origin "$VG" "$ORIGIN" 16m
+    make_origin "$VG" transient_cow 4m
+    local sectors o c
+    sectors=$(blockdev --getsz "/dev/$VG/$ORIGIN")
+    o=$(dmsetup info -c --noheadings -o major,minor --separator : "$(dm_name "$VG" "$ORIGIN")")
+    c=$(dmsetup info -c --noheadings -o major,minor --separator : "$(dm_name "$VG" transient_cow)")
+    dmsetup create --noudevrules --noudevsync lvmsync-transient-snap --table "0 $sectors snapshot $o $c N 8"
+    dmsetup mknodes
+    write_meta "$VG" "$ORIGIN" "" refuse
+    dmsetup table lvmsync-transient-snap > "$SDIR/table.txt" 2>&1 || true
+    run_list dmname lvmsync-transient-snap
+    dmsetup remove --noudevrules --noudevsync lvmsync-transient-snap
+}
+
 # ------------------------------------------------------------------ driver
 
-ALL="chunk4k chunk64k chunk512k multiarea snapwrite empty dashes twosnaps overflow merging merging_active notsnap"
+ALL="chunk4k chunk64k chunk512k multiarea snapwrite empty dashes twosnaps overflow merging merging_active notsnap dmplain transient"
 want=${*:-$ALL}
 
 log "kernel $(uname -r); LVMSYNC=$LVMSYNC"

@@ -50,14 +50,7 @@ fn captured_images_list_what_their_scenario_wrote() {
             "{name}: image size"
         );
         let origin_size = expected["origin_size"].as_u64().unwrap();
-        let out = run(&[
-            "list",
-            "--json",
-            "--cow",
-            img.to_str().unwrap(),
-            "--origin-size",
-            &origin_size.to_string(),
-        ]);
+        let out = list_image(&img, origin_size);
         match name.as_str() {
             // The kernel invalidated it: the header says so.
             "overflow" => {
@@ -88,14 +81,7 @@ fn captured_images_list_what_their_scenario_wrote() {
         let want: Vec<(u64, u64)> = extents(&expected);
         assert_eq!(extents(&doc), want, "{name}: extents");
         // The expected list is what the scenario's writes imply.
-        let writes: Vec<(u64, u64)> = fs::read_to_string(fx.join("writes.txt"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 3).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
-            })
-            .collect();
+        let writes = read_writes(&fx.join("writes.txt"));
         let chunk = expected["chunk_size"].as_u64().unwrap();
         assert_eq!(
             want,

@@ -44,14 +44,7 @@ impl Scenario {
     }
 
     fn writes(&self) -> Vec<(u64, u64)> {
-        fs::read_to_string(self.dir.join("writes.txt"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 3).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
-            })
-            .collect()
+        read_writes(&self.dir.join("writes.txt"))
     }
 
     /// Every `list.<tag>` run: tag, exit status, stdout, stderr.
@@ -202,14 +195,7 @@ fn check_ok(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut
     // The image the guest copied off the COW device reads the same on the host.
     let img = s.dir.join("cow.img");
     if img.exists() {
-        let out = run(&[
-            "list",
-            "--json",
-            "--cow",
-            img.to_str().unwrap(),
-            "--origin-size",
-            &origin_size.to_string(),
-        ]);
+        let out = list_image(&img, origin_size);
         match out.status.success() {
             true => {
                 let got = extents(&json(&out));

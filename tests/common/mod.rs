@@ -87,3 +87,28 @@ pub fn expected_extents(writes: &[(u64, u64)], chunk: u64, origin_size: u64) -> 
     }
     out
 }
+
+/// `lvmsync-rs list --json --cow IMG --origin-size SIZE`.
+pub fn list_image(img: &Path, origin_size: u64) -> Output {
+    run(&[
+        "list",
+        "--json",
+        "--cow",
+        img.to_str().expect("UTF-8 path"),
+        "--origin-size",
+        &origin_size.to_string(),
+    ])
+}
+
+/// The `(offset, length)` of each line `origin|snap OFFSET LENGTH` of a
+/// scenario's `writes.txt` (none when the file is missing).
+pub fn read_writes(path: &Path) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
+        })
+        .collect()
+}

@@ -1,9 +1,13 @@
-//! Reading block devices and their images by offset.
+//! Reading block devices and their images by offset, and writing the copy
+//! that a delta is applied to.
 //!
 //! A snapshot's COW device is written by the kernel's snapshot target, which
 //! does not go through the COW device's page cache: a buffered read could hand
 //! back stale metadata. Block devices are therefore read with `O_DIRECT`, into
 //! buffers aligned for it. Regular files (images) are read normally.
+//!
+//! A [`Destination`] is written through the page cache and synced at the end:
+//! nothing else writes to a backup copy while a delta is applied to it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -100,6 +104,187 @@ impl ReadAt for Source {
     }
 }
 
+/// Ways to make a range read as zeroes, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Zeroing {
+    ZeroRange,
+    PunchHole,
+    Write,
+}
+
+/// A block device or a regular file, opened read-write to receive a delta.
+#[derive(Debug)]
+pub struct Destination {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    is_block_device: bool,
+    /// How zero ranges are written; steps down when the file system
+    /// refuses a way.
+    zeroing: Zeroing,
+    zeroes: Vec<u8>,
+}
+
+impl Destination {
+    /// Opens an existing block device or regular file for reading and writing.
+    pub fn open(path: &Path) -> io::Result<Destination> {
+        let meta = std::fs::metadata(path)?;
+        let is_block_device = meta.file_type().is_block_device();
+        if !is_block_device && !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a block device or a regular file",
+            ));
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Destination::from_file(file, path, is_block_device)
+    }
+
+    /// Creates `path` as a new, empty regular file; fails if it exists.
+    pub fn create(path: &Path) -> io::Result<Destination> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Destination::from_file(file, path, false)
+    }
+
+    fn from_file(mut file: File, path: &Path, is_block_device: bool) -> io::Result<Destination> {
+        let size = file.seek(SeekFrom::End(0))?;
+        Ok(Destination {
+            file,
+            path: path.to_path_buf(),
+            size,
+            is_block_device,
+            zeroing: if is_block_device {
+                Zeroing::Write
+            } else {
+                Zeroing::ZeroRange
+            },
+            zeroes: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_block_device(&self) -> bool {
+        self.is_block_device
+    }
+
+    /// Makes a regular file `len` bytes long (new bytes read as zeroes).
+    pub fn set_len(&mut self, len: u64) -> io::Result<()> {
+        if self.is_block_device {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a block device cannot be resized",
+            ));
+        }
+        self.file.set_len(len)?;
+        self.size = len;
+        Ok(())
+    }
+
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Fills `buf` from `offset`; bytes past the end read as zeroes.
+    pub fn read_at_or_zero(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    /// Makes `len` bytes at `offset` read as zeroes. On a regular file,
+    /// without writing data: `FALLOC_FL_ZERO_RANGE` (the file keeps its
+    /// blocks, as unwritten extents), else a punched hole (on file systems
+    /// mounted with `discard`, freeing blocks is slow, hence not first);
+    /// else, and on block devices, zeroes are written.
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags as F};
+        let (o, l) = (
+            i64::try_from(offset).unwrap_or(i64::MAX),
+            i64::try_from(len).unwrap_or(i64::MAX),
+        );
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        while self.zeroing != Zeroing::Write {
+            let flags = match self.zeroing {
+                Zeroing::ZeroRange => F::FALLOC_FL_ZERO_RANGE | F::FALLOC_FL_KEEP_SIZE,
+                _ => F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+            };
+            match fallocate(fd, flags, o, l) {
+                Ok(()) => return Ok(()),
+                Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::ENOSYS) => {
+                    self.zeroing = match self.zeroing {
+                        Zeroing::ZeroRange => Zeroing::PunchHole,
+                        _ => Zeroing::Write,
+                    };
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        const ZERO_BUF: u64 = 1 << 20;
+        if self.zeroes.is_empty() {
+            self.zeroes = vec![0u8; ZERO_BUF as usize];
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZERO_BUF) as usize;
+            self.file.write_all_at(&self.zeroes[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// A handle that starts writeback of this destination from another
+    /// thread (see [`Writeback`]).
+    pub fn writeback(&self) -> io::Result<Writeback> {
+        Ok(Writeback(self.file.try_clone()?))
+    }
+
+    /// Flushes what was written to stable storage.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// Starts writing back what has been written to a [`Destination`], without
+/// waiting for it, so that the disk works while more is prepared and the
+/// final sync has less left to do. Durability still comes from
+/// [`Destination::sync`] alone.
+#[derive(Debug)]
+pub struct Writeback(File);
+
+impl Writeback {
+    pub fn start(&self) -> io::Result<()> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0);
+        // SAFETY: a plain system call on a descriptor this value owns; no
+        // memory is passed.
+        let rc = unsafe { nix::libc::sync_file_range(fd, 0, 0, nix::libc::SYNC_FILE_RANGE_WRITE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
 /// A heap buffer whose start is aligned to [`DIRECT_ALIGN`], as `O_DIRECT`
 /// reads require.
 pub struct AlignedBuf {
@@ -144,6 +329,34 @@ mod tests {
             assert_eq!(b.as_ptr() as usize % DIRECT_ALIGN, 0);
             assert_eq!(b.len(), len);
         }
+    }
+
+    #[test]
+    fn a_destination_writes_reads_and_zeroes() {
+        let dir = std::env::temp_dir().join(format!("lvmsync-dest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.img");
+        let _ = std::fs::remove_file(&path);
+        let mut d = Destination::create(&path).unwrap();
+        assert!(
+            Destination::create(&path).is_err(),
+            "create never overwrites"
+        );
+        d.set_len(3 * 4096).unwrap();
+        d.write_all_at(&[7u8; 8192], 4096).unwrap();
+        d.write_zeroes(4096, 4096).unwrap();
+        let mut buf = vec![1u8; 4 * 4096];
+        d.read_at_or_zero(&mut buf, 0).unwrap();
+        assert!(buf[..8192].iter().all(|&b| b == 0));
+        assert!(buf[8192..12288].iter().all(|&b| b == 7));
+        assert!(
+            buf[12288..].iter().all(|&b| b == 0),
+            "past the end reads as zero"
+        );
+        d.sync().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * 4096);
+        assert!(Destination::open(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,8 +5,11 @@ use std::io;
 
 use thiserror::Error;
 
+use crate::apply::ApplyError;
 use crate::cow::CowError;
 use crate::lvm::LvmError;
+use crate::send::SendError;
+use crate::stream::StreamError;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -16,6 +19,16 @@ pub enum Error {
     Cow { path: String, source: CowError },
     #[error("{path}: cannot open: {source}")]
     Open { path: String, source: io::Error },
+    #[error("{path}: cannot create: {source}")]
+    Create { path: String, source: io::Error },
+    #[error("{path}: write error: {source}")]
+    Write { path: String, source: io::Error },
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("{path}: {source}")]
+    Stream { path: String, source: StreamError },
     #[error("{0}")]
     Usage(String),
     #[error("writing output: {0}")]

@@ -4,6 +4,7 @@
 //! The library holds the logic; the `lvmsync-rs` binary parses arguments and
 //! calls [`commands`].
 
+pub mod apply;
 pub mod blockdev;
 pub mod commands;
 pub mod cow;
@@ -11,6 +12,11 @@ pub mod cowgen;
 pub mod error;
 pub mod extents;
 pub mod lvm;
+pub mod send;
+pub mod stream;
 pub mod units;
 
 pub use error::Error;
+
+/// The tool and its version, as a delta's header records it.
+pub const TOOL: &str = concat!("lvmsync-rs ", env!("CARGO_PKG_VERSION"));

@@ -107,6 +107,9 @@ pub struct LvInfo {
     pub lv_kernel_major: String,
     #[serde(default)]
     pub lv_kernel_minor: String,
+    /// Creation time, as lvs prints it: `2024-05-01 10:11:12 +0000`.
+    #[serde(default)]
+    pub lv_time: String,
 }
 
 impl LvInfo {
@@ -239,6 +242,51 @@ pub fn find_snapshot(spec: &str) -> Result<Snapshot, LvmError> {
         chunk_size: chunk_sectors * SECTOR_SIZE,
         lv,
     })
+}
+
+/// The device that reads as the snapshot's origin reads now, to send the
+/// changed chunks' data from: the origin LV (`/dev/VG/ORIGIN`) when lvm2
+/// knows it; else the `snapshot-origin` device stacked on the same origin
+/// device as the snapshot; else that origin device itself (the `-real`
+/// device, which holds the same data).
+pub fn origin_device(snap: &Snapshot) -> PathBuf {
+    if let Some(lv) = snap.lv.as_ref().filter(|lv| !lv.origin.is_empty()) {
+        let path = Path::new("/dev").join(&lv.vg_name).join(&lv.origin);
+        if device_number(&path).is_some() {
+            return path;
+        }
+    }
+    let args = ["table", "--target", "snapshot-origin"].map(OsStr::new);
+    if let Ok(text) = run("dmsetup", "dmsetup", &args) {
+        if let Some(name) = snapshot_origin_on(&text, (snap.origin.major, snap.origin.minor)) {
+            let path = Path::new("/dev/mapper").join(name);
+            if device_number(&path).is_some() {
+                return path;
+            }
+        }
+    }
+    snap.origin.path()
+}
+
+/// In `dmsetup table --target snapshot-origin` output (`NAME: 0 LEN
+/// snapshot-origin MAJ:MIN` per line), the device stacked on `dev`.
+fn snapshot_origin_on(text: &str, dev: (u32, u32)) -> Option<&str> {
+    text.lines().find_map(|line| {
+        let (name, table) = line.rsplit_once(": ")?;
+        let fields: Vec<&str> = table.split_whitespace().collect();
+        (fields.get(2) == Some(&"snapshot-origin")
+            && fields.get(3).and_then(|d| parse_dev(d)) == Some(dev))
+        .then_some(name)
+    })
+}
+
+/// The LVM view of the snapshot's origin LV, when lvm2 knows it.
+pub fn origin_lv(snap: &Snapshot) -> Option<LvInfo> {
+    let lv = snap.lv.as_ref().filter(|lv| !lv.origin.is_empty())?;
+    lvs(&[&format!("{}/{}", lv.vg_name, lv.origin)])
+        .ok()?
+        .into_iter()
+        .next()
 }
 
 /// Resolves what a user typed to a device-mapper device.
@@ -384,7 +432,7 @@ pub fn lvs(names: &[&str]) -> Result<Vec<LvInfo>, LvmError> {
         "json",
         "-a",
         "-o",
-        "vg_name,lv_name,lv_attr,origin,lv_uuid,lv_kernel_major,lv_kernel_minor",
+        "vg_name,lv_name,lv_attr,origin,lv_uuid,lv_kernel_major,lv_kernel_minor,lv_time",
     ]
     .iter()
     .map(OsStr::new)
@@ -451,18 +499,27 @@ mod tests {
     }
 
     #[test]
+    fn the_snapshot_origin_device_is_found_by_its_table() {
+        let text = "vg-other: 0 2048 snapshot-origin 253:7\nmy--vg-data--lv: 0 65536 snapshot-origin 253:3\n";
+        assert_eq!(snapshot_origin_on(text, (253, 3)), Some("my--vg-data--lv"));
+        assert_eq!(snapshot_origin_on(text, (253, 4)), None);
+        assert_eq!(snapshot_origin_on("No devices found\n", (253, 3)), None);
+    }
+
+    #[test]
     fn lvs_json_report_parses() {
         let text = r#"  {
       "report": [
           {
               "lv": [
-                  {"vg_name":"my-vg", "lv_name":"data-lv-snap", "lv_attr":"swi-a-s---", "origin":"data-lv", "lv_uuid":"abc", "lv_kernel_major":"253", "lv_kernel_minor":"4"}
+                  {"vg_name":"my-vg", "lv_name":"data-lv-snap", "lv_attr":"swi-a-s---", "origin":"data-lv", "lv_uuid":"abc", "lv_kernel_major":"253", "lv_kernel_minor":"4", "lv_time":"2024-05-01 10:11:12 +0000"}
               ]
           }
       ]
   }"#;
         let r: LvsReport = serde_json::from_str(text).unwrap();
         assert_eq!(r.report[0].lv[0].full_name(), "my-vg/data-lv-snap");
+        assert_eq!(r.report[0].lv[0].lv_time, "2024-05-01 10:11:12 +0000");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use lvmsync::commands::list;
+use lvmsync::commands::{apply, inspect, list, send, DeltaInput};
+use lvmsync::stream::Compression;
 use lvmsync::units::parse_size;
 use lvmsync::Error;
 
@@ -48,6 +49,79 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the changes since SNAPSHOT was taken as a delta stream
+    #[command(
+        after_help = "The changed extents come from the snapshot's COW table; their data from the \
+            origin (or --data-source), read now.\n\
+            Every record carries checksums and the stream ends with an END record, so \
+            `apply` notices any damage or truncation.\n\n\
+            Examples:\n  lvmsync-rs send vg/root-snap -o root.lvd\n  \
+            lvmsync-rs send vg/root-snap --data-source /dev/vg/root-snap2 -o - | ssh backup lvmsync-rs apply - /dev/vg/root-copy\n  \
+            lvmsync-rs send --cow cow.img --data-source new.img -o delta.lvd"
+    )]
+    Send {
+        /// The snapshot (a classic LVM snapshot)
+        #[arg(required_unless_present = "cow", conflicts_with = "cow")]
+        snapshot: Option<String>,
+        /// Read the table from this COW device or image instead, without LVM
+        /// (needs --data-source)
+        #[arg(long, value_name = "PATH")]
+        cow: Option<PathBuf>,
+        /// Read the changed chunks' data from PATH (a later snapshot, or any
+        /// device or image of the origin's size) instead of the origin
+        #[arg(long, value_name = "PATH")]
+        data_source: Option<PathBuf>,
+        /// With --cow: the origin's size (bytes, or with k/M/G/T); the data
+        /// source's size when not given
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        origin_size: Option<u64>,
+        /// Write the delta to FILE, or to stdout with `-o -`
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
+        #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
+        compress: Compress,
+    },
+    /// Replay a delta on the backup copy, checking every record before writing it
+    #[command(
+        after_help = "DELTA may be `-` for stdin. DEST is a regular file (extended to the origin's \
+            size when shorter) or a block device (at least the origin's size).\n\
+            A damaged or truncated delta stops the apply before the bad record; applying an \
+            intact copy of the whole delta again completes the job.\n\n\
+            Examples:\n  lvmsync-rs apply root.lvd /dev/vg/root-copy\n  \
+            lvmsync-rs apply --snapback undo.lvd root.lvd copy.img"
+    )]
+    Apply {
+        /// The delta (`-` for stdin)
+        delta: String,
+        /// The copy to update: a regular file or a block device
+        dest: PathBuf,
+        /// Create DEST as a regular file when it does not exist
+        #[arg(long)]
+        create: bool,
+        /// Save the old contents of every range written to FILE (a new
+        /// file), as a delta that restores them
+        #[arg(long, value_name = "FILE")]
+        snapback: Option<PathBuf>,
+    },
+    /// Show what a delta holds and check it, without writing anything
+    #[command(
+        after_help = "DELTA may be `-` for stdin. Exits 1 if the delta is damaged or \
+        incomplete, after showing what could be read."
+    )]
+    Inspect {
+        /// The delta (`-` for stdin)
+        delta: String,
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Compress {
+    Lz4,
+    None,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +143,57 @@ fn main() -> ExitCode {
             };
             list::run(list::Args { target, json })
         }
+        Command::Send {
+            snapshot,
+            cow,
+            data_source,
+            origin_size,
+            output,
+            compress,
+        } => {
+            let target = match (snapshot, cow) {
+                (_, Some(_)) if data_source.is_none() => usage_error(
+                    "--cow needs --data-source PATH: the device or image holding the origin's new contents",
+                ),
+                (_, Some(path)) => list::Target::Cow { path, origin_size },
+                (Some(_), None) if origin_size.is_some() => usage_error(
+                    "--origin-size goes with --cow; a snapshot's origin size comes from its table",
+                ),
+                (Some(spec), None) => list::Target::Snapshot(spec),
+                (None, None) => usage_error("name a SNAPSHOT, or a COW image with --cow"),
+            };
+            let output = match output {
+                Some(path) if path.as_os_str() == "-" => send::Output::Stdout,
+                Some(path) => send::Output::File(path),
+                None => usage_error(
+                    "say where the delta goes: -o FILE, or -o - for stdout (to pipe it into apply or ssh)",
+                ),
+            };
+            send::run(send::Args {
+                target,
+                data_source,
+                output,
+                compression: match compress {
+                    Compress::Lz4 => Compression::Lz4,
+                    Compress::None => Compression::None,
+                },
+            })
+        }
+        Command::Apply {
+            delta,
+            dest,
+            create,
+            snapback,
+        } => apply::run(apply::Args {
+            delta: DeltaInput::from_arg(&delta),
+            dest,
+            create,
+            snapback,
+        }),
+        Command::Inspect { delta, json } => inspect::run(inspect::Args {
+            delta: DeltaInput::from_arg(&delta),
+            json,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,429 @@
+//! Shipping changed data: 1 GiB of changes scattered over a 4 GiB image
+//! (random data, text, zeroes, and extents mixing random and text), sent as a
+//! user sends it, `lvmsync-rs send -o - | lvmsync-rs apply - COPY`, into a
+//! copy of the old image.
+//!
+//! Prints MB/s of changed data for the pipeline, with lz4 and without
+//! compression, next to a baseline measured in the same run: a plain loop
+//! that reads the same extents from the new image and writes them into
+//! another copy with pread/pwrite, then fsyncs it (apply syncs its copy too).
+//! Also the peak memory of the child processes, and the delta's size.
+//!
+//! Run: `cargo bench --bench delta`. Environment:
+//! - `BENCH_GIB`: changed data in GiB (default 1; the image is 4 times that);
+//! - `BENCH_ROUNDS`: rounds of the three measurements (default 3; the median
+//!   is reported);
+//! - `BENCH_DIR`: where the sparse images go (default the target's tmp dir;
+//!   a tmpfs such as /dev/shm takes the disk out of the figures);
+//! - `BENCH_KEEP`: keep the images afterwards (to profile by hand).
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use lvmsync::cowgen::CowWriter;
+
+const CHUNK: u64 = 4096;
+const PIECE: usize = 1 << 20;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn fill(&mut self, b: &mut [u8]) {
+        for c in b.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Content {
+    Random,
+    Text,
+    Zero,
+    Mixed,
+}
+
+struct Extent {
+    offset: u64,
+    length: u64,
+    content: Content,
+}
+
+/// Words for text that compresses about as well as logs and source do.
+const WORDS: &[&str] = &[
+    "the",
+    "backup",
+    "volume",
+    "snapshot",
+    "chunk",
+    "origin",
+    "kernel",
+    "error",
+    "INFO",
+    "2024-05-01T10:11:12Z",
+    "request",
+    "served",
+    "in",
+    "ms",
+    "user=alice",
+    "GET",
+    "/api/v1/items",
+    "status=200",
+    "bytes=5123",
+    "fn",
+    "main()",
+    "{",
+    "}",
+    "return",
+    "let",
+    "mut",
+    "x",
+    "=",
+    ";",
+];
+
+fn text(rng: &mut Rng, b: &mut [u8]) {
+    let mut i = 0;
+    while i < b.len() {
+        let w = WORDS[rng.below(WORDS.len() as u64) as usize].as_bytes();
+        let sep: &[u8] = if rng.below(12) == 0 { b"\n" } else { b" " };
+        for &c in w.iter().chain(sep) {
+            if i == b.len() {
+                break;
+            }
+            b[i] = c;
+            i += 1;
+        }
+    }
+}
+
+fn fill(rng: &mut Rng, content: Content, b: &mut [u8]) {
+    match content {
+        Content::Random => rng.fill(b),
+        Content::Text => text(rng, b),
+        Content::Zero => b.fill(0),
+        Content::Mixed => {
+            let half = b.len() / 2 / CHUNK as usize * CHUNK as usize;
+            text(rng, &mut b[..half]);
+            rng.fill(&mut b[half..]);
+        }
+    }
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A fresh copy of the old image: sparse, with the old data where the new
+/// image has zeroes (so that ZERO records change something), synced.
+fn make_copy(path: &Path, size: u64, extents: &[Extent]) {
+    let _ = fs::remove_file(path);
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut rng = Rng(0xdead_beef_1234_5678);
+    let mut buf = vec![0u8; PIECE];
+    for e in extents.iter().filter(|e| e.content == Content::Zero) {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            rng.fill(&mut buf[..n]);
+            f.write_all_at(&buf[..n], e.offset + done).unwrap();
+            done += n as u64;
+        }
+    }
+    f.sync_all().unwrap();
+}
+
+/// The baseline: read each extent from `src` and write it into `dst`.
+fn copy_extents(src: &Path, dst: &Path, extents: &[Extent]) -> f64 {
+    let t = Instant::now();
+    let s = File::open(src).unwrap();
+    let d = OpenOptions::new().write(true).open(dst).unwrap();
+    let mut buf = vec![0u8; PIECE];
+    for e in extents {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            s.read_exact_at(&mut buf[..n], e.offset + done).unwrap();
+            d.write_all_at(&buf[..n], e.offset + done).unwrap();
+            done += n as u64;
+        }
+    }
+    d.sync_all().unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+/// `send ... -o - | apply - copy`; returns the wall time and apply's report.
+fn pipeline(cow: &Path, new: &Path, copy: &Path, compress: &str) -> (f64, String) {
+    let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
+    let t = Instant::now();
+    let mut send = Command::new(bin)
+        .args(["send", "--compress", compress, "--cow"])
+        .arg(cow)
+        .arg("--data-source")
+        .arg(new)
+        .args(["-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run lvmsync-rs send");
+    let apply = Command::new(bin)
+        .args(["apply", "-"])
+        .arg(copy)
+        .stdin(send.stdout.take().unwrap())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run lvmsync-rs apply");
+    let sent = send.wait().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let report = String::from_utf8_lossy(&apply.stderr).into_owned();
+    assert!(sent.success() && apply.status.success(), "{report}");
+    (secs, report)
+}
+
+fn same_extents(a: &Path, b: &Path, extents: &[Extent]) -> bool {
+    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    let (mut x, mut y) = (vec![0u8; PIECE], vec![0u8; PIECE]);
+    extents.iter().all(|e| {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            fa.read_exact_at(&mut x[..n], e.offset + done).unwrap();
+            fb.read_exact_at(&mut y[..n], e.offset + done).unwrap();
+            if x[..n] != y[..n] {
+                return false;
+            }
+            done += n as u64;
+        }
+        true
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let gib = env_f64("BENCH_GIB", 1.0);
+    let rounds = env_f64("BENCH_ROUNDS", 3.0).max(1.0) as usize;
+    let dir = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
+        .join(format!("bench-delta-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let changed_target = (gib * (1u64 << 30) as f64) as u64 / CHUNK * CHUNK;
+    let origin_size = changed_target * 4;
+    let origin_chunks = origin_size / CHUNK;
+
+    // Extents: 1 chunk to 2 MiB, separated by gaps three times as long on
+    // average, so that a quarter of the image changes.
+    let t = Instant::now();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut extents = Vec::new();
+    let mut chunk = 0u64;
+    let mut changed = 0u64;
+    while changed < changed_target {
+        let len = match rng.below(10) {
+            0..=3 => 1 + rng.below(4),
+            4..=7 => 4 + rng.below(60),
+            _ => 64 + rng.below(449),
+        }
+        .min((changed_target - changed) / CHUNK)
+        .max(1);
+        let gap = rng.below(6 * len + 1);
+        if chunk + gap + len > origin_chunks {
+            break;
+        }
+        let content = match rng.below(20) {
+            0..=7 => Content::Random,
+            8..=14 => Content::Text,
+            15..=17 => Content::Zero,
+            _ => Content::Mixed,
+        };
+        extents.push(Extent {
+            offset: (chunk + gap) * CHUNK,
+            length: len * CHUNK,
+            content,
+        });
+        chunk += gap + len;
+        changed += len * CHUNK;
+    }
+    let new = dir.join("new.img");
+    let cow = dir.join("snap.cow");
+    let f = File::create(&new).unwrap();
+    f.set_len(origin_size).unwrap();
+    let mut buf = vec![0u8; 2 << 20];
+    let mut cw = CowWriter::new(File::create(&cow).unwrap(), CHUNK);
+    for e in &extents {
+        let b = &mut buf[..e.length as usize];
+        fill(&mut rng, e.content, b);
+        if e.content != Content::Zero {
+            f.write_all_at(b, e.offset).unwrap();
+        }
+        for c in e.offset / CHUNK..(e.offset + e.length) / CHUNK {
+            cw.push(c).unwrap();
+        }
+    }
+    cw.finish().unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let share = |c: Content| {
+        extents
+            .iter()
+            .filter(|e| e.content == c)
+            .map(|e| e.length)
+            .sum::<u64>() as f64
+            * 100.0
+            / changed as f64
+    };
+    println!(
+        "changed: {:.2} GiB in {} extents over a {:.0} GiB image ({:.0}% random, {:.0}% text, {:.0}% zeroes, {:.0}% half text half random), made in {:.1} s in {}",
+        changed as f64 / (1u64 << 30) as f64,
+        extents.len(),
+        origin_size as f64 / (1u64 << 30) as f64,
+        share(Content::Random),
+        share(Content::Text),
+        share(Content::Zero),
+        share(Content::Mixed),
+        t.elapsed().as_secs_f64(),
+        dir.display()
+    );
+
+    // Sizes and the ZERO records, from a delta written once (not timed).
+    let delta = dir.join("d.lvd");
+    let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
+    let status = Command::new(bin)
+        .args(["send", "--cow"])
+        .arg(&cow)
+        .arg("--data-source")
+        .arg(&new)
+        .arg("-o")
+        .arg(&delta)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new(bin)
+        .args(["inspect", "--json"])
+        .arg(&delta)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = doc["records"].as_array().unwrap();
+    let zero_records: Vec<_> = records.iter().filter(|r| r["kind"] == "zero").collect();
+    let zero_payload: u64 = zero_records
+        .iter()
+        .map(|r| r["stored"].as_u64().unwrap())
+        .sum();
+    let zero_bytes: u64 = zero_records
+        .iter()
+        .map(|r| r["length"].as_u64().unwrap())
+        .sum();
+    let expected_zero: u64 = extents
+        .iter()
+        .filter(|e| e.content == Content::Zero)
+        .map(|e| e.length)
+        .sum();
+    let delta_len = fs::metadata(&delta).unwrap().len();
+    let record_bytes: u64 = records
+        .iter()
+        .map(|r| 40 + r["stored"].as_u64().unwrap())
+        .sum();
+    fs::remove_file(&delta).unwrap();
+
+    let copy = dir.join("copy.img");
+    let mut base = Vec::new();
+    let mut lz4 = Vec::new();
+    let mut none = Vec::new();
+    for round in 0..rounds {
+        make_copy(&copy, origin_size, &extents);
+        base.push(copy_extents(&new, &copy, &extents));
+        for (mode, times) in [("lz4", &mut lz4), ("none", &mut none)] {
+            make_copy(&copy, origin_size, &extents);
+            let (secs, report) = pipeline(&cow, &new, &copy, mode);
+            times.push(secs);
+            if round == 0 {
+                assert!(
+                    same_extents(&new, &copy, &extents),
+                    "the copy differs from the new image after send | apply ({mode})"
+                );
+                assert!(report.contains("stream digest matched"), "{report}");
+            }
+        }
+        println!(
+            "round {}: baseline {:.2} s, lz4 {:.2} s, none {:.2} s",
+            round + 1,
+            base[round],
+            lz4[round],
+            none[round]
+        );
+    }
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    let peak_mib = usage.max_rss() as f64 / 1024.0;
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    let mbs = |secs: f64| changed as f64 / 1e6 / secs;
+    let (b, l, n) = (median(&mut base), median(&mut lz4), median(&mut none));
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!("median of {rounds} rounds, MB/s of changed data:");
+    println!(
+        "  baseline (pread/pwrite loop + fsync):  {:.2} s  {:7.0} MB/s",
+        b,
+        mbs(b)
+    );
+    println!(
+        "  send | apply, lz4:                     {:.2} s  {:7.0} MB/s  {:.2} of the baseline (target 0.7: {})",
+        l,
+        mbs(l),
+        b / l,
+        verdict(b / l >= 0.7)
+    );
+    println!(
+        "  send | apply, --compress none:         {:.2} s  {:7.0} MB/s  {:.2} of the baseline (target 0.9: {})",
+        n,
+        mbs(n),
+        b / n,
+        verdict(b / n >= 0.9)
+    );
+    println!(
+        "delta (lz4): {} bytes, {:.1}% of the changed data, {} records",
+        delta_len,
+        delta_len as f64 * 100.0 / changed as f64,
+        records.len()
+    );
+    println!(
+        "ZERO records: {}, {} bytes (expected {}), payload {} bytes; stream = header + records + END: {}",
+        zero_records.len(),
+        zero_bytes,
+        expected_zero,
+        zero_payload,
+        delta_len == doc["records"][0]["at"].as_u64().unwrap() + record_bytes + 88
+    );
+    println!(
+        "peak memory of a child process: {:.1} MiB (target under 64 MiB: {})",
+        peak_mib,
+        verdict(peak_mib < 64.0)
+    );
+    assert_eq!(zero_payload, 0);
+    assert_eq!(zero_bytes, expected_zero);
+}

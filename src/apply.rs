@@ -1,0 +1,805 @@
+//! Applying a delta: replaying its records on the backup copy (a regular
+//! file or a block device), each only after it has passed every check, and
+//! optionally saving what they overwrite as a snapback delta first.
+//!
+//! A record is written only once its header, bounds and content checksum
+//! hold, so a damaged or cut stream leaves the copy with the records before
+//! the damage applied and nothing from it on. One thread reads and checks
+//! the stream; a second one writes the records that passed, in order, so
+//! that checking the next record overlaps writing this one; a third starts
+//! writeback every [`WRITEBACK_BYTES`], so that the disk works meanwhile. Records are idempotent (each
+//! sets an extent to given bytes), so applying an intact copy of the whole
+//! delta afterwards completes the job.
+//!
+//! With a snapback, the old contents of the ranges about to be written are
+//! appended to the snapback and synced to disk before any of those ranges is
+//! overwritten. Records are handled in batches ([`BATCH_BYTES`]) so that the
+//! snapback is synced once per batch rather than once per record. The
+//! snapback is itself a delta (its own header and END record): applying it
+//! restores the copy's old bytes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use thiserror::Error;
+
+use crate::blockdev::Destination;
+use crate::stream::{
+    Compression, Header, Reader, RecordKind, SourceInfo, SourceKind, StreamError, Totals, Writer,
+    MAX_RECORD_LEN,
+};
+use crate::units::human;
+
+/// Content held back per batch when a snapback is written.
+pub const BATCH_BYTES: usize = 8 << 20;
+/// Records held back per batch when a snapback is written.
+pub const BATCH_RECORDS: usize = 4096;
+/// Verified records queued for the writing thread (each holds up to
+/// [`MAX_RECORD_LEN`] bytes).
+pub const WRITE_QUEUE: usize = 4;
+/// Bytes written between two requests to start writeback, so that the disk
+/// works while the stream is still being read.
+pub const WRITEBACK_BYTES: u64 = 32 << 20;
+
+/// How far an apply got before it stopped.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub dest: String,
+    /// Records written to the destination.
+    pub records: u64,
+    /// Bytes of extents written to the destination.
+    pub bytes: u64,
+    /// What the snapback holds, when one was asked for.
+    pub snapback: Option<String>,
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.records == 0 {
+            write!(f, "nothing was written to {}", self.dest)?;
+        } else {
+            write!(
+                f,
+                "{} record{} ({}) were applied to {} before it, nothing from it on; records can be applied again, so applying an intact copy of the whole delta completes the job",
+                self.records,
+                if self.records == 1 { "" } else { "s" },
+                human(self.bytes),
+                self.dest
+            )?;
+        }
+        if let Some(s) = &self.snapback {
+            write!(f, "; {s}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("{delta}: {source}; {progress}")]
+    Stream {
+        delta: String,
+        source: StreamError,
+        progress: Box<Progress>,
+    },
+    #[error("{path}: no such file; give --create to create it as a regular file of the origin's size ({size} bytes)")]
+    DestMissing { path: String, size: u64 },
+    #[error("{path}: is a directory; name a regular file or a block device")]
+    DestDirectory { path: String },
+    #[error("{path}: not a regular file or a block device")]
+    DestKind { path: String },
+    #[error("{path}: the block device is {size} bytes, smaller than the origin ({origin_size} bytes); nothing was written")]
+    DestTooSmall {
+        path: String,
+        size: u64,
+        origin_size: u64,
+    },
+    #[error("{path}: cannot open: {source}")]
+    DestOpen { path: String, source: io::Error },
+    #[error("{path}: cannot extend it to the origin's size ({size} bytes): {source}; {progress}")]
+    DestExtend {
+        path: String,
+        size: u64,
+        source: io::Error,
+        progress: Box<Progress>,
+    },
+    #[error("{path}: write error at byte {offset}: {source}; that record may be partly written; {progress}")]
+    DestWrite {
+        path: String,
+        offset: u64,
+        source: io::Error,
+        progress: Box<Progress>,
+    },
+    #[error("{path}: read error at byte {offset} while saving its old contents to the snapback: {source}; {progress}")]
+    DestRead {
+        path: String,
+        offset: u64,
+        source: io::Error,
+        progress: Box<Progress>,
+    },
+    #[error("{path}: cannot sync it to disk: {source}; what was written may not be on disk: apply the delta again")]
+    DestSync { path: String, source: io::Error },
+    #[error("{delta} and {dest} are the same file")]
+    SameFile { delta: String, dest: String },
+    #[error("{path}: already exists; a snapback is never overwritten: name a new file")]
+    SnapbackExists { path: String },
+    #[error("{path}: cannot create the snapback: {source}")]
+    SnapbackCreate { path: String, source: io::Error },
+    #[error("{path}: writing the snapback: {source}; {progress}")]
+    SnapbackWrite {
+        path: String,
+        source: io::Error,
+        progress: Box<Progress>,
+    },
+}
+
+/// What to do besides writing the records.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Create the destination as a regular file when it does not exist.
+    pub create: bool,
+    /// Save the old contents of every range written, as a delta, to this new file.
+    pub snapback: Option<PathBuf>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub header: Header,
+    pub totals: Totals,
+    pub data_records: u64,
+    pub zero_records: u64,
+    /// Length of the delta, END record included.
+    pub stream_len: u64,
+    pub dest: String,
+    pub dest_is_block_device: bool,
+    /// Size of the destination before, when it existed.
+    pub dest_size_before: Option<u64>,
+    /// Whether a regular file was extended to the origin's size.
+    pub extended: bool,
+    /// The snapback written: path, totals and length.
+    pub snapback: Option<(PathBuf, Totals, u64)>,
+}
+
+/// Refuses `delta` and `dest` being one file: the delta would be overwritten
+/// as it is read.
+pub fn check_distinct(delta: &Path, dest: &Path) -> Result<(), ApplyError> {
+    if let (Ok(a), Ok(b)) = (fs::metadata(delta), fs::metadata(dest)) {
+        if a.dev() == b.dev() && a.ino() == b.ino() {
+            return Err(ApplyError::SameFile {
+                delta: delta.display().to_string(),
+                dest: dest.display().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a destination of `size` bytes can take a delta of an origin of
+/// `origin_size` bytes: `Ok(true)` when it is a regular file to extend first,
+/// `Ok(false)` when it is large enough as it is.
+pub fn check_dest_size(
+    path: &str,
+    is_block_device: bool,
+    size: u64,
+    origin_size: u64,
+) -> Result<bool, ApplyError> {
+    match (size < origin_size, is_block_device) {
+        (false, _) => Ok(false),
+        (true, false) => Ok(true),
+        (true, true) => Err(ApplyError::DestTooSmall {
+            path: path.into(),
+            size,
+            origin_size,
+        }),
+    }
+}
+
+fn open_dest(path: &Path, create: bool, origin_size: u64) -> Result<Destination, ApplyError> {
+    let shown = path.display().to_string();
+    let open_err = |source| ApplyError::DestOpen {
+        path: shown.clone(),
+        source,
+    };
+    match fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if create {
+                Destination::create(path).map_err(open_err)
+            } else {
+                Err(ApplyError::DestMissing {
+                    path: shown.clone(),
+                    size: origin_size,
+                })
+            }
+        }
+        Err(e) => Err(open_err(e)),
+        Ok(m) if m.is_dir() => Err(ApplyError::DestDirectory { path: shown }),
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => {
+            Destination::open(path).map_err(open_err)
+        }
+        Ok(_) => Err(ApplyError::DestKind { path: shown }),
+    }
+}
+
+/// The snapback being written.
+struct Snapback {
+    path: PathBuf,
+    writer: Writer<BufWriter<File>>,
+    old: Vec<u8>,
+}
+
+impl Snapback {
+    fn create(path: &Path, dest: &Destination, delta: &Header) -> Result<Snapback, ApplyError> {
+        let shown = path.display().to_string();
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|source| {
+                if source.kind() == io::ErrorKind::AlreadyExists {
+                    ApplyError::SnapbackExists {
+                        path: shown.clone(),
+                    }
+                } else {
+                    ApplyError::SnapbackCreate {
+                        path: shown.clone(),
+                        source,
+                    }
+                }
+            })?;
+        let mut properties = BTreeMap::new();
+        properties.insert("snapback-of".to_string(), dest.path().display().to_string());
+        properties.insert("snapback-dest-size".to_string(), dest.size().to_string());
+        if let Some(name) = describe_source(&delta.source) {
+            properties.insert("snapback-undoes".to_string(), name);
+        }
+        let header = Header {
+            origin_size: delta.origin_size,
+            chunk_size: delta.chunk_size,
+            source: SourceInfo {
+                kind: SourceKind::Image,
+                vg: None,
+                snapshot: None,
+                snapshot_uuid: None,
+                snapshot_time: None,
+                origin: Some(dest.path().display().to_string()),
+                origin_uuid: None,
+            },
+            compression: Compression::Lz4,
+            tool: crate::TOOL.to_string(),
+            properties,
+        };
+        let create_err = |source| ApplyError::SnapbackCreate {
+            path: shown.clone(),
+            source,
+        };
+        let writer =
+            Writer::new(BufWriter::with_capacity(256 << 10, file), &header).map_err(create_err)?;
+        // The new name must survive a crash too.
+        sync_parent(path).map_err(create_err)?;
+        Ok(Snapback {
+            path: path.to_path_buf(),
+            writer,
+            old: vec![0u8; MAX_RECORD_LEN as usize],
+        })
+    }
+
+    /// Writes the END record and syncs; returns the totals and length.
+    fn finish(self) -> io::Result<(Totals, u64)> {
+        let (out, totals, len) = self.writer.finish()?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok((totals, len))
+    }
+}
+
+/// `vg/snapshot (time)` or whatever is known of a delta's source.
+pub fn describe_source(s: &SourceInfo) -> Option<String> {
+    let name = match (&s.vg, &s.snapshot) {
+        (Some(vg), Some(snap)) => format!("{vg}/{snap}"),
+        (None, Some(snap)) => snap.clone(),
+        _ => return None,
+    };
+    Some(match &s.snapshot_time {
+        Some(t) => format!("{name} ({t})"),
+        None => name,
+    })
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// A verified record on its way to the destination.
+struct Verified {
+    offset: u64,
+    length: u64,
+    /// Its content at the start of the buffer; `None` for zeroes.
+    data: Option<Vec<u8>>,
+}
+
+/// A verified record waiting for its batch to be saved to the snapback.
+struct Pending {
+    offset: u64,
+    length: u64,
+    /// Where its content is in the batch buffer; `None` for zeroes.
+    data: Option<(usize, usize)>,
+}
+
+struct Applier {
+    dest: Destination,
+    shown: String,
+    origin_size: u64,
+    /// Set while a regular file still has to be extended to the origin's size.
+    extend: bool,
+    extended: bool,
+    snapback: Option<Snapback>,
+    pending: Vec<Pending>,
+    batch: Vec<u8>,
+    records: u64,
+    bytes: u64,
+    data_records: u64,
+    zero_records: u64,
+    /// Bytes written since writeback was last requested.
+    unflushed: u64,
+    /// Asks the writeback thread to start writeback.
+    writeback: Option<mpsc::SyncSender<()>>,
+}
+
+impl Applier {
+    fn progress(&self) -> Progress {
+        Progress {
+            dest: self.shown.clone(),
+            records: self.records,
+            bytes: self.bytes,
+            snapback: None,
+        }
+    }
+
+    fn add(&mut self, rec: &Verified) -> Result<(), ApplyError> {
+        let content = rec.data.as_ref().map(|d| &d[..rec.length as usize]);
+        if self.snapback.is_none() {
+            return self.write(rec.offset, rec.length, content);
+        }
+        let data = content.map(|c| {
+            let start = self.batch.len();
+            self.batch.extend_from_slice(c);
+            (start, self.batch.len())
+        });
+        self.pending.push(Pending {
+            offset: rec.offset,
+            length: rec.length,
+            data,
+        });
+        if self.batch.len() >= BATCH_BYTES || self.pending.len() >= BATCH_RECORDS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what arrives on `records` until it closes or a write fails;
+    /// returns spent buffers on `spent`.
+    fn run(
+        &mut self,
+        records: mpsc::Receiver<Verified>,
+        spent: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), ApplyError> {
+        let result = (|| {
+            for rec in records {
+                self.add(&rec)?;
+                if let Some(buf) = rec.data {
+                    let _ = spent.send(buf);
+                }
+            }
+            self.flush()
+        })();
+        // Ends the writeback thread.
+        self.writeback = None;
+        result
+    }
+
+    /// Saves the old contents of the pending records to the snapback, syncs
+    /// it, then writes the records.
+    fn flush(&mut self) -> Result<(), ApplyError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(mut snap) = self.snapback.take() else {
+            return Ok(());
+        };
+        let saved = self.save_old(&mut snap);
+        self.snapback = Some(snap);
+        saved?;
+        let pending = std::mem::take(&mut self.pending);
+        let batch = std::mem::take(&mut self.batch);
+        for p in &pending {
+            let content = p.data.map(|(a, b)| &batch[a..b]);
+            self.write(p.offset, p.length, content)?;
+        }
+        self.pending = pending;
+        self.pending.clear();
+        self.batch = batch;
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Appends the current contents of the pending records' ranges to the
+    /// snapback and syncs it.
+    fn save_old(&self, snap: &mut Snapback) -> Result<(), ApplyError> {
+        let snapback_error = |source| ApplyError::SnapbackWrite {
+            path: snap.path.display().to_string(),
+            source,
+            progress: Box::new(self.progress()),
+        };
+        for p in &self.pending {
+            let old = &mut snap.old[..p.length as usize];
+            if let Err(source) = self.dest.read_at_or_zero(old, p.offset) {
+                return Err(ApplyError::DestRead {
+                    path: self.shown.clone(),
+                    offset: p.offset,
+                    source,
+                    progress: Box::new(self.progress()),
+                });
+            }
+            if let Err(source) = snap.writer.extent(p.offset, old) {
+                return Err(snapback_error(source));
+            }
+        }
+        snap.writer
+            .flush()
+            .and_then(|()| snap.writer.get_ref().get_ref().sync_data())
+            .map_err(snapback_error)
+    }
+
+    fn write(
+        &mut self,
+        offset: u64,
+        length: u64,
+        content: Option<&[u8]>,
+    ) -> Result<(), ApplyError> {
+        if self.extend {
+            self.extend_now()?;
+        }
+        let result = match content {
+            Some(c) if !c.is_empty() => self.dest.write_all_at(c, offset),
+            _ => self.dest.write_zeroes(offset, length),
+        };
+        if let Err(source) = result {
+            return Err(ApplyError::DestWrite {
+                path: self.shown.clone(),
+                offset,
+                source,
+                progress: Box::new(self.progress()),
+            });
+        }
+        self.records += 1;
+        self.bytes += length;
+        match content {
+            Some(c) if !c.is_empty() => {
+                self.data_records += 1;
+                self.unflushed += length;
+            }
+            _ => self.zero_records += 1,
+        }
+        if self.unflushed >= WRITEBACK_BYTES {
+            self.unflushed = 0;
+            // Only a head start for the final sync: when the writeback
+            // thread is still busy, nothing is lost by skipping.
+            if let Some(wb) = &self.writeback {
+                let _ = wb.try_send(());
+            }
+        }
+        Ok(())
+    }
+
+    fn extend_now(&mut self) -> Result<(), ApplyError> {
+        self.extend = false;
+        self.dest
+            .set_len(self.origin_size)
+            .map_err(|source| ApplyError::DestExtend {
+                path: self.shown.clone(),
+                size: self.origin_size,
+                source,
+                progress: Box::new(self.progress()),
+            })?;
+        self.extended = true;
+        Ok(())
+    }
+
+    /// After an error: completes the snapback with what it holds, syncs the
+    /// destination, and says what the snapback now is.
+    fn wind_down(&mut self) -> Option<String> {
+        let note = self.snapback.take().map(|snap| {
+            let path = snap.path.display().to_string();
+            match snap.finish() {
+                Ok(_) if self.records == 0 => format!(
+                    "the snapback {path} is complete (with its END record) and restores nothing"
+                ),
+                Ok(_) => format!(
+                    "the snapback {path} is complete (with its END record): applying it restores the old contents of what was written"
+                ),
+                Err(e) => format!(
+                    "the snapback {path} could not be completed ({e}): it lacks its END record, but applying it restores every range it holds before it reports the truncation"
+                ),
+            }
+        });
+        let _ = self.dest.sync();
+        note
+    }
+
+    /// Stamps the error with how far the apply got.
+    fn fail(&mut self, err: ApplyError) -> ApplyError {
+        let note = self.wind_down();
+        let progress = |p: Box<Progress>| {
+            Box::new(Progress {
+                records: self.records,
+                bytes: self.bytes,
+                snapback: note.clone(),
+                ..*p
+            })
+        };
+        match err {
+            ApplyError::Stream {
+                delta,
+                source,
+                progress: p,
+            } => ApplyError::Stream {
+                delta,
+                source,
+                progress: progress(p),
+            },
+            ApplyError::DestWrite {
+                path,
+                offset,
+                source,
+                progress: p,
+            } => ApplyError::DestWrite {
+                path,
+                offset,
+                source,
+                progress: progress(p),
+            },
+            ApplyError::DestRead {
+                path,
+                offset,
+                source,
+                progress: p,
+            } => ApplyError::DestRead {
+                path,
+                offset,
+                source,
+                progress: progress(p),
+            },
+            ApplyError::DestExtend {
+                path,
+                size,
+                source,
+                progress: p,
+            } => ApplyError::DestExtend {
+                path,
+                size,
+                source,
+                progress: progress(p),
+            },
+            ApplyError::SnapbackWrite {
+                path,
+                source,
+                progress: p,
+            } => ApplyError::SnapbackWrite {
+                path,
+                source,
+                progress: progress(p),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Reads the delta from `input` (shown as `delta` in messages) and applies
+/// it to `dest`.
+pub fn apply<R: Read>(
+    input: R,
+    delta: &str,
+    dest: &Path,
+    options: &Options,
+) -> Result<Summary, ApplyError> {
+    let shown = dest.display().to_string();
+    let mut reader = Reader::open(input).map_err(|source| ApplyError::Stream {
+        delta: delta.into(),
+        source,
+        progress: Box::new(Progress {
+            dest: shown.clone(),
+            ..Progress::default()
+        }),
+    })?;
+    let header = reader.header().clone();
+    let existed = dest.exists();
+    let destination = open_dest(dest, options.create, header.origin_size)?;
+    let extend = check_dest_size(
+        &shown,
+        destination.is_block_device(),
+        destination.size(),
+        header.origin_size,
+    )?;
+    let dest_size_before = existed.then(|| destination.size());
+    let snapback = match &options.snapback {
+        Some(path) => Some(Snapback::create(path, &destination, &header)?),
+        None => None,
+    };
+    let mut a = Applier {
+        dest: destination,
+        shown: shown.clone(),
+        origin_size: header.origin_size,
+        extend,
+        extended: false,
+        snapback,
+        pending: Vec::new(),
+        batch: Vec::new(),
+        records: 0,
+        bytes: 0,
+        data_records: 0,
+        zero_records: 0,
+        unflushed: 0,
+        writeback: None,
+    };
+    // This thread reads and checks; a writer thread writes what passed.
+    let (to_writer, records) = mpsc::sync_channel::<Verified>(WRITE_QUEUE);
+    let (spent, from_writer) = mpsc::channel::<Vec<u8>>();
+    let writeback = a.dest.writeback().ok();
+    let (ask_writeback, writeback_asked) = mpsc::sync_channel::<()>(1);
+    a.writeback = writeback.as_ref().map(|_| ask_writeback);
+    let (read_result, write_result) = std::thread::scope(|scope| {
+        if let Some(wb) = writeback {
+            scope.spawn(move || {
+                for () in writeback_asked {
+                    let _ = wb.start();
+                }
+            });
+        }
+        let writer = scope.spawn(|| a.run(records, spent));
+        let read_result = loop {
+            let (offset, length, kind) = match reader.next_record() {
+                Ok(Some(rec)) => (rec.offset, rec.length, rec.kind),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            let data = match kind {
+                RecordKind::Zero => None,
+                RecordKind::Data { .. } => {
+                    let mut buf = from_writer.try_recv().unwrap_or_default();
+                    reader.swap_content(&mut buf);
+                    Some(buf)
+                }
+            };
+            let rec = Verified {
+                offset,
+                length,
+                data,
+            };
+            if to_writer.send(rec).is_err() {
+                // The writer stopped on an error; it tells which.
+                break Ok(());
+            }
+        };
+        drop(to_writer);
+        let write_result = writer.join().unwrap_or_else(|_| {
+            Err(ApplyError::DestWrite {
+                path: shown.clone(),
+                offset: 0,
+                source: io::Error::other("the writing thread stopped unexpectedly"),
+                progress: Box::default(),
+            })
+        });
+        (read_result, write_result)
+    });
+    // A write error comes first: it stopped the reading.
+    if let Err(e) = write_result {
+        return Err(a.fail(e));
+    }
+    if let Err(source) = read_result {
+        // The records before the damage have been written.
+        let err = ApplyError::Stream {
+            delta: delta.into(),
+            source,
+            progress: Box::new(a.progress()),
+        };
+        return Err(a.fail(err));
+    }
+    if a.extend {
+        if let Err(e) = a.extend_now() {
+            return Err(a.fail(e));
+        }
+    }
+    let Some(end) = reader.end().copied() else {
+        // The reader ends without error only after the END record.
+        return Err(a.fail(ApplyError::Stream {
+            delta: delta.into(),
+            source: StreamError::Truncated {
+                at: reader.position(),
+                context: "before its END record".into(),
+            },
+            progress: Box::new(a.progress()),
+        }));
+    };
+    // The snapback is complete and on disk before the copy is synced.
+    let snapback = match a.snapback.take() {
+        Some(snap) => {
+            let path = snap.path.clone();
+            match snap.finish() {
+                Ok((totals, len)) => Some((path, totals, len)),
+                Err(source) => {
+                    let _ = a.dest.sync();
+                    return Err(ApplyError::SnapbackWrite {
+                        path: path.display().to_string(),
+                        source,
+                        progress: Box::new(Progress {
+                            snapback: Some(format!("the snapback {} lacks its END record, but applying it restores every range it holds before it reports the truncation", path.display())),
+                            ..a.progress()
+                        }),
+                    });
+                }
+            }
+        }
+        None => None,
+    };
+    a.dest.sync().map_err(|source| ApplyError::DestSync {
+        path: shown.clone(),
+        source,
+    })?;
+    if !existed {
+        let _ = sync_parent(dest);
+    }
+    Ok(Summary {
+        header,
+        totals: end.totals,
+        data_records: a.data_records,
+        zero_records: a.zero_records,
+        stream_len: end.stream_len,
+        dest: shown,
+        dest_is_block_device: a.dest.is_block_device(),
+        dest_size_before,
+        extended: a.extended,
+        snapback,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_block_device_is_refused_and_a_small_file_extended() {
+        let err = check_dest_size("/dev/vg/copy", true, 1 << 20, 2 << 20).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/dev/vg/copy: the block device is 1048576 bytes, smaller than the origin (2097152 bytes); nothing was written"
+        );
+        assert!(!check_dest_size("/dev/vg/copy", true, 2 << 20, 2 << 20).unwrap());
+        assert!(!check_dest_size("/dev/vg/copy", true, 3 << 20, 2 << 20).unwrap());
+        assert!(check_dest_size("copy.img", false, 1 << 20, 2 << 20).unwrap());
+        assert!(!check_dest_size("copy.img", false, 2 << 20, 2 << 20).unwrap());
+    }
+
+    #[test]
+    fn progress_says_how_far_it_got() {
+        let mut p = Progress {
+            dest: "copy.img".into(),
+            ..Progress::default()
+        };
+        assert_eq!(p.to_string(), "nothing was written to copy.img");
+        p.records = 3;
+        p.bytes = 12288;
+        assert!(p.to_string().starts_with(
+            "3 records (12 KiB) were applied to copy.img before it, nothing from it on;"
+        ));
+    }
+}

@@ -1,0 +1,99 @@
+//! `lvmsync-rs apply`: replays a delta on the backup copy, each record only
+//! after it has passed its checks, and says what it did on stderr.
+
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use crate::apply::{self, check_distinct, describe_source, Summary};
+use crate::commands::{DeltaInput, DELTA_READ_BUF};
+use crate::units::human;
+use crate::Error;
+
+pub struct Args {
+    pub delta: DeltaInput,
+    pub dest: PathBuf,
+    pub create: bool,
+    pub snapback: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<(), Error> {
+    if let DeltaInput::File(path) = &args.delta {
+        check_distinct(path, &args.dest)?;
+    }
+    let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
+    let options = apply::Options {
+        create: args.create,
+        snapback: args.snapback,
+    };
+    let summary = apply::apply(input, &args.delta.name(), &args.dest, &options)?;
+    eprintln!("{}", describe(&args.delta.name(), &summary));
+    Ok(())
+}
+
+/// The paragraph printed after a successful apply.
+pub fn describe(delta: &str, s: &Summary) -> String {
+    let t = &s.totals;
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    let mut text = format!(
+        "lvmsync-rs apply: applied {delta} to {}: {} record{}, {} of data in {} DATA record{} and {} of zeroes in {} ZERO record{}, from a delta of {} bytes ({}",
+        s.dest,
+        t.records,
+        plural(t.records),
+        human(t.data_bytes),
+        s.data_records,
+        plural(s.data_records),
+        human(t.zero_bytes),
+        s.zero_records,
+        plural(s.zero_records),
+        s.stream_len,
+        human(s.stream_len),
+    );
+    if t.data_bytes > 0 {
+        text.push_str(&format!(
+            "; payload {} bytes, {:.1}% of the data",
+            t.payload_bytes,
+            t.payload_bytes as f64 * 100.0 / t.data_bytes as f64
+        ));
+    }
+    text.push_str(&format!(
+        "). Every record's checksums, the END record and the stream digest matched; {} is synced.",
+        s.dest
+    ));
+    if s.extended {
+        text.push_str(&format!(
+            " {} was extended from {} to the origin's size, {} bytes.",
+            s.dest,
+            s.dest_size_before
+                .map(|n| format!("{n} bytes"))
+                .unwrap_or_else(|| "nothing (created)".to_string()),
+            s.header.origin_size
+        ));
+    } else if s.dest_size_before.is_some_and(|n| n > s.header.origin_size) {
+        text.push_str(&format!(
+            " {} is larger than the origin ({} bytes); its bytes past that were left as they were.",
+            s.dest, s.header.origin_size
+        ));
+    }
+    text.push_str(&format!(
+        " The delta is of {} ({} origin of {} bytes), written by {}.",
+        describe_source(&s.header.source).unwrap_or_else(|| "an unnamed source".to_string()),
+        match s.header.source.kind {
+            crate::stream::SourceKind::Classic => "a classic snapshot's",
+            crate::stream::SourceKind::Image => "an image's",
+        },
+        s.header.origin_size,
+        s.header.tool
+    ));
+    if let Some((path, st, len)) = &s.snapback {
+        text.push_str(&format!(
+            " Snapback: {} holds the old contents ({} record{}, {} bytes) and is synced; `lvmsync-rs apply {} {}` restores them.",
+            path.display(),
+            st.records,
+            plural(st.records),
+            len,
+            path.display(),
+            s.dest
+        ));
+    }
+    text
+}

@@ -1,0 +1,287 @@
+//! `lvmsync-rs inspect`: what a delta holds (header, records, totals) and
+//! whether it is whole with every checksum holding, without writing anything.
+//!
+//! Output is streamed as the records are read, so a delta of any size is
+//! inspected in bounded memory. A damaged delta is shown up to the damage,
+//! then the command fails with the one-line error.
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+
+use serde::Serialize;
+
+use crate::commands::{DeltaInput, DELTA_READ_BUF};
+use crate::stream::{Header, Reader, RecordKind, SourceKind, StreamError, Totals, VERSION};
+use crate::units::human;
+use crate::Error;
+
+pub struct Args {
+    pub delta: DeltaInput,
+    pub json: bool,
+}
+
+/// Counts kept while reading.
+#[derive(Default, Serialize)]
+struct Counts {
+    records: u64,
+    data_records: u64,
+    zero_records: u64,
+    data_bytes: u64,
+    zero_bytes: u64,
+    payload_bytes: u64,
+}
+
+impl Counts {
+    fn from(t: &Totals, data_records: u64) -> Counts {
+        Counts {
+            records: t.records,
+            data_records,
+            zero_records: t.records - data_records,
+            data_bytes: t.data_bytes,
+            zero_bytes: t.zero_bytes,
+            payload_bytes: t.payload_bytes,
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<(), Error> {
+    let name = args.delta.name();
+    let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
+    let mut reader = Reader::open(input).map_err(|source| Error::Stream {
+        path: name.clone(),
+        source,
+    })?;
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let result = if args.json {
+        json(&name, &mut reader, &mut out)
+    } else {
+        text(&name, &mut reader, &mut out)
+    };
+    let damage = result
+        .and_then(|d| out.flush().map(|()| d))
+        .map_err(Error::Output)?;
+    match damage {
+        None => Ok(()),
+        Some(source) => Err(Error::Stream { path: name, source }),
+    }
+}
+
+/// The JSON document, written as the records are read.
+fn json<R: Read>(
+    name: &str,
+    reader: &mut Reader<R>,
+    out: &mut impl Write,
+) -> io::Result<Option<StreamError>> {
+    #[derive(Serialize)]
+    struct Row {
+        at: u64,
+        offset: u64,
+        length: u64,
+        kind: &'static str,
+        compressed: bool,
+        stored: u64,
+    }
+    write!(out, "{{\"delta\":")?;
+    serde_json::to_writer(&mut *out, name)?;
+    write!(out, ",\"format_version\":{VERSION},\"header\":")?;
+    serde_json::to_writer(&mut *out, reader.header())?;
+    write!(out, ",\"records\":[")?;
+    let mut data_records = 0u64;
+    let damage = loop {
+        match reader.next_record() {
+            Ok(Some(rec)) => {
+                let (kind, compressed) = match rec.kind {
+                    RecordKind::Data { compressed } => ("data", compressed),
+                    RecordKind::Zero => ("zero", false),
+                };
+                if kind == "data" {
+                    data_records += 1;
+                }
+                if rec.index > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(
+                    &mut *out,
+                    &Row {
+                        at: rec.at,
+                        offset: rec.offset,
+                        length: rec.length,
+                        kind,
+                        compressed,
+                        stored: rec.stored,
+                    },
+                )?;
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let t = *reader.totals();
+    write!(out, "],\"totals\":")?;
+    serde_json::to_writer(&mut *out, &Counts::from(&t, data_records))?;
+    let ratio = (t.payload_bytes > 0).then(|| t.data_bytes as f64 / t.payload_bytes as f64);
+    write!(
+        out,
+        ",\"stream_bytes\":{},\"compression_ratio\":",
+        reader.end().map_or(reader.position(), |e| e.stream_len)
+    )?;
+    serde_json::to_writer(&mut *out, &ratio)?;
+    write!(out, ",\"whole\":{},\"error\":", damage.is_none())?;
+    serde_json::to_writer(&mut *out, &damage.as_ref().map(|e| e.to_string()))?;
+    writeln!(out, "}}")?;
+    Ok(damage)
+}
+
+fn text<R: Read>(
+    name: &str,
+    reader: &mut Reader<R>,
+    out: &mut impl Write,
+) -> io::Result<Option<StreamError>> {
+    write_header(name, reader.header(), out)?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:>16} {:>20} {:>10}  {:<8} {:>10}",
+        "at", "offset", "length", "kind", "stored"
+    )?;
+    let mut data_records = 0u64;
+    let damage = loop {
+        match reader.next_record() {
+            Ok(Some(rec)) => {
+                let kind = match rec.kind {
+                    RecordKind::Data { compressed: true } => "data lz4",
+                    RecordKind::Data { compressed: false } => "data",
+                    RecordKind::Zero => "zero",
+                };
+                if rec.kind != RecordKind::Zero {
+                    data_records += 1;
+                }
+                writeln!(
+                    out,
+                    "{:>16} {:>20} {:>10}  {:<8} {:>10}",
+                    rec.at, rec.offset, rec.length, kind, rec.stored
+                )?;
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let t = *reader.totals();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "records:      {}: {} DATA, {} ZERO{}",
+        t.records,
+        data_records,
+        t.records - data_records,
+        if damage.is_some() {
+            " (before the damage)"
+        } else {
+            ""
+        }
+    )?;
+    let share = if t.data_bytes > 0 {
+        format!(
+            ", {:.1}% of the data",
+            t.payload_bytes as f64 * 100.0 / t.data_bytes as f64
+        )
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "data:         {} bytes ({}) in DATA records, stored in {} bytes ({}{share})",
+        t.data_bytes,
+        human(t.data_bytes),
+        t.payload_bytes,
+        human(t.payload_bytes)
+    )?;
+    writeln!(
+        out,
+        "zeroes:       {} bytes ({}) in ZERO records, with no payload",
+        t.zero_bytes,
+        human(t.zero_bytes)
+    )?;
+    match (reader.end(), &damage) {
+        (Some(end), _) => {
+            writeln!(
+                out,
+                "stream:       {} bytes ({})",
+                end.stream_len,
+                human(end.stream_len)
+            )?;
+            writeln!(
+                out,
+                "check:        whole: every checksum holds, and the END record matches the stream"
+            )?;
+        }
+        (None, Some(e)) => {
+            writeln!(out, "stream:       {} bytes read", reader.position())?;
+            writeln!(out, "check:        FAILED: {e}")?;
+        }
+        (None, None) => {}
+    }
+    Ok(damage)
+}
+
+fn write_header(name: &str, h: &Header, out: &mut impl Write) -> io::Result<()> {
+    let s = &h.source;
+    writeln!(out, "delta:        {name}")?;
+    writeln!(
+        out,
+        "format:       version {VERSION}, written by {}",
+        h.tool
+    )?;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".to_string());
+    match s.kind {
+        SourceKind::Classic => {
+            let snap = match &s.vg {
+                Some(vg) => format!("{vg}/{}", opt(&s.snapshot)),
+                None => opt(&s.snapshot),
+            };
+            let mut line = format!("classic snapshot {snap}");
+            if let Some(t) = &s.snapshot_time {
+                line.push_str(&format!(", taken {t}"));
+            }
+            if let Some(u) = &s.snapshot_uuid {
+                line.push_str(&format!(", uuid {u}"));
+            }
+            writeln!(out, "source:       {line}")?;
+            let mut line = opt(&s.origin);
+            if let Some(vg) = &s.vg {
+                line = format!("{vg}/{line}");
+            }
+            if let Some(u) = &s.origin_uuid {
+                line.push_str(&format!(", uuid {u}"));
+            }
+            writeln!(out, "origin:       {line}")?;
+        }
+        SourceKind::Image => {
+            writeln!(out, "source:       image {}", opt(&s.snapshot))?;
+            writeln!(out, "origin:       {}", opt(&s.origin))?;
+        }
+    }
+    writeln!(
+        out,
+        "origin size:  {} ({})",
+        h.origin_size,
+        human(h.origin_size)
+    )?;
+    writeln!(
+        out,
+        "chunk size:   {} ({})",
+        h.chunk_size,
+        human(h.chunk_size)
+    )?;
+    writeln!(
+        out,
+        "compression:  {}",
+        match h.compression {
+            crate::stream::Compression::Lz4 => "lz4",
+            crate::stream::Compression::None => "none",
+        }
+    )?;
+    for (k, v) in &h.properties {
+        writeln!(out, "property:     {k} = {v}")?;
+    }
+    Ok(())
+}

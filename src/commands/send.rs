@@ -1,0 +1,270 @@
+//! `lvmsync-rs send`: the changes since a snapshot was taken, as a delta
+//! stream written to a file or to stdout.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use crate::blockdev::Source;
+use crate::commands::list::{self, Listing, Target};
+use crate::lvm;
+use crate::send::{check_source_size, send_extents, SendError};
+use crate::stream::{Compression, Header, SourceInfo, SourceKind, Writer};
+use crate::units::human;
+use crate::Error;
+
+/// Where the delta goes.
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+pub struct Args {
+    /// The change table: a snapshot, or a COW image (`origin_size` may be
+    /// unknown: it then is the data source's size).
+    pub target: Target,
+    /// Where the changed chunks' data is read; for a snapshot, its origin
+    /// when not given.
+    pub data_source: Option<PathBuf>,
+    pub output: Output,
+    pub compression: Compression,
+}
+
+/// Refuses to write a binary stream to a terminal.
+pub fn refuse_terminal(stdout_is_terminal: bool) -> Result<(), Error> {
+    if stdout_is_terminal {
+        return Err(Error::Usage(
+            "refusing to write a binary delta to a terminal: redirect it (-o - > FILE, or -o - | lvmsync-rs apply - DEST), or give -o FILE".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<(), Error> {
+    if let Output::Stdout = args.output {
+        refuse_terminal(io::stdout().is_terminal())?;
+    }
+    let (listing, source) = read_inputs(&args)?;
+    let origin_size = listing.origin_size.unwrap_or(source.size());
+    check_source_size(&source, origin_size)?;
+    let header = Header {
+        origin_size,
+        chunk_size: listing.table.chunk_size,
+        source: source_info(&listing, &source),
+        compression: args.compression,
+        tool: crate::TOOL.to_string(),
+        properties: BTreeMap::from([
+            ("cow".to_string(), listing.cow_path.display().to_string()),
+            (
+                "data-source".to_string(),
+                source.path().display().to_string(),
+            ),
+        ]),
+    };
+    let extents = listing.table.extents.as_slice();
+    let (totals, len, shown) = match &args.output {
+        Output::Stdout => {
+            crate::commands::grow_pipe(io::stdout());
+            let out = BufWriter::with_capacity(256 << 10, io::stdout().lock());
+            let mut w = Writer::new(out, &header).map_err(Error::Output)?;
+            send_extents(&source, extents, &mut w).map_err(stdout_error)?;
+            let (_, totals, len) = w.finish().map_err(Error::Output)?;
+            (totals, len, "stdout".to_string())
+        }
+        Output::File(path) => {
+            let file = OutFile::create(path)?;
+            let write_err = |source| Error::Write {
+                path: path.display().to_string(),
+                source,
+            };
+            let out =
+                BufWriter::with_capacity(256 << 10, file.file.try_clone().map_err(write_err)?);
+            let mut w = Writer::new(out, &header).map_err(write_err)?;
+            send_extents(&source, extents, &mut w).map_err(|e| match e {
+                SendError::Write(source) => write_err(source),
+                other => other.into(),
+            })?;
+            let (_, totals, len) = w.finish().map_err(write_err)?;
+            file.commit().map_err(write_err)?;
+            (totals, len, path.display().to_string())
+        }
+    };
+    eprintln!(
+        "lvmsync-rs send: {} records from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}) to {}",
+        totals.records,
+        listing
+            .snapshot
+            .as_ref()
+            .map(lvm::Snapshot::display_name)
+            .unwrap_or_else(|| listing.cow_path.display().to_string()),
+        human(totals.data_bytes),
+        human(totals.zero_bytes),
+        len,
+        human(len),
+        shown
+    );
+    Ok(())
+}
+
+fn stdout_error(e: SendError) -> Error {
+    match e {
+        SendError::Write(source) => Error::Output(source),
+        other => other.into(),
+    }
+}
+
+/// The change table and the opened data source.
+fn read_inputs(args: &Args) -> Result<(Listing, Source), Error> {
+    match &args.target {
+        Target::Snapshot(_) => {
+            let listing = list::read(&args.target)?;
+            let path = match (&args.data_source, &listing.snapshot) {
+                (Some(path), _) => path.clone(),
+                (None, Some(snap)) => lvm::origin_device(snap),
+                (None, None) => {
+                    return Err(Error::Usage(
+                        "give --data-source PATH: the device or image holding the origin's new contents".into(),
+                    ))
+                }
+            };
+            let source = open_source(&path)?;
+            Ok((listing, source))
+        }
+        Target::Cow { path, origin_size } => {
+            let Some(data) = &args.data_source else {
+                return Err(Error::Usage(
+                    "--cow needs --data-source PATH: the device or image holding the origin's new contents".into(),
+                ));
+            };
+            let source = open_source(data)?;
+            let origin_size = origin_size.unwrap_or(source.size());
+            check_source_size(&source, origin_size)?;
+            let listing = list::read(&Target::Cow {
+                path: path.clone(),
+                origin_size: Some(origin_size),
+            })?;
+            Ok((listing, source))
+        }
+    }
+}
+
+fn open_source(path: &Path) -> Result<Source, Error> {
+    Source::open(path).map_err(|source| Error::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn source_info(listing: &Listing, data: &Source) -> SourceInfo {
+    let known = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    match &listing.snapshot {
+        Some(snap) => {
+            let lv = snap.lv.as_ref();
+            let origin_lv = lvm::origin_lv(snap);
+            SourceInfo {
+                kind: SourceKind::Classic,
+                vg: lv.map(|lv| lv.vg_name.clone()),
+                snapshot: Some(
+                    lv.map(|lv| lv.lv_name.clone())
+                        .unwrap_or_else(|| snap.device.name.clone()),
+                ),
+                snapshot_uuid: lv.and_then(|lv| known(&lv.lv_uuid)),
+                snapshot_time: lv.and_then(|lv| known(&lv.lv_time)),
+                origin: lv
+                    .and_then(|lv| known(&lv.origin))
+                    .or_else(|| Some(snap.origin.name.clone())),
+                origin_uuid: origin_lv.and_then(|lv| known(&lv.lv_uuid)),
+            }
+        }
+        None => SourceInfo {
+            kind: SourceKind::Image,
+            vg: None,
+            snapshot: Some(listing.cow_path.display().to_string()),
+            snapshot_uuid: None,
+            snapshot_time: None,
+            origin: Some(data.path().display().to_string()),
+            origin_uuid: None,
+        },
+    }
+}
+
+/// The output file. A regular file is written as `FILE.partial` and renamed
+/// to FILE once complete and synced, so FILE is never a partial delta; the
+/// partial file is removed if the command fails. Anything else (a FIFO, a
+/// character device) is written directly.
+struct OutFile {
+    file: File,
+    partial: Option<(PathBuf, PathBuf)>,
+}
+
+impl OutFile {
+    fn create(path: &Path) -> Result<OutFile, Error> {
+        let create_err = |source| Error::Create {
+            path: path.display().to_string(),
+            source,
+        };
+        match fs::metadata(path) {
+            Ok(m) if m.is_dir() => Err(create_err(io::Error::other("is a directory"))),
+            Ok(m) if !m.is_file() => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(create_err)?;
+                Ok(OutFile {
+                    file,
+                    partial: None,
+                })
+            }
+            _ => {
+                let mut name = path.as_os_str().to_owned();
+                name.push(".partial");
+                let partial = PathBuf::from(name);
+                let file = File::create(&partial).map_err(create_err)?;
+                Ok(OutFile {
+                    file,
+                    partial: Some((partial, path.to_path_buf())),
+                })
+            }
+        }
+    }
+
+    /// Syncs the delta and gives it its name.
+    fn commit(mut self) -> io::Result<()> {
+        self.file.flush()?;
+        if let Some((partial, path)) = &self.partial {
+            self.file.sync_all()?;
+            fs::rename(partial, path)?;
+            let path = path.clone();
+            self.partial = None;
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutFile {
+    fn drop(&mut self) {
+        if let Some((partial, _)) = &self.partial {
+            let _ = fs::remove_file(partial);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_is_refused() {
+        let err = refuse_terminal(true).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("refusing to write a binary delta to a terminal"));
+        assert!(refuse_terminal(false).is_ok());
+    }
+}

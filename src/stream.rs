@@ -1,0 +1,1248 @@
+//! The delta stream: the changed extents of an origin and their data, in a
+//! format that checks itself record by record, so that `apply` writes only
+//! what has been verified and a damaged or cut stream is always noticed.
+//!
+//! `docs/FORMAT.md` specifies the format byte for byte; in short:
+//!
+//! ```text
+//! magic (8) | version u32 | header length u32 | header (bincode) | header checksum u64
+//! record header (40) | payload      DATA (raw or lz4) or ZERO (no payload)
+//! ...
+//! END record header (40) | END payload (48): counts, byte totals, stream digest
+//! ```
+//!
+//! Checksums are xxh3: xxh3-64 over each record's content and over each
+//! header, xxh3-128 over the whole stream before the END record. They detect
+//! corruption (a flipped bit, a cut, a lost or repeated piece) at several GB/s,
+//! so checking costs little next to reading and writing the data. They are not
+//! a MAC: anyone can write a stream that passes them. Authenticity belongs to
+//! the transport (ssh).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use bincode::Options;
+use byteorder::{ByteOrder, LittleEndian};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3Default};
+
+/// The first 8 bytes of every delta. The high byte catches 7-bit channels,
+/// `\r\n` catches line-ending conversion.
+pub const MAGIC: [u8; 8] = [0x89, b'L', b'V', b'M', b'S', b'D', b'\r', b'\n'];
+/// The format version this code writes and the only one it reads.
+pub const VERSION: u32 = 1;
+/// Largest encoded header accepted, in bytes.
+pub const MAX_HEADER_LEN: u32 = 64 * 1024;
+/// Largest extent one record covers. Bounds the memory a reader needs (one
+/// record's content and payload) whatever the stream claims.
+pub const MAX_RECORD_LEN: u32 = 1 << 20;
+/// Size of a record header.
+pub const RECORD_HEADER_LEN: usize = 40;
+/// Size of the END record's payload.
+pub const END_PAYLOAD_LEN: usize = 48;
+/// Size of the END record, header and payload.
+pub const END_LEN: usize = RECORD_HEADER_LEN + END_PAYLOAD_LEN;
+/// Zero runs are found in blocks of this size, aligned to the origin.
+pub const ZERO_BLOCK: usize = 4096;
+/// Bytes before the encoded header: magic, version, header length.
+pub const PREAMBLE_LEN: usize = 16;
+
+/// Record kinds, as the first byte of a record header.
+pub const KIND_DATA: u8 = b'D';
+pub const KIND_ZERO: u8 = b'Z';
+pub const KIND_END: u8 = b'E';
+/// DATA flag: the payload is an lz4 block.
+pub const FLAG_LZ4: u8 = 1;
+
+/// What the delta was made from. Any field may be unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub kind: SourceKind,
+    /// The volume group, for an LVM snapshot.
+    pub vg: Option<String>,
+    /// The snapshot: its LV name, or the dm name or the COW image path.
+    pub snapshot: Option<String>,
+    pub snapshot_uuid: Option<String>,
+    /// The snapshot's creation time as `lvs` reports it (`lv_time`).
+    pub snapshot_time: Option<String>,
+    /// The origin: its LV name, or the device or image the data came from.
+    pub origin: Option<String>,
+    pub origin_uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A classic (dm-snapshot) snapshot.
+    Classic,
+    /// A COW image and a data source named by path, without LVM.
+    Image,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Lz4,
+}
+
+/// The stream header. Its encoding is fixed by the format version: adding,
+/// removing or reordering a field, or a variant of an enum, makes a new
+/// version. `properties` carries extra facts that a reader may ignore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Size of the origin in bytes: no record reaches past it.
+    pub origin_size: u64,
+    /// Chunk size of the change table, in bytes (informative).
+    pub chunk_size: u64,
+    pub source: SourceInfo,
+    /// What the writer used; each DATA record says whether it is compressed.
+    pub compression: Compression,
+    /// The writing tool and its version: `lvmsync-rs 0.1.0`.
+    pub tool: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// What can be wrong with a delta stream, found while reading it.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    #[error("empty input: not an lvmsync-rs delta")]
+    Empty,
+    #[error("not an lvmsync-rs delta: it starts with {found} (a delta starts with 89 4c 56 4d 53 44 0d 0a)")]
+    NotADelta { found: String },
+    #[error("delta format version {found}, but this lvmsync-rs reads version {known} only; use an lvmsync-rs that knows version {found}")]
+    UnknownVersion { found: u32, known: u32 },
+    #[error("truncated: the delta ends at byte {at}, {context}")]
+    Truncated { at: u64, context: String },
+    #[error("damaged header: {reason}")]
+    DamagedHeader { reason: String },
+    #[error("damaged record header at byte {at} (record {index}): checksum mismatch")]
+    DamagedRecordHeader { index: u64, at: u64 },
+    #[error("invalid record at byte {at} (record {index}): {reason}")]
+    BadRecord { index: u64, at: u64, reason: String },
+    #[error("damaged payload in record {index} at byte {at}: {reason}")]
+    DamagedPayload { index: u64, at: u64, reason: String },
+    #[error("damaged END record at byte {at}: {reason}")]
+    DamagedEnd { at: u64, reason: String },
+    #[error("the END record at byte {at} does not match the stream: it counts {claimed} {what}, the stream holds {found}")]
+    EndMismatch {
+        at: u64,
+        what: &'static str,
+        claimed: u64,
+        found: u64,
+    },
+    #[error("the END record at byte {at} does not match the stream: the digest of the bytes before it differs, so the stream was altered")]
+    DigestMismatch { at: u64 },
+    #[error("{extra} bytes follow the END record, which ends at byte {at}: a delta ends with its END record (two deltas joined, or garbage appended?)")]
+    TrailingData { at: u64, extra: u64 },
+    #[error("read error at byte {at}: {source}")]
+    Read { at: u64, source: io::Error },
+}
+
+impl StreamError {
+    /// Where in the stream the problem is, when it is past the header.
+    pub fn at(&self) -> Option<u64> {
+        match self {
+            StreamError::Truncated { at, .. }
+            | StreamError::DamagedRecordHeader { at, .. }
+            | StreamError::BadRecord { at, .. }
+            | StreamError::DamagedPayload { at, .. }
+            | StreamError::DamagedEnd { at, .. }
+            | StreamError::EndMismatch { at, .. }
+            | StreamError::DigestMismatch { at }
+            | StreamError::TrailingData { at, .. }
+            | StreamError::Read { at, .. } => Some(*at),
+            _ => None,
+        }
+    }
+}
+
+/// Counts that the END record carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// DATA and ZERO records (END not counted).
+    pub records: u64,
+    /// Sum of the extent lengths of DATA records.
+    pub data_bytes: u64,
+    /// Sum of the extent lengths of ZERO records.
+    pub zero_bytes: u64,
+    /// Sum of the payload lengths of DATA records, as stored.
+    pub payload_bytes: u64,
+}
+
+/// A record header, decoded. See docs/FORMAT.md for the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: u8,
+    pub flags: u8,
+    /// Extent length in bytes (0 for END).
+    pub length: u32,
+    /// Extent offset in the origin (0 for END).
+    pub offset: u64,
+    /// Payload bytes after this header.
+    pub stored: u32,
+    /// xxh3-64 of the uncompressed content (of the payload for END, 0 for ZERO).
+    pub checksum: u64,
+}
+
+impl RecordHeader {
+    pub fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut b = [0u8; RECORD_HEADER_LEN];
+        b[0] = self.kind;
+        b[1] = self.flags;
+        LittleEndian::write_u32(&mut b[4..8], self.length);
+        LittleEndian::write_u64(&mut b[8..16], self.offset);
+        LittleEndian::write_u32(&mut b[16..20], self.stored);
+        LittleEndian::write_u64(&mut b[24..32], self.checksum);
+        let check = xxh3_64(&b[..32]);
+        LittleEndian::write_u64(&mut b[32..40], check);
+        b
+    }
+
+    /// Decodes `b` if its checksum holds and its reserved bytes are zero.
+    pub fn decode(b: &[u8; RECORD_HEADER_LEN]) -> Option<RecordHeader> {
+        if LittleEndian::read_u64(&b[32..40]) != xxh3_64(&b[..32]) {
+            return None;
+        }
+        if b[2..4] != [0, 0] || b[20..24] != [0, 0, 0, 0] {
+            return None;
+        }
+        Some(RecordHeader {
+            kind: b[0],
+            flags: b[1],
+            length: LittleEndian::read_u32(&b[4..8]),
+            offset: LittleEndian::read_u64(&b[8..16]),
+            stored: LittleEndian::read_u32(&b[16..20]),
+            checksum: LittleEndian::read_u64(&b[24..32]),
+        })
+    }
+}
+
+fn header_options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .with_limit(u64::from(MAX_HEADER_LEN))
+        .reject_trailing_bytes()
+}
+
+/// The stream's first bytes: magic, version, header length, header, checksum.
+pub fn encode_header(header: &Header) -> io::Result<Vec<u8>> {
+    let body = header_options().serialize(header).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the delta header cannot be encoded: {e}"),
+        )
+    })?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&l| l <= MAX_HEADER_LEN)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the delta header is larger than 64 KiB",
+            )
+        })?;
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + body.len() + 8);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&body);
+    let check = xxh3_64(&out);
+    out.extend_from_slice(&check.to_le_bytes());
+    Ok(out)
+}
+
+/// The END record for a stream whose bytes before it have digest `digest`.
+pub fn encode_end(totals: &Totals, digest: u128) -> [u8; END_LEN] {
+    let mut payload = [0u8; END_PAYLOAD_LEN];
+    LittleEndian::write_u64(&mut payload[0..8], totals.records);
+    LittleEndian::write_u64(&mut payload[8..16], totals.data_bytes);
+    LittleEndian::write_u64(&mut payload[16..24], totals.zero_bytes);
+    LittleEndian::write_u64(&mut payload[24..32], totals.payload_bytes);
+    LittleEndian::write_u128(&mut payload[32..48], digest);
+    let head = RecordHeader {
+        kind: KIND_END,
+        flags: 0,
+        length: 0,
+        offset: 0,
+        stored: END_PAYLOAD_LEN as u32,
+        checksum: xxh3_64(&payload),
+    }
+    .encode();
+    let mut out = [0u8; END_LEN];
+    out[..RECORD_HEADER_LEN].copy_from_slice(&head);
+    out[RECORD_HEADER_LEN..].copy_from_slice(&payload);
+    out
+}
+
+/// The digest the END record carries, of the stream bytes before it.
+pub fn digest(bytes: &[u8]) -> u128 {
+    xxh3_128(bytes)
+}
+
+/// The checksum of a record's content.
+pub fn content_checksum(content: &[u8]) -> u64 {
+    xxh3_64(content)
+}
+
+/// Whether `b` is all zeroes.
+pub fn is_zero(b: &[u8]) -> bool {
+    // OR-folding fixed-size blocks vectorizes; the early exit is per block.
+    b.chunks(256)
+        .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Writes a delta stream record by record.
+///
+/// The writer trusts its caller: records must come in increasing offset
+/// order, without overlap, within the header's origin size. A reader refuses
+/// a stream that breaks these rules.
+pub struct Writer<W: Write> {
+    out: W,
+    hasher: Xxh3Default,
+    position: u64,
+    totals: Totals,
+    compression: Compression,
+    packed: Vec<u8>,
+}
+
+impl<W: Write> Writer<W> {
+    /// Writes the magic, version and header.
+    pub fn new(mut out: W, header: &Header) -> io::Result<Writer<W>> {
+        let bytes = encode_header(header)?;
+        out.write_all(&bytes)?;
+        let mut hasher = Xxh3Default::new();
+        hasher.update(&bytes);
+        let packed = match header.compression {
+            Compression::Lz4 => {
+                vec![0u8; lz4_flex::block::get_maximum_output_size(MAX_RECORD_LEN as usize)]
+            }
+            Compression::None => Vec::new(),
+        };
+        Ok(Writer {
+            out,
+            hasher,
+            position: bytes.len() as u64,
+            totals: Totals::default(),
+            compression: header.compression,
+            packed,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The compression the header announced.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    fn emit(&mut self, head: &RecordHeader, payload: &[u8]) -> io::Result<()> {
+        let head = head.encode();
+        self.out.write_all(&head)?;
+        self.out.write_all(payload)?;
+        self.hasher.update(&head);
+        self.hasher.update(payload);
+        self.position += (head.len() + payload.len()) as u64;
+        Ok(())
+    }
+
+    /// One DATA record of `content` (1 to [`MAX_RECORD_LEN`] bytes) at
+    /// `offset`, lz4-compressed when that makes it smaller.
+    pub fn data(&mut self, offset: u64, content: &[u8]) -> io::Result<()> {
+        let length = record_length(content.len())?;
+        let checksum = xxh3_64(content);
+        let mut packed = std::mem::take(&mut self.packed);
+        let compressed = match self.compression {
+            Compression::Lz4 => match lz4_flex::block::compress_into(content, &mut packed) {
+                Ok(n) if n < content.len() => Some(n),
+                _ => None,
+            },
+            Compression::None => None,
+        };
+        let (flags, payload) = match compressed {
+            Some(n) => (FLAG_LZ4, &packed[..n]),
+            None => (0, content),
+        };
+        let head = RecordHeader {
+            kind: KIND_DATA,
+            flags,
+            length,
+            offset,
+            stored: payload.len() as u32,
+            checksum,
+        };
+        let result = self.emit(&head, payload);
+        let stored = payload.len() as u64;
+        self.packed = packed;
+        result?;
+        self.totals.records += 1;
+        self.totals.data_bytes += u64::from(length);
+        self.totals.payload_bytes += stored;
+        Ok(())
+    }
+
+    /// One ZERO record: `length` (1 to [`MAX_RECORD_LEN`]) zero bytes at `offset`.
+    pub fn zero(&mut self, offset: u64, length: u64) -> io::Result<()> {
+        let length = record_length(usize::try_from(length).unwrap_or(usize::MAX))?;
+        let head = RecordHeader {
+            kind: KIND_ZERO,
+            flags: 0,
+            length,
+            offset,
+            stored: 0,
+            checksum: 0,
+        };
+        self.emit(&head, &[])?;
+        self.totals.records += 1;
+        self.totals.zero_bytes += u64::from(length);
+        Ok(())
+    }
+
+    /// The records for `content` at `offset`, of any length: all-zero runs
+    /// of [`ZERO_BLOCK`]s (aligned to the origin) become ZERO records, the
+    /// rest DATA records, none longer than [`MAX_RECORD_LEN`].
+    pub fn extent(&mut self, offset: u64, content: &[u8]) -> io::Result<()> {
+        for_each_run(offset, content, |at, run, zero| {
+            if zero {
+                self.zero(at, run.len() as u64)
+            } else {
+                self.data(at, run)
+            }
+        })
+    }
+
+    /// Appends records encoded apart (see [`Encoder`]); they must follow
+    /// the records written so far in offset order.
+    pub fn append(&mut self, records: &Encoded) -> io::Result<()> {
+        let bytes = records.as_bytes();
+        self.out.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.position += bytes.len() as u64;
+        let t = &records.totals;
+        self.totals.records += t.records;
+        self.totals.data_bytes += t.data_bytes;
+        self.totals.zero_bytes += t.zero_bytes;
+        self.totals.payload_bytes += t.payload_bytes;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Writes the END record and flushes; returns the output, the totals and
+    /// the stream's length.
+    pub fn finish(mut self) -> io::Result<(W, Totals, u64)> {
+        let end = encode_end(&self.totals, self.hasher.digest128());
+        self.out.write_all(&end)?;
+        self.out.flush()?;
+        self.position += end.len() as u64;
+        Ok((self.out, self.totals, self.position))
+    }
+}
+
+/// Calls `f(offset, run, is_zero)` for the maximal all-zero and non-zero
+/// runs of `content`, cut at [`ZERO_BLOCK`] boundaries of the origin and at
+/// [`MAX_RECORD_LEN`].
+fn for_each_run(
+    offset: u64,
+    content: &[u8],
+    mut f: impl FnMut(u64, &[u8], bool) -> io::Result<()>,
+) -> io::Result<()> {
+    let max = MAX_RECORD_LEN as usize;
+    let mut pos = 0usize;
+    while pos < content.len() {
+        // The first block may be partial, to align the rest to the origin.
+        let misalign = ((offset + pos as u64) % ZERO_BLOCK as u64) as usize;
+        let mut end = (pos + ZERO_BLOCK - misalign).min(content.len());
+        let zero = is_zero(&content[pos..end]);
+        let limit = (pos + max).min(content.len());
+        while end < limit {
+            let next = (end + ZERO_BLOCK).min(limit);
+            if is_zero(&content[end..next]) != zero {
+                break;
+            }
+            end = next;
+        }
+        f(offset + pos as u64, &content[pos..end], zero)?;
+        pos = end;
+    }
+    Ok(())
+}
+
+/// Encoded records, ready for [`Writer::append`]: their bytes and counts.
+/// Buffers are meant to be reused.
+pub struct Encoded {
+    /// Always full length; `used` bytes of it are records.
+    buf: Vec<u8>,
+    used: usize,
+    totals: Totals,
+}
+
+impl Default for Encoded {
+    fn default() -> Self {
+        Encoded::new()
+    }
+}
+
+impl Encoded {
+    /// Room for the records of [`MAX_RECORD_LEN`] bytes of content; grows
+    /// if more is encoded into it.
+    pub fn new() -> Encoded {
+        let headers = (MAX_RECORD_LEN as usize / ZERO_BLOCK + 2) * RECORD_HEADER_LEN;
+        Encoded {
+            buf: vec![
+                0u8;
+                lz4_flex::block::get_maximum_output_size(MAX_RECORD_LEN as usize) + headers
+            ],
+            used: 0,
+            totals: Totals::default(),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.used = 0;
+        self.totals = Totals::default();
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.used]
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// `len` more bytes of room after what is used.
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        let need = self.used + len;
+        if self.buf.len() < need {
+            self.buf.resize(need.max(self.buf.len() * 2), 0);
+        }
+        &mut self.buf[self.used..need]
+    }
+}
+
+/// Encodes records into [`Encoded`] buffers, so that the costly part of
+/// writing a stream (zero detection, checksums, compression) can run on
+/// several threads while one [`Writer`] appends the results in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoder {
+    compression: Compression,
+}
+
+impl Encoder {
+    pub fn new(compression: Compression) -> Encoder {
+        Encoder { compression }
+    }
+
+    /// As [`Writer::extent`], into `out`.
+    pub fn extent(&self, offset: u64, content: &[u8], out: &mut Encoded) -> io::Result<()> {
+        for_each_run(offset, content, |at, run, zero| {
+            if zero {
+                self.zero(at, run.len() as u64, out)
+            } else {
+                self.data(at, run, out)
+            }
+        })
+    }
+
+    /// As [`Writer::data`], into `out`.
+    pub fn data(&self, offset: u64, content: &[u8], out: &mut Encoded) -> io::Result<()> {
+        let length = record_length(content.len())?;
+        let checksum = xxh3_64(content);
+        let bound = lz4_flex::block::get_maximum_output_size(content.len());
+        let room = out.room(RECORD_HEADER_LEN + bound.max(content.len()));
+        let payload = &mut room[RECORD_HEADER_LEN..];
+        let compressed = match self.compression {
+            Compression::Lz4 => match lz4_flex::block::compress_into(content, payload) {
+                Ok(n) if n < content.len() => Some(n),
+                _ => None,
+            },
+            Compression::None => None,
+        };
+        let (flags, stored) = match compressed {
+            Some(n) => (FLAG_LZ4, n),
+            None => {
+                payload[..content.len()].copy_from_slice(content);
+                (0, content.len())
+            }
+        };
+        let head = RecordHeader {
+            kind: KIND_DATA,
+            flags,
+            length,
+            offset,
+            stored: stored as u32,
+            checksum,
+        }
+        .encode();
+        room[..RECORD_HEADER_LEN].copy_from_slice(&head);
+        out.used += RECORD_HEADER_LEN + stored;
+        out.totals.records += 1;
+        out.totals.data_bytes += u64::from(length);
+        out.totals.payload_bytes += stored as u64;
+        Ok(())
+    }
+
+    /// As [`Writer::zero`], into `out`.
+    pub fn zero(&self, offset: u64, length: u64, out: &mut Encoded) -> io::Result<()> {
+        let length = record_length(usize::try_from(length).unwrap_or(usize::MAX))?;
+        let head = RecordHeader {
+            kind: KIND_ZERO,
+            flags: 0,
+            length,
+            offset,
+            stored: 0,
+            checksum: 0,
+        }
+        .encode();
+        out.room(RECORD_HEADER_LEN).copy_from_slice(&head);
+        out.used += RECORD_HEADER_LEN;
+        out.totals.records += 1;
+        out.totals.zero_bytes += u64::from(length);
+        Ok(())
+    }
+}
+
+fn record_length(len: usize) -> io::Result<u32> {
+    u32::try_from(len)
+        .ok()
+        .filter(|&l| (1..=MAX_RECORD_LEN).contains(&l))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("record length {len} is not within 1 to {MAX_RECORD_LEN} bytes"),
+            )
+        })
+}
+
+/// What a record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Data { compressed: bool },
+    Zero,
+}
+
+/// A record that has passed every check.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// Its index in the stream, from 0.
+    pub index: u64,
+    /// Stream offset of its header.
+    pub at: u64,
+    pub offset: u64,
+    pub length: u64,
+    pub kind: RecordKind,
+    /// Payload bytes it took in the stream.
+    pub stored: u64,
+    /// The extent's new content (empty for ZERO).
+    pub content: &'a [u8],
+}
+
+/// What the END record confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub totals: Totals,
+    /// Length of the whole stream, END included.
+    pub stream_len: u64,
+}
+
+/// Reads a delta stream record by record, checking everything before it
+/// hands a record out. Memory is bounded by [`MAX_RECORD_LEN`].
+pub struct Reader<R: Read> {
+    input: R,
+    header: Header,
+    header_len: u64,
+    position: u64,
+    hasher: Xxh3Default,
+    totals: Totals,
+    prev_end: u64,
+    payload: Vec<u8>,
+    content: Vec<u8>,
+    end: Option<End>,
+}
+
+impl<R: Read> Reader<R> {
+    /// Reads and checks the magic, the version and the header.
+    pub fn open(mut input: R) -> Result<Reader<R>, StreamError> {
+        let mut pre = [0u8; PREAMBLE_LEN];
+        let n = read_full(&mut input, &mut pre, 0)?;
+        let magic_len = n.min(MAGIC.len());
+        if n == 0 {
+            return Err(StreamError::Empty);
+        }
+        if pre[..magic_len] != MAGIC[..magic_len] {
+            return Err(StreamError::NotADelta {
+                found: hex(&pre[..magic_len]),
+            });
+        }
+        if n < 12 {
+            return Err(StreamError::Truncated {
+                at: n as u64,
+                context: "inside its magic and version".into(),
+            });
+        }
+        let version = LittleEndian::read_u32(&pre[8..12]);
+        if version != VERSION {
+            return Err(StreamError::UnknownVersion {
+                found: version,
+                known: VERSION,
+            });
+        }
+        if n < PREAMBLE_LEN {
+            return Err(StreamError::Truncated {
+                at: n as u64,
+                context: "inside its header".into(),
+            });
+        }
+        let len = LittleEndian::read_u32(&pre[12..16]);
+        if len == 0 || len > MAX_HEADER_LEN {
+            return Err(StreamError::DamagedHeader {
+                reason: format!("its length {len} is not within 1 to {MAX_HEADER_LEN} bytes"),
+            });
+        }
+        let mut frame = vec![0u8; PREAMBLE_LEN + len as usize + 8];
+        frame[..PREAMBLE_LEN].copy_from_slice(&pre);
+        let n = read_full(&mut input, &mut frame[PREAMBLE_LEN..], PREAMBLE_LEN as u64)?;
+        if PREAMBLE_LEN + n < frame.len() {
+            return Err(StreamError::Truncated {
+                at: (PREAMBLE_LEN + n) as u64,
+                context: "inside its header".into(),
+            });
+        }
+        let body_end = PREAMBLE_LEN + len as usize;
+        if LittleEndian::read_u64(&frame[body_end..]) != xxh3_64(&frame[..body_end]) {
+            return Err(StreamError::DamagedHeader {
+                reason: "checksum mismatch".into(),
+            });
+        }
+        let header: Header = header_options()
+            .deserialize(&frame[PREAMBLE_LEN..body_end])
+            .map_err(|e| StreamError::DamagedHeader {
+                reason: format!("its checksum holds but it cannot be decoded ({e})"),
+            })?;
+        let mut hasher = Xxh3Default::new();
+        hasher.update(&frame);
+        let payload = match header.compression {
+            Compression::Lz4 => vec![0u8; MAX_RECORD_LEN as usize],
+            Compression::None => Vec::new(),
+        };
+        Ok(Reader {
+            input,
+            header,
+            header_len: frame.len() as u64,
+            position: frame.len() as u64,
+            hasher,
+            totals: Totals::default(),
+            prev_end: 0,
+            payload,
+            content: vec![0u8; MAX_RECORD_LEN as usize],
+            end: None,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Bytes of the magic and header.
+    pub fn header_len(&self) -> u64 {
+        self.header_len
+    }
+
+    /// Stream bytes read and checked so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Counts of the records handed out so far.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The END record, once it has been read and has matched the stream.
+    pub fn end(&self) -> Option<&End> {
+        self.end.as_ref()
+    }
+
+    /// Takes the last record's content without copying it: exchanges the
+    /// reader's content buffer, which holds it at its start, with `spare`.
+    /// `spare` is resized to [`MAX_RECORD_LEN`] if it is shorter.
+    pub fn swap_content(&mut self, spare: &mut Vec<u8>) {
+        if spare.len() < MAX_RECORD_LEN as usize {
+            spare.resize(MAX_RECORD_LEN as usize, 0);
+        }
+        std::mem::swap(&mut self.content, spare);
+    }
+
+    /// The next record, checked; `None` once the END record has been read,
+    /// has matched the stream, and nothing follows it. After an error the
+    /// reader must not be used again.
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, StreamError> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let at = self.position;
+        let index = self.totals.records;
+        let mut raw = [0u8; RECORD_HEADER_LEN];
+        let n = read_full(&mut self.input, &mut raw, at)?;
+        if n == 0 {
+            return Err(StreamError::Truncated {
+                at,
+                context: format!("after record {index}, where the next record or the END record should start; the stream is incomplete"),
+            });
+        }
+        if n < RECORD_HEADER_LEN {
+            return Err(StreamError::Truncated {
+                at: at + n as u64,
+                context: format!(
+                    "inside the header of the record that starts at byte {at} (record {index})"
+                ),
+            });
+        }
+        self.position += RECORD_HEADER_LEN as u64;
+        let head =
+            RecordHeader::decode(&raw).ok_or(StreamError::DamagedRecordHeader { index, at })?;
+        let bad = |reason: String| StreamError::BadRecord { index, at, reason };
+        match head.kind {
+            KIND_END => return self.read_end(at, &head).map(|()| None),
+            KIND_DATA if head.flags & !FLAG_LZ4 != 0 => {
+                return Err(bad(format!("unknown flags 0x{:02x}", head.flags)))
+            }
+            KIND_ZERO if head.flags != 0 => {
+                return Err(bad(format!("unknown flags 0x{:02x}", head.flags)))
+            }
+            KIND_DATA | KIND_ZERO => {}
+            other => return Err(bad(format!("unknown record kind 0x{other:02x}"))),
+        }
+        self.hasher.update(&raw);
+        let length = u64::from(head.length);
+        if head.length == 0 || head.length > MAX_RECORD_LEN {
+            return Err(bad(format!(
+                "its length {length} is not within 1 to {MAX_RECORD_LEN} bytes"
+            )));
+        }
+        let end = head.offset.checked_add(length);
+        if end.is_none_or(|end| end > self.header.origin_size) {
+            return Err(bad(format!(
+                "its extent (offset {}, length {length}) ends past the end of the origin ({} bytes)",
+                head.offset, self.header.origin_size
+            )));
+        }
+        if head.offset < self.prev_end {
+            return Err(bad(format!(
+                "it starts at offset {}, before the end of the previous record ({}); records must be in increasing order without overlap",
+                head.offset, self.prev_end
+            )));
+        }
+        let compressed = head.kind == KIND_DATA && head.flags & FLAG_LZ4 != 0;
+        match head.kind {
+            KIND_ZERO if head.stored != 0 || head.checksum != 0 => {
+                return Err(bad(
+                    "a ZERO record with a payload or a content checksum".into()
+                ))
+            }
+            KIND_DATA if compressed && self.header.compression != Compression::Lz4 => {
+                return Err(bad(
+                    "an lz4 record in a stream whose header says no compression".into(),
+                ))
+            }
+            KIND_DATA if compressed && (head.stored == 0 || head.stored >= head.length) => {
+                return Err(bad(format!(
+                    "lz4 payload of {} bytes for {length} bytes of content (must be smaller)",
+                    head.stored
+                )))
+            }
+            KIND_DATA if !compressed && head.stored != head.length => {
+                return Err(bad(format!(
+                    "raw payload of {} bytes for {length} bytes of content",
+                    head.stored
+                )))
+            }
+            _ => {}
+        }
+        let len = head.length as usize;
+        let stored = head.stored as usize;
+        let damaged = |reason: String| StreamError::DamagedPayload { index, at, reason };
+        let kind = if head.kind == KIND_ZERO {
+            RecordKind::Zero
+        } else {
+            let buf = if compressed {
+                &mut self.payload[..stored]
+            } else {
+                &mut self.content[..len]
+            };
+            let n = read_full(&mut self.input, buf, self.position)?;
+            if n < stored {
+                return Err(StreamError::Truncated {
+                    at: self.position + n as u64,
+                    context: format!(
+                        "inside the payload of the record that starts at byte {at} (record {index})"
+                    ),
+                });
+            }
+            self.hasher.update(buf);
+            self.position += stored as u64;
+            if compressed {
+                match lz4_flex::block::decompress_into(
+                    &self.payload[..stored],
+                    &mut self.content[..len],
+                ) {
+                    Ok(n) if n == len => {}
+                    Ok(n) => {
+                        return Err(damaged(format!(
+                            "its lz4 data decompresses to {n} bytes instead of {len}"
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(damaged(format!(
+                            "its lz4 data cannot be decompressed ({e})"
+                        )))
+                    }
+                }
+            }
+            if xxh3_64(&self.content[..len]) != head.checksum {
+                return Err(damaged("content checksum mismatch".into()));
+            }
+            RecordKind::Data { compressed }
+        };
+        self.prev_end = head.offset + length;
+        self.totals.records += 1;
+        match kind {
+            RecordKind::Zero => self.totals.zero_bytes += length,
+            RecordKind::Data { .. } => {
+                self.totals.data_bytes += length;
+                self.totals.payload_bytes += stored as u64;
+            }
+        }
+        Ok(Some(Record {
+            index,
+            at,
+            offset: head.offset,
+            length,
+            kind,
+            stored: stored as u64,
+            content: match kind {
+                RecordKind::Zero => &[],
+                RecordKind::Data { .. } => &self.content[..len],
+            },
+        }))
+    }
+
+    fn read_end(&mut self, at: u64, head: &RecordHeader) -> Result<(), StreamError> {
+        let damaged = |reason: &str| StreamError::DamagedEnd {
+            at,
+            reason: reason.into(),
+        };
+        if head.flags != 0
+            || head.length != 0
+            || head.offset != 0
+            || head.stored as usize != END_PAYLOAD_LEN
+        {
+            return Err(damaged("unexpected fields in its header"));
+        }
+        let digest = self.hasher.digest128();
+        let mut payload = [0u8; END_PAYLOAD_LEN];
+        let n = read_full(&mut self.input, &mut payload, self.position)?;
+        if n < END_PAYLOAD_LEN {
+            return Err(StreamError::Truncated {
+                at: self.position + n as u64,
+                context: format!("inside the END record that starts at byte {at}"),
+            });
+        }
+        self.position += END_PAYLOAD_LEN as u64;
+        if xxh3_64(&payload) != head.checksum {
+            return Err(damaged("checksum mismatch"));
+        }
+        let claimed = Totals {
+            records: LittleEndian::read_u64(&payload[0..8]),
+            data_bytes: LittleEndian::read_u64(&payload[8..16]),
+            zero_bytes: LittleEndian::read_u64(&payload[16..24]),
+            payload_bytes: LittleEndian::read_u64(&payload[24..32]),
+        };
+        let found = self.totals;
+        for (what, c, f) in [
+            ("records", claimed.records, found.records),
+            ("DATA bytes", claimed.data_bytes, found.data_bytes),
+            ("ZERO bytes", claimed.zero_bytes, found.zero_bytes),
+            ("payload bytes", claimed.payload_bytes, found.payload_bytes),
+        ] {
+            if c != f {
+                return Err(StreamError::EndMismatch {
+                    at,
+                    what,
+                    claimed: c,
+                    found: f,
+                });
+            }
+        }
+        if LittleEndian::read_u128(&payload[32..48]) != digest {
+            return Err(StreamError::DigestMismatch { at });
+        }
+        // Nothing may follow.
+        let mut extra = 0u64;
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.input.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    extra += n as u64;
+                    if extra >= 1 << 20 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(StreamError::Read {
+                        at: self.position + extra,
+                        source,
+                    })
+                }
+            }
+        }
+        if extra > 0 {
+            return Err(StreamError::TrailingData {
+                at: self.position,
+                extra,
+            });
+        }
+        self.end = Some(End {
+            totals: found,
+            stream_len: self.position,
+        });
+        Ok(())
+    }
+}
+
+/// Fills `buf` as far as the input goes; returns the bytes read.
+fn read_full<R: Read>(input: &mut R, buf: &mut [u8], at: u64) -> Result<usize, StreamError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(StreamError::Read {
+                    at: at + n as u64,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(origin_size: u64, compression: Compression) -> Header {
+        Header {
+            origin_size,
+            chunk_size: 4096,
+            source: SourceInfo {
+                kind: SourceKind::Image,
+                vg: None,
+                snapshot: Some("a.cow".into()),
+                snapshot_uuid: None,
+                snapshot_time: None,
+                origin: Some("new.img".into()),
+                origin_uuid: None,
+            },
+            compression,
+            tool: "lvmsync-rs test".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// offset, length, kind, content
+    type ReadBack = (u64, u64, RecordKind, Vec<u8>);
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<ReadBack>, StreamError> {
+        let mut r = Reader::open(bytes)?;
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_record()? {
+            out.push((rec.offset, rec.length, rec.kind, rec.content.to_vec()));
+        }
+        assert!(r.end().is_some());
+        Ok(out)
+    }
+
+    #[test]
+    fn a_stream_reads_back_as_written() {
+        let mut w = Writer::new(Vec::new(), &header(1 << 24, Compression::Lz4)).unwrap();
+        let text = b"hello, delta ".repeat(1000);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        w.data(0, &text).unwrap();
+        w.data(65536, &noise).unwrap();
+        w.zero(1 << 20, 4096).unwrap();
+        let (bytes, totals, len) = w.finish().unwrap();
+        assert_eq!(len, bytes.len() as u64);
+        assert_eq!(totals.records, 3);
+        let recs = read_all(&bytes).unwrap();
+        assert_eq!(recs[0].2, RecordKind::Data { compressed: true });
+        assert_eq!(recs[0].3, text);
+        assert_eq!(recs[1].2, RecordKind::Data { compressed: false });
+        assert_eq!(recs[1].3, noise);
+        assert_eq!(
+            (recs[2].0, recs[2].1, recs[2].2),
+            (1 << 20, 4096, RecordKind::Zero)
+        );
+    }
+
+    #[test]
+    fn extents_split_into_zero_and_data_runs_at_the_record_limit() {
+        let mut w = Writer::new(Vec::new(), &header(1 << 30, Compression::None)).unwrap();
+        // 512 bytes before a block boundary, then 3 MiB: data, zeroes, data.
+        let mut content = vec![0u8; 512 + (3 << 20)];
+        content[..512].fill(7);
+        content[512 + (2 << 20)..].fill(9);
+        let offset = 4096 - 512;
+        w.extent(offset, &content).unwrap();
+        let (bytes, _, _) = w.finish().unwrap();
+        let recs: Vec<(u64, u64, RecordKind)> = read_all(&bytes)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.0, r.1, r.2))
+            .collect();
+        let data = RecordKind::Data { compressed: false };
+        assert_eq!(
+            recs,
+            vec![
+                (3584, 512, data),
+                (4096, 1 << 20, RecordKind::Zero),
+                (4096 + (1 << 20), 1 << 20, RecordKind::Zero),
+                (4096 + (2 << 20), 1 << 20, data),
+            ]
+        );
+    }
+
+    #[test]
+    fn encoded_records_are_the_records_a_writer_writes() {
+        let mut content = b"some text, some text, some text ".repeat(4000);
+        content[40000..50000].fill(0);
+        let mut x = 7u64;
+        for b in content[70000..].iter_mut() {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (x >> 56) as u8;
+        }
+        for compression in [Compression::Lz4, Compression::None] {
+            let h = header(1 << 30, compression);
+            let mut direct = Writer::new(Vec::new(), &h).unwrap();
+            direct.extent(4096, &content).unwrap();
+            direct.extent(1 << 20, &content[..5000]).unwrap();
+            let direct = direct.finish().unwrap();
+            let mut appended = Writer::new(Vec::new(), &h).unwrap();
+            let enc = Encoder::new(compression);
+            let mut e = Encoded::new();
+            enc.extent(4096, &content, &mut e).unwrap();
+            appended.append(&e).unwrap();
+            e.clear();
+            enc.extent(1 << 20, &content[..5000], &mut e).unwrap();
+            appended.append(&e).unwrap();
+            assert_eq!(appended.finish().unwrap(), direct);
+        }
+    }
+
+    #[test]
+    fn records_past_the_origin_or_out_of_order_are_refused() {
+        let mut w = Writer::new(Vec::new(), &header(8192, Compression::None)).unwrap();
+        w.data(4096, &[1u8; 8192]).unwrap();
+        let (bytes, _, _) = w.finish().unwrap();
+        let err = read_all(&bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("ends past the end of the origin"),
+            "{err}"
+        );
+
+        let mut w = Writer::new(Vec::new(), &header(1 << 20, Compression::None)).unwrap();
+        w.data(8192, &[1u8; 4096]).unwrap();
+        w.data(4096, &[1u8; 8192]).unwrap();
+        let (bytes, _, _) = w.finish().unwrap();
+        let err = read_all(&bytes).unwrap_err();
+        assert!(err.to_string().contains("increasing order"), "{err}");
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let mut w = Writer::new(Vec::new(), &header(1 << 20, Compression::Lz4)).unwrap();
+        w.data(0, &b"abcd".repeat(300)).unwrap();
+        w.data(8192, &[5u8, 6, 7]).unwrap();
+        w.zero(16384, 4096).unwrap();
+        let (bytes, _, _) = w.finish().unwrap();
+        for i in 0..bytes.len() {
+            for bit in [0, 3, 7] {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                assert!(read_all(&b).is_err(), "bit {bit} of byte {i}");
+            }
+        }
+        for cut in 0..bytes.len() {
+            assert!(read_all(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn versions_and_magic_are_checked_first() {
+        let w = Writer::new(Vec::new(), &header(4096, Compression::Lz4)).unwrap();
+        let (mut bytes, _, _) = w.finish().unwrap();
+        bytes[8] = 2;
+        let err = read_all(&bytes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "delta format version 2, but this lvmsync-rs reads version 1 only; use an lvmsync-rs that knows version 2"
+        );
+        let err = read_all(b"#!/bin/sh\n").unwrap_err();
+        assert!(err.to_string().contains("not an lvmsync-rs delta"), "{err}");
+        assert!(matches!(read_all(b""), Err(StreamError::Empty)));
+        assert!(matches!(
+            read_all(&MAGIC[..5]),
+            Err(StreamError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0u8; 10000]));
+        let mut b = vec![0u8; 10000];
+        b[9999] = 1;
+        assert!(!is_zero(&b));
+    }
+}

@@ -23,104 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use lvmsync::cowgen::CowWriter;
+#[path = "common/workload.rs"]
+mod workload;
 
-const CHUNK: u64 = 4096;
-const PIECE: usize = 1 << 20;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Content {
-    Random,
-    Text,
-    Zero,
-    Mixed,
-}
-
-struct Extent {
-    offset: u64,
-    length: u64,
-    content: Content,
-}
-
-/// Words for text that compresses about as well as logs and source do.
-const WORDS: &[&str] = &[
-    "the",
-    "backup",
-    "volume",
-    "snapshot",
-    "chunk",
-    "origin",
-    "kernel",
-    "error",
-    "INFO",
-    "2024-05-01T10:11:12Z",
-    "request",
-    "served",
-    "in",
-    "ms",
-    "user=alice",
-    "GET",
-    "/api/v1/items",
-    "status=200",
-    "bytes=5123",
-    "fn",
-    "main()",
-    "{",
-    "}",
-    "return",
-    "let",
-    "mut",
-    "x",
-    "=",
-    ";",
-];
-
-fn text(rng: &mut Rng, b: &mut [u8]) {
-    let mut i = 0;
-    while i < b.len() {
-        let w = WORDS[rng.below(WORDS.len() as u64) as usize].as_bytes();
-        let sep: &[u8] = if rng.below(12) == 0 { b"\n" } else { b" " };
-        for &c in w.iter().chain(sep) {
-            if i == b.len() {
-                break;
-            }
-            b[i] = c;
-            i += 1;
-        }
-    }
-}
-
-fn fill(rng: &mut Rng, content: Content, b: &mut [u8]) {
-    match content {
-        Content::Random => rng.fill(b),
-        Content::Text => text(rng, b),
-        Content::Zero => b.fill(0),
-        Content::Mixed => {
-            let half = b.len() / 2 / CHUNK as usize * CHUNK as usize;
-            text(rng, &mut b[..half]);
-            rng.fill(&mut b[half..]);
-        }
-    }
-}
+use workload::{Content, Extent, Rng, Workload, PIECE};
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -227,92 +133,25 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
         .join(format!("bench-delta-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
-    let changed_target = (gib * (1u64 << 30) as f64) as u64 / CHUNK * CHUNK;
-    let origin_size = changed_target * 4;
-    let origin_chunks = origin_size / CHUNK;
 
-    // Extents: 1 chunk to 2 MiB, separated by gaps three times as long on
-    // average, so that a quarter of the image changes.
-    let t = Instant::now();
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let mut extents = Vec::new();
-    let mut chunk = 0u64;
-    let mut changed = 0u64;
-    while changed < changed_target {
-        let len = match rng.below(10) {
-            0..=3 => 1 + rng.below(4),
-            4..=7 => 4 + rng.below(60),
-            _ => 64 + rng.below(449),
-        }
-        .min((changed_target - changed) / CHUNK)
-        .max(1);
-        let gap = rng.below(6 * len + 1);
-        if chunk + gap + len > origin_chunks {
-            break;
-        }
-        let content = match rng.below(20) {
-            0..=7 => Content::Random,
-            8..=14 => Content::Text,
-            15..=17 => Content::Zero,
-            _ => Content::Mixed,
-        };
-        extents.push(Extent {
-            offset: (chunk + gap) * CHUNK,
-            length: len * CHUNK,
-            content,
-        });
-        chunk += gap + len;
-        changed += len * CHUNK;
-    }
-    let new = dir.join("new.img");
-    let cow = dir.join("snap.cow");
-    let f = File::create(&new).unwrap();
-    f.set_len(origin_size).unwrap();
-    let mut buf = vec![0u8; 2 << 20];
-    let mut cw = CowWriter::new(File::create(&cow).unwrap(), CHUNK);
-    for e in &extents {
-        let b = &mut buf[..e.length as usize];
-        fill(&mut rng, e.content, b);
-        if e.content != Content::Zero {
-            f.write_all_at(b, e.offset).unwrap();
-        }
-        for c in e.offset / CHUNK..(e.offset + e.length) / CHUNK {
-            cw.push(c).unwrap();
-        }
-    }
-    cw.finish().unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    let share = |c: Content| {
-        extents
-            .iter()
-            .filter(|e| e.content == c)
-            .map(|e| e.length)
-            .sum::<u64>() as f64
-            * 100.0
-            / changed as f64
-    };
-    println!(
-        "changed: {:.2} GiB in {} extents over a {:.0} GiB image ({:.0}% random, {:.0}% text, {:.0}% zeroes, {:.0}% half text half random), made in {:.1} s in {}",
-        changed as f64 / (1u64 << 30) as f64,
-        extents.len(),
-        origin_size as f64 / (1u64 << 30) as f64,
-        share(Content::Random),
-        share(Content::Text),
-        share(Content::Zero),
-        share(Content::Mixed),
-        t.elapsed().as_secs_f64(),
-        dir.display()
-    );
+    let work = Workload::make(&dir, gib);
+    let Workload {
+        extents,
+        origin_size,
+        changed,
+        new,
+        cow,
+    } = &work;
+    let (origin_size, changed) = (*origin_size, *changed);
 
     // Sizes and the ZERO records, from a delta written once (not timed).
     let delta = dir.join("d.lvd");
     let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
     let status = Command::new(bin)
         .args(["send", "--cow"])
-        .arg(&cow)
+        .arg(cow)
         .arg("--data-source")
-        .arg(&new)
+        .arg(new)
         .arg("-o")
         .arg(&delta)
         .stderr(Stdio::null())
@@ -353,15 +192,15 @@ fn main() {
     let mut lz4 = Vec::new();
     let mut none = Vec::new();
     for round in 0..rounds {
-        make_copy(&copy, origin_size, &extents);
-        base.push(copy_extents(&new, &copy, &extents));
+        make_copy(&copy, origin_size, extents);
+        base.push(copy_extents(new, &copy, extents));
         for (mode, times) in [("lz4", &mut lz4), ("none", &mut none)] {
-            make_copy(&copy, origin_size, &extents);
-            let (secs, report) = pipeline(&cow, &new, &copy, mode);
+            make_copy(&copy, origin_size, extents);
+            let (secs, report) = pipeline(cow, new, &copy, mode);
             times.push(secs);
             if round == 0 {
                 assert!(
-                    same_extents(&new, &copy, &extents),
+                    same_extents(new, &copy, extents),
                     "the copy differs from the new image after send | apply ({mode})"
                 );
                 assert!(report.contains("stream digest matched"), "{report}");

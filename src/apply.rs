@@ -87,8 +87,8 @@ pub enum ApplyError {
         source: StreamError,
         progress: Box<Progress>,
     },
-    #[error("{path}: no such file; give --create to create it as a regular file of the origin's size ({size} bytes)")]
-    DestMissing { path: String, size: u64 },
+    #[error("{path}: no such file; give --create to create it as a regular file{}", of_origin_size(.size))]
+    DestMissing { path: String, size: Option<u64> },
     #[error("{path}: is a directory; name a regular file or a block device")]
     DestDirectory { path: String },
     #[error("{path}: not a regular file or a block device")]
@@ -138,6 +138,13 @@ pub enum ApplyError {
     },
 }
 
+fn of_origin_size(size: &Option<u64>) -> String {
+    match size {
+        Some(n) => format!(" of the origin's size ({n} bytes)"),
+        None => String::new(),
+    }
+}
+
 /// What to do besides writing the records.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -156,6 +163,8 @@ pub struct Summary {
     pub zero_records: u64,
     /// Length of the delta, END record included.
     pub stream_len: u64,
+    /// The stream digest the END record carried, and that was checked.
+    pub digest: u128,
     pub dest: String,
     pub dest_is_block_device: bool,
     /// Size of the destination before, when it existed.
@@ -200,7 +209,11 @@ pub fn check_dest_size(
     }
 }
 
-fn open_dest(path: &Path, create: bool, origin_size: u64) -> Result<Destination, ApplyError> {
+fn open_dest(
+    path: &Path,
+    create: bool,
+    origin_size: Option<u64>,
+) -> Result<Destination, ApplyError> {
     let shown = path.display().to_string();
     let open_err = |source| ApplyError::DestOpen {
         path: shown.clone(),
@@ -604,6 +617,35 @@ impl Applier {
     }
 }
 
+/// The destination, opened (or created) and checked before any record
+/// is read.
+#[derive(Debug)]
+pub struct Target {
+    path: PathBuf,
+    destination: Destination,
+    existed: bool,
+}
+
+impl Target {
+    /// Opens `path` for writing: an existing regular file or block device,
+    /// or, with `create`, a new regular file. `origin_size`, when known,
+    /// makes the refusal of a missing file say how large it would be.
+    pub fn open(path: &Path, create: bool, origin_size: Option<u64>) -> Result<Target, ApplyError> {
+        let existed = path.exists();
+        let destination = open_dest(path, create, origin_size)?;
+        Ok(Target {
+            path: path.to_path_buf(),
+            destination,
+            existed,
+        })
+    }
+
+    /// Its size now, in bytes.
+    pub fn size(&self) -> u64 {
+        self.destination.size()
+    }
+}
+
 /// Reads the delta from `input` (shown as `delta` in messages) and applies
 /// it to `dest`.
 pub fn apply<R: Read>(
@@ -612,18 +654,39 @@ pub fn apply<R: Read>(
     dest: &Path,
     options: &Options,
 ) -> Result<Summary, ApplyError> {
-    let shown = dest.display().to_string();
-    let mut reader = Reader::open(input).map_err(|source| ApplyError::Stream {
+    let reader = open_stream(input, delta, dest)?;
+    let target = Target::open(dest, options.create, Some(reader.header().origin_size))?;
+    apply_to(reader, delta, target, options)
+}
+
+/// Reads and checks the delta's header.
+pub fn open_stream<R: Read>(input: R, delta: &str, dest: &Path) -> Result<Reader<R>, ApplyError> {
+    Reader::open(input).map_err(|source| ApplyError::Stream {
         delta: delta.into(),
         source,
         progress: Box::new(Progress {
-            dest: shown.clone(),
+            dest: dest.display().to_string(),
             ..Progress::default()
         }),
-    })?;
+    })
+}
+
+/// Applies the delta whose header `reader` has read to `target`, opened
+/// beforehand (so that a refusal comes before anything is read).
+pub fn apply_to<R: Read>(
+    mut reader: Reader<R>,
+    delta: &str,
+    target: Target,
+    options: &Options,
+) -> Result<Summary, ApplyError> {
+    let Target {
+        path,
+        destination,
+        existed,
+    } = target;
+    let dest = path.as_path();
+    let shown = dest.display().to_string();
     let header = reader.header().clone();
-    let existed = dest.exists();
-    let destination = open_dest(dest, options.create, header.origin_size)?;
     let extend = check_dest_size(
         &shown,
         destination.is_block_device(),
@@ -764,6 +827,7 @@ pub fn apply<R: Read>(
         data_records: a.data_records,
         zero_records: a.zero_records,
         stream_len: end.stream_len,
+        digest: end.digest,
         dest: shown,
         dest_is_block_device: a.dest.is_block_device(),
         dest_size_before,

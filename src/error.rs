@@ -10,6 +10,7 @@ use crate::cow::CowError;
 use crate::lvm::LvmError;
 use crate::send::SendError;
 use crate::stream::StreamError;
+use crate::transport::TransportError;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -29,6 +30,8 @@ pub enum Error {
     Apply(#[from] ApplyError),
     #[error("{path}: {source}")]
     Stream { path: String, source: StreamError },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("{0}")]
     Usage(String),
     #[error("writing output: {0}")]

@@ -14,6 +14,7 @@ pub mod extents;
 pub mod lvm;
 pub mod send;
 pub mod stream;
+pub mod transport;
 pub mod units;
 
 pub use error::Error;

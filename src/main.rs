@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use lvmsync::commands::{apply, inspect, list, send, DeltaInput};
+use lvmsync::commands::{apply, inspect, list, send, sync, DeltaInput};
 use lvmsync::stream::Compression;
 use lvmsync::units::parse_size;
 use lvmsync::Error;
@@ -18,7 +18,8 @@ use lvmsync::Error;
     about = "Ship the changes of LVM snapshots to a backup copy, checked end to end",
     long_about = "Ship the changes of LVM snapshots to a backup copy, checked end to end.\n\n\
         lvmsync-rs reads the kernel's record of which chunks changed since a snapshot \
-        was taken, so the cost of a sync grows with the changed data, not with the device."
+        was taken, so the cost of a sync grows with the changed data, not with the device.",
+    after_help = "`lvmsync-rs SNAPSHOT [user@]host:DEST` is short for `lvmsync-rs sync SNAPSHOT [user@]host:DEST`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -103,6 +104,66 @@ enum Command {
         /// file), as a delta that restores them
         #[arg(long, value_name = "FILE")]
         snapback: Option<PathBuf>,
+        /// The far end of `sync`: open DEST, say hello on stdout, apply,
+        /// report on stdout
+        #[arg(long, hide = true, requires = "expect_format")]
+        remote: bool,
+        /// With --remote: the delta format version the sender writes
+        #[arg(long, hide = true, value_name = "VERSION", requires = "remote")]
+        expect_format: Option<u32>,
+    },
+    /// Send the changes since SNAPSHOT was taken to DEST and apply them there, over ssh
+    #[command(
+        after_help = "DEST is [user@]host:PATH (applied on that host by `lvmsync-rs apply`, run \
+            through ssh) or a local PATH (a PATH starting with / or ./ is local even with a `:`).\n\
+            Nothing is written to a temporary file on either side. Before any data is sent, the \
+            remote opens DEST and both sides check that they speak the same delta format; at the \
+            end the remote reports what it applied and checked, and that report must match what \
+            was sent. Records can be applied again, so after a failure the same command \
+            completes the sync.\n\n\
+            `lvmsync-rs SNAPSHOT DEST` is short for `lvmsync-rs sync SNAPSHOT DEST`.\n\n\
+            Examples:\n  lvmsync-rs vg/root-snap backup:/dev/vg/root-copy\n  \
+            lvmsync-rs sync vg/root-snap --data-source /dev/vg/root-snap2 root@backup:/dev/vg/root-copy\n  \
+            lvmsync-rs sync -e 'ssh -p 2222 -i /root/.ssh/backup' --remote-path /usr/local/bin/lvmsync-rs vg/root-snap backup:/srv/root.img"
+    )]
+    Sync {
+        /// SNAPSHOT (a classic LVM snapshot; not with --cow), then DEST:
+        /// [user@]host:PATH or a local PATH
+        #[arg(value_name = "SNAPSHOT DEST", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Read the table from this COW device or image instead, without LVM
+        /// (needs --data-source)
+        #[arg(long, value_name = "PATH")]
+        cow: Option<PathBuf>,
+        /// Read the changed chunks' data from PATH (a later snapshot, or any
+        /// device or image of the origin's size) instead of the origin
+        #[arg(long, value_name = "PATH")]
+        data_source: Option<PathBuf>,
+        /// With --cow: the origin's size (bytes, or with k/M/G/T); the data
+        /// source's size when not given
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        origin_size: Option<u64>,
+        /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
+        #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
+        compress: Compress,
+        /// Create DEST as a regular file when it does not exist
+        #[arg(long)]
+        create: bool,
+        /// The remote shell, split into words like a shell does
+        #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
+        rsh: String,
+        /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
+        #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
+        remote_path: String,
+        /// Seconds to wait for the remote to log in, open DEST and answer
+        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+        /// No progress and no summary; errors only
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print a summary object on stdout at the end (on failure too)
+        #[arg(long)]
+        json: bool,
     },
     /// Show what a delta holds and check it, without writing anything
     #[command(
@@ -124,8 +185,25 @@ enum Compress {
     None,
 }
 
+/// Subcommands; any other first argument (a snapshot, or an option) means
+/// `sync`.
+const SUBCOMMANDS: &[&str] = &["list", "send", "apply", "inspect", "sync", "help"];
+
+/// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`.
+fn with_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let implicit = match args.get(1).and_then(|a| a.to_str()) {
+        Some("-h" | "--help" | "-V" | "--version") => false,
+        Some(a) => !SUBCOMMANDS.contains(&a),
+        None => args.len() > 1,
+    };
+    if implicit {
+        args.insert(1, "sync".into());
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_subcommand(std::env::args_os().collect()));
     let result = match cli.command {
         Command::List {
             snapshot,
@@ -184,12 +262,58 @@ fn main() -> ExitCode {
             dest,
             create,
             snapback,
+            remote,
+            expect_format,
         } => apply::run(apply::Args {
             delta: DeltaInput::from_arg(&delta),
             dest,
             create,
             snapback,
+            remote: expect_format.filter(|_| remote),
         }),
+        Command::Sync {
+            args,
+            cow,
+            data_source,
+            origin_size,
+            compress,
+            create,
+            rsh,
+            remote_path,
+            timeout,
+            quiet,
+            json,
+        } => {
+            let (target, dest) = match (args.as_slice(), cow) {
+                ([dest], Some(path)) if data_source.is_some() => {
+                    (list::Target::Cow { path, origin_size }, dest.clone())
+                }
+                (_, Some(_)) if data_source.is_none() => usage_error(
+                    "--cow needs --data-source PATH: the device or image holding the origin's new contents",
+                ),
+                (_, Some(_)) => usage_error("with --cow, name only DEST"),
+                ([_, _], None) if origin_size.is_some() => usage_error(
+                    "--origin-size goes with --cow; a snapshot's origin size comes from its table",
+                ),
+                ([snapshot, dest], None) => (list::Target::Snapshot(snapshot.clone()), dest.clone()),
+                _ => usage_error("name a SNAPSHOT and a DEST ([user@]host:PATH or a local PATH)"),
+            };
+            sync::run(sync::Args {
+                target,
+                data_source,
+                compression: match compress {
+                    Compress::Lz4 => Compression::Lz4,
+                    Compress::None => Compression::None,
+                },
+                dest,
+                create,
+                rsh,
+                remote_path,
+                hello_timeout: std::time::Duration::from_secs(timeout),
+                quiet,
+                json,
+            })
+        }
         Command::Inspect { delta, json } => inspect::run(inspect::Args {
             delta: DeltaInput::from_arg(&delta),
             json,

@@ -109,6 +109,17 @@ pub fn send_extents<W: Write>(
     extents: &[Extent],
     writer: &mut Writer<W>,
 ) -> Result<(), SendError> {
+    send_extents_with_progress(source, extents, writer, |_| {})
+}
+
+/// [`send_extents`], calling `progress` with the writer after each piece
+/// is appended to the stream.
+pub fn send_extents_with_progress<W: Write>(
+    source: &Source,
+    extents: &[Extent],
+    writer: &mut Writer<W>,
+    mut progress: impl FnMut(&Writer<W>),
+) -> Result<(), SendError> {
     for e in extents {
         let end = e.offset.saturating_add(e.length);
         if end > source.size() {
@@ -184,6 +195,7 @@ pub fn send_extents<W: Write>(
             ready.insert(seq, result?);
             while let Some(out) = ready.remove(&written) {
                 writer.append(&out).map_err(SendError::Write)?;
+                progress(writer);
                 spare.push(out);
                 written += 1;
             }

@@ -447,6 +447,12 @@ impl<W: Write> Writer<W> {
         self.out.flush()
     }
 
+    /// The digest of the stream so far: what the END record will carry if
+    /// [`Writer::finish`] is called now.
+    pub fn digest(&self) -> u128 {
+        self.hasher.digest128()
+    }
+
     /// Writes the END record and flushes; returns the output, the totals and
     /// the stream's length.
     pub fn finish(mut self) -> io::Result<(W, Totals, u64)> {
@@ -663,6 +669,9 @@ pub struct End {
     pub totals: Totals,
     /// Length of the whole stream, END included.
     pub stream_len: u64,
+    /// The digest of everything before the END record, as the END record
+    /// carries it and as it was found.
+    pub digest: u128,
 }
 
 /// Reads a delta stream record by record, checking everything before it
@@ -1027,6 +1036,7 @@ impl<R: Read> Reader<R> {
         self.end = Some(End {
             totals: found,
             stream_len: self.position,
+            digest,
         });
         Ok(())
     }

@@ -1,11 +1,12 @@
 //! `lvmsync-rs apply`: replays a delta on the backup copy, each record only
 //! after it has passed its checks, and says what it did on stderr.
 
-use std::io::BufReader;
+use std::io::{self, BufReader, Write};
 use std::path::PathBuf;
 
 use crate::apply::{self, check_distinct, describe_source, Summary};
 use crate::commands::{DeltaInput, DELTA_READ_BUF};
+use crate::transport::{Applied, Hello};
 use crate::units::human;
 use crate::Error;
 
@@ -14,11 +15,19 @@ pub struct Args {
     pub dest: PathBuf,
     pub create: bool,
     pub snapback: Option<PathBuf>,
+    /// The far end of `lvmsync-rs sync`: the delta format version the
+    /// sender writes. DEST is opened before the delta is read, a hello line
+    /// goes to stdout, and a report line ends the apply (see
+    /// [`crate::transport`]).
+    pub remote: Option<u32>,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
     if let DeltaInput::File(path) = &args.delta {
         check_distinct(path, &args.dest)?;
+    }
+    if let Some(format) = args.remote {
+        return run_remote(&args, format);
     }
     let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
     let options = apply::Options {
@@ -28,6 +37,38 @@ pub fn run(args: Args) -> Result<(), Error> {
     let summary = apply::apply(input, &args.delta.name(), &args.dest, &options)?;
     eprintln!("{}", describe(&args.delta.name(), &summary));
     Ok(())
+}
+
+/// The far end of `sync`: checks the sender's format version, opens DEST,
+/// says hello, applies, and reports what it applied, on stdout.
+fn run_remote(args: &Args, format: u32) -> Result<(), Error> {
+    if format != crate::stream::VERSION {
+        return Err(Error::Usage(format!(
+            "the sender writes delta format version {format}, but this lvmsync-rs ({}) reads version {} only: install the same version on both hosts",
+            crate::TOOL,
+            crate::stream::VERSION
+        )));
+    }
+    let target = apply::Target::open(&args.dest, args.create, None)?;
+    let mut out = io::stdout().lock();
+    let said = |out: &mut io::StdoutLock, line: String| {
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(Error::Output)
+    };
+    said(&mut out, Hello::ours(target.size()).line())?;
+    let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
+    let name = args.delta.name();
+    let reader = apply::open_stream(input, &name, &args.dest)?;
+    let options = apply::Options {
+        create: args.create,
+        snapback: args.snapback.clone(),
+    };
+    let s = apply::apply_to(reader, &name, target, &options)?;
+    said(
+        &mut out,
+        Applied::new(&s.totals, s.stream_len, s.digest).line(),
+    )
 }
 
 /// The paragraph printed after a successful apply.

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod inspect;
 pub mod list;
 pub mod send;
+pub mod sync;
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read};

@@ -41,34 +41,72 @@ pub fn refuse_terminal(stdout_is_terminal: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a delta is made from: the change table, the opened data source,
+/// and the header that describes them.
+pub struct Prepared {
+    pub listing: Listing,
+    pub source: Source,
+    pub header: Header,
+}
+
+impl Prepared {
+    /// Reads the change table and opens the data source.
+    pub fn new(
+        target: &Target,
+        data_source: Option<&Path>,
+        compression: Compression,
+    ) -> Result<Prepared, Error> {
+        let (listing, source) = read_inputs(target, data_source)?;
+        let origin_size = listing.origin_size.unwrap_or(source.size());
+        check_source_size(&source, origin_size)?;
+        let header = Header {
+            origin_size,
+            chunk_size: listing.table.chunk_size,
+            source: source_info(&listing, &source),
+            compression,
+            tool: crate::TOOL.to_string(),
+            properties: BTreeMap::from([
+                ("cow".to_string(), listing.cow_path.display().to_string()),
+                (
+                    "data-source".to_string(),
+                    source.path().display().to_string(),
+                ),
+            ]),
+        };
+        Ok(Prepared {
+            listing,
+            source,
+            header,
+        })
+    }
+
+    /// The snapshot, or the COW image, as messages name it.
+    pub fn name(&self) -> String {
+        self.listing
+            .snapshot
+            .as_ref()
+            .map(lvm::Snapshot::display_name)
+            .unwrap_or_else(|| self.listing.cow_path.display().to_string())
+    }
+}
+
 pub fn run(args: Args) -> Result<(), Error> {
     if let Output::Stdout = args.output {
         refuse_terminal(io::stdout().is_terminal())?;
     }
-    let (listing, source) = read_inputs(&args)?;
-    let origin_size = listing.origin_size.unwrap_or(source.size());
-    check_source_size(&source, origin_size)?;
-    let header = Header {
-        origin_size,
-        chunk_size: listing.table.chunk_size,
-        source: source_info(&listing, &source),
-        compression: args.compression,
-        tool: crate::TOOL.to_string(),
-        properties: BTreeMap::from([
-            ("cow".to_string(), listing.cow_path.display().to_string()),
-            (
-                "data-source".to_string(),
-                source.path().display().to_string(),
-            ),
-        ]),
-    };
+    let prepared = Prepared::new(&args.target, args.data_source.as_deref(), args.compression)?;
+    let Prepared {
+        listing,
+        source,
+        header,
+    } = &prepared;
     let extents = listing.table.extents.as_slice();
     let (totals, len, shown) = match &args.output {
         Output::Stdout => {
             crate::commands::grow_pipe(io::stdout());
             let out = BufWriter::with_capacity(256 << 10, io::stdout().lock());
-            let mut w = Writer::new(out, &header).map_err(Error::Output)?;
-            send_extents(&source, extents, &mut w).map_err(stdout_error)?;
+            let mut w = Writer::new(out, header).map_err(Error::Output)?;
+            send_extents(source, extents, &mut w).map_err(stdout_error)?;
             let (_, totals, len) = w.finish().map_err(Error::Output)?;
             (totals, len, "stdout".to_string())
         }
@@ -80,8 +118,8 @@ pub fn run(args: Args) -> Result<(), Error> {
             };
             let out =
                 BufWriter::with_capacity(256 << 10, file.file.try_clone().map_err(write_err)?);
-            let mut w = Writer::new(out, &header).map_err(write_err)?;
-            send_extents(&source, extents, &mut w).map_err(|e| match e {
+            let mut w = Writer::new(out, header).map_err(write_err)?;
+            send_extents(source, extents, &mut w).map_err(|e| match e {
                 SendError::Write(source) => write_err(source),
                 other => other.into(),
             })?;
@@ -93,11 +131,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     eprintln!(
         "lvmsync-rs send: {} records from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}) to {}",
         totals.records,
-        listing
-            .snapshot
-            .as_ref()
-            .map(lvm::Snapshot::display_name)
-            .unwrap_or_else(|| listing.cow_path.display().to_string()),
+        prepared.name(),
         human(totals.data_bytes),
         human(totals.zero_bytes),
         len,
@@ -115,12 +149,12 @@ fn stdout_error(e: SendError) -> Error {
 }
 
 /// The change table and the opened data source.
-fn read_inputs(args: &Args) -> Result<(Listing, Source), Error> {
-    match &args.target {
+fn read_inputs(target: &Target, data_source: Option<&Path>) -> Result<(Listing, Source), Error> {
+    match target {
         Target::Snapshot(_) => {
-            let listing = list::read(&args.target)?;
-            let path = match (&args.data_source, &listing.snapshot) {
-                (Some(path), _) => path.clone(),
+            let listing = list::read(target)?;
+            let path = match (data_source, &listing.snapshot) {
+                (Some(path), _) => path.to_path_buf(),
                 (None, Some(snap)) => lvm::origin_device(snap),
                 (None, None) => {
                     return Err(Error::Usage(
@@ -132,7 +166,7 @@ fn read_inputs(args: &Args) -> Result<(Listing, Source), Error> {
             Ok((listing, source))
         }
         Target::Cow { path, origin_size } => {
-            let Some(data) = &args.data_source else {
+            let Some(data) = data_source else {
                 return Err(Error::Usage(
                     "--cow needs --data-source PATH: the device or image holding the origin's new contents".into(),
                 ));

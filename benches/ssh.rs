@@ -1,0 +1,229 @@
+//! Shipping changed data over ssh: the workload of `benches/delta.rs` (1 GiB
+//! of changes scattered over a 4 GiB image) synced to a copy of the old
+//! image through a private sshd on 127.0.0.1, as a user runs it:
+//! `lvmsync-rs sync --cow SNAP.COW --data-source NEW root@127.0.0.1:COPY`.
+//!
+//! The baseline, measured in the same run over the same ssh settings, is
+//! the delta itself written to a file beforehand and piped through the
+//! connection: `ssh root@127.0.0.1 'cat > /dev/null' < DELTA`. The sync does
+//! more (it reads the data, compresses, and the far end checks and writes it
+//! and syncs the copy), so the ratio shows what is left of the connection's
+//! speed. Also the bytes on the wire against the changed bytes.
+//!
+//! Run: `cargo bench --bench ssh` (as root: sshd lets root in with the
+//! generated key; needs openssh-server). Environment: `BENCH_GIB` (changed
+//! data in GiB, default 1), `BENCH_ROUNDS` (default 3, the median is
+//! reported), `BENCH_DIR` (where the images go), `BENCH_KEEP`.
+
+#[path = "common/workload.rs"]
+mod workload;
+
+#[path = "../tests/common/sshd.rs"]
+mod sshd;
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use workload::{Content, Extent, Rng, Workload, PIECE};
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Busy and total CPU time of the machine so far, in clock ticks
+/// (`/proc/stat`): to tell a run limited by the CPUs from one that waits.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 5 {
+        return (0, 0);
+    }
+    let idle = f[3] + f[4];
+    let total: u64 = f.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// Busy cores on average while `f` ran, and what it returned.
+fn busy<T>(f: impl FnOnce() -> T) -> (f64, T) {
+    let (b0, t0) = cpu_ticks();
+    let out = f();
+    let (b1, t1) = cpu_ticks();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let share = (b1 - b0) as f64 / ((t1 - t0).max(1)) as f64;
+    (share * cores, out)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A sparse copy of the old image (old data where the new image has
+/// zeroes, so that ZERO records change something), synced.
+fn make_copy(path: &Path, size: u64, extents: &[Extent]) {
+    let _ = fs::remove_file(path);
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut rng = Rng(0xdead_beef_1234_5678);
+    let mut buf = vec![0u8; PIECE];
+    for e in extents.iter().filter(|e| e.content == Content::Zero) {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            rng.fill(&mut buf[..n]);
+            f.write_all_at(&buf[..n], e.offset + done).unwrap();
+            done += n as u64;
+        }
+    }
+    f.sync_all().unwrap();
+}
+
+/// `ssh ... host 'cat > /dev/null' < delta`: seconds.
+fn cat_through(ssh: &[String], delta: &Path) -> f64 {
+    let t = Instant::now();
+    let status = Command::new(&ssh[0])
+        .args(&ssh[1..])
+        .args(["root@127.0.0.1", "cat > /dev/null"])
+        .stdin(File::open(delta).unwrap())
+        .status()
+        .expect("run ssh");
+    assert!(status.success(), "ssh cat failed");
+    t.elapsed().as_secs_f64()
+}
+
+/// The sync; returns the seconds and its summary object.
+fn sync(rsh: &str, work: &Workload, copy: &Path, compress: &str) -> (f64, serde_json::Value) {
+    let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
+    let t = Instant::now();
+    let out = Command::new(bin)
+        .args(["sync", "-q", "--json", "--compress", compress, "--cow"])
+        .arg(&work.cow)
+        .arg("--data-source")
+        .arg(&work.new)
+        .args(["-e", rsh, "--remote-path", bin])
+        .arg(format!("root@127.0.0.1:{}", copy.display()))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run lvmsync-rs sync");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "sync failed");
+    (secs, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn same_extents(a: &Path, b: &Path, extents: &[Extent]) -> bool {
+    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    let (mut x, mut y) = (vec![0u8; PIECE], vec![0u8; PIECE]);
+    extents.iter().all(|e| {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            fa.read_exact_at(&mut x[..n], e.offset + done).unwrap();
+            fb.read_exact_at(&mut y[..n], e.offset + done).unwrap();
+            if x[..n] != y[..n] {
+                return false;
+            }
+            done += n as u64;
+        }
+        true
+    })
+}
+
+fn main() {
+    let gib = env_f64("BENCH_GIB", 1.0);
+    let rounds = env_f64("BENCH_ROUNDS", 3.0).max(1.0) as usize;
+    let dir = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
+        .join(format!("bench-ssh-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let work = Workload::make(&dir, gib);
+    let server = sshd::Sshd::start(&dir.join("sshd"));
+    let rsh = server.rsh();
+    let ssh = server.ssh_words();
+    let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
+
+    // The deltas, written once (not timed), for the baseline and the sizes.
+    let mut deltas = Vec::new();
+    for compress in ["lz4", "none"] {
+        let delta = dir.join(format!("d-{compress}.lvd"));
+        let status = Command::new(bin)
+            .args(["send", "--compress", compress, "--cow"])
+            .arg(&work.cow)
+            .arg("--data-source")
+            .arg(&work.new)
+            .arg("-o")
+            .arg(&delta)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        deltas.push((compress, delta));
+    }
+
+    let copy = dir.join("copy.img");
+    let mut times: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut wire = [0u64; 2];
+    for round in 0..rounds {
+        for (i, (compress, delta)) in deltas.iter().enumerate() {
+            let (cat_cores, cat) = busy(|| cat_through(&ssh, delta));
+            make_copy(&copy, work.origin_size, &work.extents);
+            let (sync_cores, (secs, doc)) = busy(|| sync(&rsh, &work, &copy, compress));
+            assert_eq!(doc["result"], "ok");
+            wire[i] = doc["bytes_on_wire"].as_u64().unwrap();
+            assert_eq!(wire[i], fs::metadata(delta).unwrap().len());
+            if round == 0 {
+                assert!(
+                    same_extents(&work.new, &copy, &work.extents),
+                    "the copy differs from the new image after the sync ({compress})"
+                );
+            }
+            println!(
+                "round {}, {compress}: ssh cat of the delta {cat:.2} s ({cat_cores:.1} cores busy), sync {secs:.2} s ({sync_cores:.1} cores busy)",
+                round + 1
+            );
+            times[i][0].push(cat);
+            times[i][1].push(secs);
+        }
+    }
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    drop(server);
+
+    let mbs = |bytes: u64, secs: f64| bytes as f64 / 1e6 / secs;
+    println!("median of {rounds} rounds:");
+    for (i, (compress, _)) in deltas.iter().enumerate() {
+        let c = median(&mut times[i][0]);
+        let s = median(&mut times[i][1]);
+        let ratio = c / s;
+        println!(
+            "  {compress:>4}: delta {} bytes ({:.1}% of the {} changed bytes); ssh cat {c:.2} s ({:.0} MB/s of delta); sync {s:.2} s ({:.0} MB/s of changed data, {:.0} MB/s on the wire); {ratio:.2} of the cat (target 0.8: {})",
+            wire[i],
+            wire[i] as f64 * 100.0 / work.changed as f64,
+            work.changed,
+            mbs(wire[i], c),
+            mbs(work.changed, s),
+            mbs(wire[i], s),
+            if ratio >= 0.8 { "met" } else { "NOT met" }
+        );
+    }
+    println!(
+        "peak memory of a child process: {:.1} MiB",
+        usage.max_rss() as f64 / 1024.0
+    );
+}

@@ -1,0 +1,853 @@
+//! Shipping a delta to an `apply` on another host (or on this one), through
+//! a remote shell such as ssh: where a destination is, the remote command
+//! line, the handshake before any data, and the report that ends a run.
+//!
+//! The protocol, on top of the delta stream itself:
+//!
+//! 1. The sender runs `RSH [user@]host 'lvmsync-rs' 'apply' '--remote'
+//!    '--expect-format' 'F' [--create] '--' '-' 'DEST'`, every word quoted
+//!    for the remote shell. The remote `apply` refuses at once when `F` is
+//!    not the delta format version it reads.
+//! 2. The remote opens and checks DEST, then writes one line on its stdout:
+//!    `LVMSYNC-APPLY <protocol> <format version> <dest size>`. The sender
+//!    waits for it ([`HELLO_TIMEOUT`] at most) before it sends a byte, and
+//!    stops when the protocol or the format differs.
+//! 3. The delta goes to the remote's stdin, exactly as `send -o -` writes it.
+//!    The remote reads its header and checks the version again.
+//! 4. Once DEST is synced, the remote writes `LVMSYNC-APPLIED {json}` (an
+//!    [`Applied`]) on its stdout and exits 0. The sender checks it against
+//!    what it sent.
+//!
+//! The remote's stderr comes back prefixed with the host's name; an error
+//! line of the remote `lvmsync-rs` becomes the reason in the sender's error.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The version of the exchange around the delta (hello and report lines).
+pub const PROTOCOL: u32 = 1;
+/// The first word of the remote's hello line.
+pub const HELLO: &str = "LVMSYNC-APPLY";
+/// The first word of the remote's report line.
+pub const REPORT: &str = "LVMSYNC-APPLIED";
+/// How long the sender waits for the hello by default: the login and the
+/// opening of DEST.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the sender waits for the remote shell to end once the
+/// connection is known to be broken.
+const WIND_DOWN: Duration = Duration::from_secs(10);
+/// The prefix of the one-line error an `lvmsync-rs` ends with.
+const ERROR_PREFIX: &str = "lvmsync-rs: error: ";
+/// The reason when the remote said nothing.
+const SILENT: &str = "it said nothing on stderr";
+/// Lines of the remote's stderr kept to explain a failure.
+const KEEP_LINES: usize = 4;
+
+#[derive(Debug, Error)]
+pub enum TransportError {
+    #[error("--rsh {0:?}: {1}")]
+    BadRsh(String, &'static str),
+    #[error("{0:?}: name the destination path after the host: HOST:PATH")]
+    NoRemotePath(String),
+    #[error("cannot run {program}: {source}; name the remote shell with -e/--rsh")]
+    Spawn { program: String, source: io::Error },
+    #[error("{host}: the remote shell could not connect or log in ({status}): {reason}")]
+    Login {
+        host: String,
+        status: String,
+        reason: String,
+    },
+    #[error("{host}: the remote command {program} was not found or cannot be run ({status}): {reason}; install lvmsync-rs there, or name it with --remote-path")]
+    RemoteMissing {
+        host: String,
+        program: String,
+        status: String,
+        reason: String,
+    },
+    #[error("{host}: the apply refused: {reason}")]
+    Refused { host: String, reason: String },
+    #[error("{host}: the remote command ended before the handshake ({status}): {reason}")]
+    NoHello {
+        host: String,
+        status: String,
+        reason: String,
+    },
+    #[error("{host}: no handshake within {} s: the remote command said nothing; nothing was sent", .after.as_secs())]
+    HelloTimeout { host: String, after: Duration },
+    #[error("{host}: the remote lvmsync-rs speaks protocol {protocol} and delta format version {format}, this one protocol {PROTOCOL} and format version {}: install the same version on both hosts; nothing was sent", crate::stream::VERSION)]
+    Mismatch {
+        host: String,
+        protocol: u32,
+        format: u32,
+    },
+    #[error("{host}: the connection ended after {sent} bytes of the delta were sent ({status}): {reason}; records can be applied again: run the same command again to complete the sync")]
+    Cut {
+        host: String,
+        sent: u64,
+        status: String,
+        reason: String,
+    },
+    #[error("{host}: the apply failed ({status}): {reason}")]
+    Failed {
+        host: String,
+        status: String,
+        reason: String,
+    },
+    #[error("{host}: the apply ended without reporting what it applied ({status}); run the same command again")]
+    NoReport { host: String, status: String },
+    #[error("{host}: the apply reports {what} {applied}, but {sent} were sent; run the same command again")]
+    ReportMismatch {
+        host: String,
+        what: &'static str,
+        applied: String,
+        sent: String,
+    },
+}
+
+/// Where the delta is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Local(String),
+    /// `[user@]host` and the path there.
+    Remote {
+        host: String,
+        path: String,
+    },
+}
+
+impl Dest {
+    /// `[user@]host:PATH` is remote; a path that starts with `/`, `./` or
+    /// `../`, has no `:`, or has a `/` before its first `:` is local.
+    /// `[user@][v6addr]:PATH` names an IPv6 address.
+    pub fn parse(s: &str) -> Result<Dest, TransportError> {
+        if s.starts_with('/') || s.starts_with("./") || s.starts_with("../") {
+            return Ok(Dest::Local(s.to_string()));
+        }
+        let split = match s.find("[") {
+            // user@[addr]:path or [addr]:path
+            Some(open) if open == 0 || s[..open].ends_with('@') => {
+                s[open..].find("]:").map(|close| {
+                    let host = format!("{}{}", &s[..open], &s[open + 1..open + close]);
+                    (host, &s[open + close + 2..])
+                })
+            }
+            _ => s
+                .find(':')
+                .filter(|&colon| colon > 0 && !s[..colon].contains('/'))
+                .map(|colon| (s[..colon].to_string(), &s[colon + 1..])),
+        };
+        match split {
+            None => Ok(Dest::Local(s.to_string())),
+            Some((_, "")) => Err(TransportError::NoRemotePath(s.to_string())),
+            Some((host, path)) => Ok(Dest::Remote {
+                host,
+                path: path.to_string(),
+            }),
+        }
+    }
+}
+
+/// Splits a command into words as a shell would, for the simple cases:
+/// whitespace separates words; `'...'` and `"..."` quote (a backslash
+/// escapes `"` and `\` inside double quotes); a backslash outside quotes
+/// escapes the next character.
+pub fn split_words(cmd: &str) -> Result<Vec<String>, &'static str> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = cmd.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("a single quote is not closed"),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err("a double quote is not closed"),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("a double quote is not closed"),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(c) => word.push(c),
+                    None => return Err("it ends with a backslash"),
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    if words.is_empty() {
+        return Err("it is empty");
+    }
+    Ok(words)
+}
+
+/// `word` quoted for a POSIX shell: in single quotes, each `'` written as
+/// `'\''`. The shell reads it back as exactly `word`.
+pub fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// The words of the remote apply: `program` (one or more words, such as
+/// `sudo lvmsync-rs`), then the options, then `--`, so that a DEST starting
+/// with `-` is a path.
+pub fn apply_words(program: &[String], create: bool, dest: &str) -> Vec<String> {
+    let mut words = program.to_vec();
+    words.extend(
+        [
+            "apply",
+            "--remote",
+            "--expect-format",
+            &crate::stream::VERSION.to_string(),
+        ]
+        .map(String::from),
+    );
+    if create {
+        words.push("--create".into());
+    }
+    words.extend(["--", "-", dest].map(String::from));
+    words
+}
+
+/// The remote's hello line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol: u32,
+    pub format: u32,
+    /// DEST's size before the apply (0 for a file about to be created).
+    pub dest_size: u64,
+}
+
+impl Hello {
+    /// This version's hello for a destination of `dest_size` bytes.
+    pub fn ours(dest_size: u64) -> Hello {
+        Hello {
+            protocol: PROTOCOL,
+            format: crate::stream::VERSION,
+            dest_size,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{HELLO} {} {} {}",
+            self.protocol, self.format, self.dest_size
+        )
+    }
+
+    /// `None` when `line` is not a hello line. Fields after the third are
+    /// ignored, so that a later version may add some.
+    pub fn parse(line: &str) -> Option<Hello> {
+        let mut words = line.split_ascii_whitespace();
+        if words.next() != Some(HELLO) {
+            return None;
+        }
+        Some(Hello {
+            protocol: words.next()?.parse().ok()?,
+            format: words.next()?.parse().ok()?,
+            dest_size: words.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// What the remote applied, as its report line says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub records: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    pub payload_bytes: u64,
+    /// The delta's length, END record included.
+    pub stream_bytes: u64,
+    /// The END record's digest that the remote checked, as 32 hex digits.
+    pub digest: String,
+}
+
+impl Applied {
+    pub fn new(totals: &crate::stream::Totals, stream_bytes: u64, digest: u128) -> Applied {
+        Applied {
+            records: totals.records,
+            data_bytes: totals.data_bytes,
+            zero_bytes: totals.zero_bytes,
+            payload_bytes: totals.payload_bytes,
+            stream_bytes,
+            digest: format!("{digest:032x}"),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{REPORT} {}",
+            serde_json::to_string(self).expect("plain fields serialize")
+        )
+    }
+
+    /// `None` when `line` is not a report line; `Some(None)` when it is one
+    /// that cannot be read.
+    pub fn parse(line: &str) -> Option<Option<Applied>> {
+        let rest = line.strip_prefix(REPORT)?.strip_prefix(' ')?;
+        Some(serde_json::from_str(rest).ok())
+    }
+
+    /// The first difference from `sent`.
+    fn differs(&self, sent: &Applied) -> Option<(&'static str, String, String)> {
+        let n = |what, a: u64, b: u64| (a != b).then(|| (what, a.to_string(), b.to_string()));
+        n("records", self.records, sent.records)
+            .or_else(|| n("data bytes", self.data_bytes, sent.data_bytes))
+            .or_else(|| n("zero bytes", self.zero_bytes, sent.zero_bytes))
+            .or_else(|| n("payload bytes", self.payload_bytes, sent.payload_bytes))
+            .or_else(|| n("delta bytes", self.stream_bytes, sent.stream_bytes))
+            .or_else(|| {
+                (self.digest != sent.digest)
+                    .then(|| ("the digest", self.digest.clone(), sent.digest.clone()))
+            })
+    }
+}
+
+/// How a program that runs the apply is started.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The program and its arguments, as given to exec.
+    pub argv: Vec<String>,
+    /// The name messages and the remote's stderr lines are prefixed with.
+    pub name: String,
+    /// The apply program (for messages).
+    pub program: String,
+    /// Whether a remote shell runs it (its exit status 255 is then a
+    /// failed connection or login).
+    pub remote: bool,
+}
+
+impl Launch {
+    /// `rsh` (split into words) to `host`, running `program` (split into
+    /// words) `apply ... DEST`, every remote word quoted.
+    pub fn remote(
+        rsh: &str,
+        host: &str,
+        program: &str,
+        create: bool,
+        path: &str,
+    ) -> Result<Launch, TransportError> {
+        let mut argv = split_words(rsh).map_err(|e| TransportError::BadRsh(rsh.into(), e))?;
+        let program_words =
+            split_words(program).map_err(|e| TransportError::BadRsh(program.into(), e))?;
+        let line = apply_words(&program_words, create, path)
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ");
+        argv.push(host.to_string());
+        argv.push(line);
+        Ok(Launch {
+            argv,
+            name: host.to_string(),
+            program: program.to_string(),
+            remote: true,
+        })
+    }
+
+    /// `program apply ... DEST` on this host, without a shell.
+    pub fn local(program: &str, create: bool, path: &str) -> Launch {
+        Launch {
+            argv: apply_words(&[program.to_string()], create, path),
+            name: "local apply".into(),
+            program: program.to_string(),
+            remote: false,
+        }
+    }
+}
+
+/// What the remote's stderr said.
+#[derive(Default)]
+struct Heard {
+    /// Set once the hello arrived: lines are then echoed as they come.
+    established: bool,
+    /// Lines held back until the hello.
+    held: Vec<String>,
+    /// The last few lines.
+    recent: VecDeque<String>,
+    /// The remote lvmsync-rs's error, without its prefix.
+    error: Option<String>,
+}
+
+impl Heard {
+    /// A line to show once the hello arrived.
+    fn hold(&mut self, line: String) {
+        self.held.push(line.clone());
+        self.remember(line);
+    }
+
+    fn remember(&mut self, line: String) {
+        self.recent.push_back(line);
+        if self.recent.len() > KEEP_LINES {
+            self.recent.pop_front();
+        }
+    }
+
+    fn reason(&self) -> String {
+        if let Some(e) = &self.error {
+            return e.clone();
+        }
+        let lines: Vec<&str> = self
+            .recent
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        if lines.is_empty() {
+            SILENT.into()
+        } else {
+            lines.join("; ")
+        }
+    }
+}
+
+/// Where echoed lines go: each is already prefixed.
+pub type Echo = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A running apply, after a successful handshake.
+pub struct Connection {
+    child: Child,
+    name: String,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    heard: Arc<Mutex<Heard>>,
+    stderr_done: mpsc::Receiver<()>,
+    readers: Vec<JoinHandle<()>>,
+    echo: Echo,
+    /// Whether a remote shell runs the apply.
+    remote: bool,
+    /// What the hello said.
+    pub hello: Hello,
+}
+
+fn describe_status(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => s.to_string(),
+        },
+        None => "still running, stopped".into(),
+    }
+}
+
+impl Connection {
+    /// Starts the apply and waits for its hello. Lines of its stderr are
+    /// passed to `echo`, prefixed with the launch's name, once the hello
+    /// has arrived (those before with it); an `lvmsync-rs` error line is
+    /// kept for the error instead.
+    pub fn start(
+        launch: &Launch,
+        hello_timeout: Duration,
+        echo: Echo,
+    ) -> Result<Connection, TransportError> {
+        let mut child = Command::new(&launch.argv[0])
+            .args(&launch.argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| TransportError::Spawn {
+                program: launch.argv[0].clone(),
+                source,
+            })?;
+        let heard = Arc::new(Mutex::new(Heard::default()));
+        let (line_tx, lines) = mpsc::channel();
+        let (done_tx, stderr_done) = mpsc::channel();
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(std::thread::spawn(move || {
+                for line in lines_of(out) {
+                    if line_tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        if let Some(err) = child.stderr.take() {
+            let (heard, echo, name) = (heard.clone(), echo.clone(), launch.name.clone());
+            readers.push(std::thread::spawn(move || {
+                for line in lines_of(err) {
+                    let Ok(mut h) = heard.lock() else { return };
+                    if let Some(e) = line.strip_prefix(ERROR_PREFIX) {
+                        h.error = Some(e.to_string());
+                        continue;
+                    }
+                    if h.established {
+                        echo(&format!("{name}: {line}"));
+                        h.remember(line);
+                    } else {
+                        h.hold(line);
+                    }
+                }
+                let _ = done_tx.send(());
+            }));
+        }
+        let mut conn = Connection {
+            child,
+            name: launch.name.clone(),
+            stdin: None,
+            lines,
+            heard,
+            stderr_done,
+            readers,
+            echo,
+            remote: launch.remote,
+            hello: Hello::ours(0),
+        };
+        let deadline = Instant::now() + hello_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match conn.lines.recv_timeout(left) {
+                Ok(line) => match Hello::parse(&line) {
+                    Some(hello) => {
+                        conn.hello = hello;
+                        break;
+                    }
+                    // Something the login printed: held with the stderr
+                    // lines, to explain a failure or to be shown later.
+                    None => {
+                        if let Ok(mut h) = conn.heard.lock() {
+                            h.hold(line);
+                        }
+                    }
+                },
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    conn.stop();
+                    return Err(TransportError::HelloTimeout {
+                        host: launch.name.clone(),
+                        after: hello_timeout,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = conn.wind_down();
+                    return Err(conn.before_hello(launch, status));
+                }
+            }
+        }
+        if conn.hello.protocol != PROTOCOL || conn.hello.format != crate::stream::VERSION {
+            conn.stop();
+            return Err(TransportError::Mismatch {
+                host: launch.name.clone(),
+                protocol: conn.hello.protocol,
+                format: conn.hello.format,
+            });
+        }
+        if let Ok(mut h) = conn.heard.lock() {
+            h.established = true;
+            for line in std::mem::take(&mut h.held) {
+                (conn.echo)(&format!("{}: {line}", conn.name));
+            }
+        }
+        conn.stdin = conn.child.stdin.take();
+        Ok(conn)
+    }
+
+    /// The apply's stdin, for the delta (once).
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// What the stderr said, once the program ended (or after a while).
+    fn reason(&self) -> String {
+        let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
+        self.heard
+            .lock()
+            .map(|h| h.reason())
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// The error for a program that ended before its hello.
+    fn before_hello(&self, launch: &Launch, status: Option<ExitStatus>) -> TransportError {
+        let reason = self.reason();
+        let error_line = self
+            .heard
+            .lock()
+            .map(|h| h.error.is_some())
+            .unwrap_or(false);
+        let host = launch.name.clone();
+        let shown = describe_status(status);
+        match status.and_then(|s| s.code()) {
+            _ if error_line => TransportError::Refused { host, reason },
+            Some(255) if launch.remote => TransportError::Login {
+                host,
+                status: shown,
+                reason,
+            },
+            Some(126 | 127) => TransportError::RemoteMissing {
+                host,
+                program: launch.program.clone(),
+                status: shown,
+                reason,
+            },
+            _ => TransportError::NoHello {
+                host,
+                status: shown,
+                reason,
+            },
+        }
+    }
+
+    /// Closes the apply's stdin and waits a while for it to end; kills it
+    /// if it does not.
+    fn wind_down(&mut self) -> Option<ExitStatus> {
+        drop(self.stdin.take());
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + WIND_DOWN;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    self.stop();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Stops the apply: it gets no END record, so it applies nothing more.
+    pub fn stop(&mut self) {
+        drop(self.stdin.take());
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What the stderr said, or what a silent end means.
+    fn reason_for(&self, status: Option<ExitStatus>) -> String {
+        let reason = self.reason();
+        if reason == SILENT && self.remote && status.and_then(|s| s.code()) == Some(255) {
+            "the remote command was killed, or the connection was lost".into()
+        } else {
+            reason
+        }
+    }
+
+    /// After writing to the apply failed (having sent `sent` bytes): the
+    /// error, with the remote's reason.
+    pub fn cut(mut self, sent: u64) -> TransportError {
+        let status = self.wind_down();
+        let reason = self.reason_for(status);
+        TransportError::Cut {
+            host: self.name.clone(),
+            sent,
+            status: describe_status(status),
+            reason,
+        }
+    }
+
+    /// After the whole delta was written and stdin closed: waits for the
+    /// report and the end of the apply, and checks the report against `sent`.
+    pub fn finish(mut self, sent: &Applied) -> Result<Applied, TransportError> {
+        drop(self.stdin.take());
+        let mut report = None;
+        for line in self.lines.iter() {
+            match Applied::parse(&line) {
+                Some(r) => report = Some(r),
+                None => (self.echo)(&format!("{}: {line}", self.name)),
+            }
+        }
+        let status = self.child.wait().ok();
+        let shown = describe_status(status);
+        if !status.is_some_and(|s| s.success()) {
+            return Err(TransportError::Failed {
+                host: self.name.clone(),
+                status: shown,
+                reason: self.reason_for(status),
+            });
+        }
+        let Some(Some(applied)) = report else {
+            return Err(TransportError::NoReport {
+                host: self.name.clone(),
+                status: shown,
+            });
+        };
+        if let Some((what, applied, sent)) = applied.differs(sent) {
+            return Err(TransportError::ReportMismatch {
+                host: self.name.clone(),
+                what,
+                applied,
+                sent,
+            });
+        }
+        Ok(applied)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// The lines of `r`, without their line ends, invalid UTF-8 replaced.
+fn lines_of(r: impl Read) -> impl Iterator<Item = String> {
+    let mut r = BufReader::new(r);
+    std::iter::from_fn(move || {
+        let mut buf = Vec::new();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                while buf.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+                    buf.pop();
+                }
+                Some(String::from_utf8_lossy(&buf).into_owned())
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_are_remote_only_with_a_host() {
+        let remote = |h: &str, p: &str| Dest::Remote {
+            host: h.into(),
+            path: p.into(),
+        };
+        assert_eq!(
+            Dest::parse("root@backup:/dev/vg/copy").unwrap(),
+            remote("root@backup", "/dev/vg/copy")
+        );
+        assert_eq!(
+            Dest::parse("backup:copy.img").unwrap(),
+            remote("backup", "copy.img")
+        );
+        assert_eq!(Dest::parse("h:a:b").unwrap(), remote("h", "a:b"));
+        assert_eq!(Dest::parse("[::1]:/x").unwrap(), remote("::1", "/x"));
+        assert_eq!(
+            Dest::parse("u@[fe80::1]:/x").unwrap(),
+            remote("u@fe80::1", "/x")
+        );
+        for local in ["/tmp/a:b", "./a:b", "../a:b", "copy.img", "dir/a:b", ":x"] {
+            assert_eq!(
+                Dest::parse(local).unwrap(),
+                Dest::Local(local.into()),
+                "{local}"
+            );
+        }
+        assert!(Dest::parse("backup:").is_err());
+    }
+
+    #[test]
+    fn commands_split_like_a_shell() {
+        assert_eq!(
+            split_words("ssh -p 2222  -i 'my key' -o \"A=b c\" x\\ y").unwrap(),
+            ["ssh", "-p", "2222", "-i", "my key", "-o", "A=b c", "x y"]
+        );
+        assert_eq!(split_words("a''b \"\"").unwrap(), ["ab", ""]);
+        assert!(split_words("ssh 'x").is_err());
+        assert!(split_words("  ").is_err());
+    }
+
+    #[test]
+    fn quoted_words_read_back_as_they_were() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        let words = ["a b;$(touch x)'y\"", "-x", "", "\\", "*"];
+        let line = words.map(shell_quote).join(" ");
+        assert_eq!(split_words(&line).unwrap(), words);
+    }
+
+    #[test]
+    fn the_remote_command_ends_with_a_path_after_the_options() {
+        let l = Launch::remote("ssh -p 22", "root@h", "lvmsync-rs", true, "-x y").unwrap();
+        assert_eq!(
+            l.argv,
+            [
+                "ssh",
+                "-p",
+                "22",
+                "root@h",
+                "'lvmsync-rs' 'apply' '--remote' '--expect-format' '1' '--create' '--' '-' '-x y'"
+            ]
+        );
+    }
+
+    #[test]
+    fn hello_and_report_lines_read_back() {
+        let h = Hello::ours(4096);
+        assert_eq!(h.line(), "LVMSYNC-APPLY 1 1 4096");
+        assert_eq!(Hello::parse(&h.line()), Some(h));
+        assert_eq!(Hello::parse("LVMSYNC-APPLY 1 2 0 extra").unwrap().format, 2);
+        assert_eq!(Hello::parse("hello"), None);
+        assert_eq!(Hello::parse("LVMSYNC-APPLY 1"), None);
+        let totals = crate::stream::Totals {
+            records: 3,
+            data_bytes: 10,
+            zero_bytes: 20,
+            payload_bytes: 5,
+        };
+        let a = Applied::new(&totals, 500, 0xabc);
+        assert_eq!(a.digest, "00000000000000000000000000000abc");
+        assert_eq!(Applied::parse(&a.line()), Some(Some(a.clone())));
+        assert_eq!(Applied::parse("LVMSYNC-APPLIED {"), Some(None));
+        assert_eq!(Applied::parse("other"), None);
+        let mut b = a.clone();
+        assert_eq!(b.differs(&a), None);
+        b.digest = "0".into();
+        assert_eq!(b.differs(&a).unwrap().0, "the digest");
+        b.records = 4;
+        assert_eq!(b.differs(&a).unwrap().0, "records");
+    }
+}

@@ -1,0 +1,518 @@
+//! `lvmsync-rs sync` over real OpenSSH: each test starts its own sshd on
+//! 127.0.0.1 (tests/common/sshd.rs) and ships a delta between images made
+//! here to `root@127.0.0.1:DEST`, with this build as the remote lvmsync-rs.
+//! Failures (a missing remote binary, a refused login, a DEST that cannot be
+//! opened, a connection cut midway, another format version) must end within
+//! seconds with one clear line, and the same command again must complete the
+//! sync.
+
+mod common;
+#[path = "common/sshd.rs"]
+mod sshd;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lvmsync::cowgen::CowImage;
+use sshd::Sshd;
+
+const CHUNK: u64 = 4096;
+const HOST: &str = "root@127.0.0.1";
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, b: &mut [u8]) {
+        for c in b.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// An sshd, an old image, a new one, and the COW image of their difference.
+struct Fixture {
+    sshd: Sshd,
+    dir: PathBuf,
+    old: Vec<u8>,
+    new: Vec<u8>,
+    new_path: PathBuf,
+    cow_path: PathBuf,
+}
+
+impl Fixture {
+    /// A 24 MiB origin; changed: 16 MiB of random data in runs spread over
+    /// it (so the delta does not fit in the pipes and buffers on the way),
+    /// text, and zeroes.
+    fn new(name: &str) -> Fixture {
+        let dir = scratch(name);
+        let sshd = Sshd::start(&dir.join("sshd"));
+        let size = 24usize << 20;
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut old = vec![0u8; size];
+        rng.fill(&mut old);
+        let mut new = old.clone();
+        let mut cow = CowImage::new(CHUNK);
+        let chunks = size as u64 / CHUNK;
+        for c in 0..chunks {
+            let what = match c % 12 {
+                0..=7 => b'r',
+                8 => b't',
+                9 => b'z',
+                _ => continue,
+            };
+            let b = &mut new[(c * CHUNK) as usize..((c + 1) * CHUNK) as usize];
+            match what {
+                b'r' => rng.fill(b),
+                b'z' => b.fill(0),
+                _ => {
+                    for (i, x) in b.iter_mut().enumerate() {
+                        *x = b"lvmsync over ssh\n"[i % 17];
+                    }
+                }
+            }
+            cow.push(c);
+        }
+        let new_path = dir.join("new.img");
+        let cow_path = dir.join("snap.cow");
+        fs::write(&new_path, &new).unwrap();
+        fs::write(&cow_path, cow.to_vec()).unwrap();
+        Fixture {
+            sshd,
+            dir,
+            old,
+            new,
+            new_path,
+            cow_path,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn copy_of_old(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, &self.old).unwrap();
+        p
+    }
+
+    /// An executable script in the test's directory.
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// `lvmsync-rs sync --cow ... --data-source ... -e SSH --remote-path
+    /// BIN` plus `extra`, then DEST.
+    fn sync_with(&self, rsh: &str, remote_path: &str, extra: &[&str], dest: &str) -> Output {
+        let mut args: Vec<String> = [
+            "sync",
+            "--cow",
+            s(&self.cow_path),
+            "--data-source",
+            s(&self.new_path),
+            "-e",
+            rsh,
+            "--remote-path",
+            remote_path,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.push(dest.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    }
+
+    fn sync(&self, extra: &[&str], dest: &str) -> Output {
+        self.sync_with(&self.sshd.rsh(), s(&bin()), extra, dest)
+    }
+
+    fn assert_synced(&self, path: &Path) {
+        let got = fs::read(path).unwrap();
+        assert!(
+            got == self.new,
+            "{} differs from the new image",
+            path.display()
+        );
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "status {:?}: {}", o.status, stderr(o));
+    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
+}
+
+/// Runs `f`, checks it failed cleanly with `needle` within 30 s.
+fn fails_quickly(needle: &str, f: impl FnOnce() -> Output) -> Output {
+    let t = Instant::now();
+    let o = f();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert_clean_failure(&o, needle);
+    o
+}
+
+#[test]
+fn a_sync_over_ssh_makes_the_copy_equal_to_the_new_image() {
+    let f = Fixture::new("ssh-sync-basic");
+    let copy = f.copy_of_old("copy.img");
+    let o = f.sync(&[], &format!("{HOST}:{}", s(&copy)));
+    assert_ok(&o);
+    f.assert_synced(&copy);
+    assert!(o.stdout.is_empty());
+    let err = stderr(&o);
+    assert!(err.starts_with("lvmsync-rs sync: "), "{err}");
+    assert!(err.contains("applied and checked there"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Again, uncompressed, with a summary object and no summary line.
+    let copy = f.copy_of_old("copy.img");
+    let o = f.sync(
+        &["--compress", "none", "--json", "-q"],
+        &format!("{HOST}:{}", s(&copy)),
+    );
+    assert_ok(&o);
+    f.assert_synced(&copy);
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["result"], "ok");
+    assert_eq!(doc["remote_host"], HOST);
+    let changed = (24u64 << 20) / 12 * 10;
+    assert_eq!(doc["bytes_read"], changed);
+    assert!(doc["bytes_on_wire"].as_u64().unwrap() > (24u64 << 20) / 12 * 9);
+    assert!(doc["records"].as_u64().unwrap() > 0);
+    assert!(doc["seconds"].as_f64().is_some());
+    assert!(doc["error"].is_null());
+}
+
+#[test]
+fn the_short_form_and_create_and_a_local_destination() {
+    let f = Fixture::new("ssh-sync-forms");
+    // `lvmsync-rs [options] DEST` means sync; --create makes the file.
+    let dest = f.path("made.img");
+    let o = run(&[
+        "--cow",
+        s(&f.cow_path),
+        "--data-source",
+        s(&f.new_path),
+        "-e",
+        &f.sshd.rsh(),
+        "--remote-path",
+        s(&bin()),
+        "--create",
+        &format!("{HOST}:{}", s(&dest)),
+    ]);
+    assert_ok(&o);
+    let got = fs::read(&dest).unwrap();
+    assert_eq!(got.len(), f.new.len());
+    // The old image's unchanged chunks are not in the delta: compare the
+    // changed ones only, by applying the same delta to a copy of the old.
+    let copy = f.copy_of_old("copy.img");
+    let o = f.sync(&[], &format!("{HOST}:{}", s(&copy)));
+    assert_ok(&o);
+    f.assert_synced(&copy);
+
+    // Without --create, a missing DEST is refused by the remote.
+    let missing = f.path("missing.img");
+    fails_quickly("no such file; give --create", || {
+        f.sync(&[], &format!("{HOST}:{}", s(&missing)))
+    });
+    assert!(!missing.exists());
+
+    // A local DEST (with a `:` in its name) is applied here, without ssh.
+    let local = f.copy_of_old("a:b.img");
+    let o = f.sync_with(
+        "/nonexistent/ssh",
+        "/nonexistent/lvmsync-rs",
+        &[],
+        s(&local),
+    );
+    assert_ok(&o);
+    f.assert_synced(&local);
+}
+
+#[test]
+fn a_destination_with_shell_syntax_is_only_a_path() {
+    let f = Fixture::new("ssh-sync-quoting");
+    let land = f.path("land");
+    fs::create_dir(&land).unwrap();
+    // The remote command runs in `land`, so a relative DEST lands there.
+    let wrapper = f.script(
+        "in-land",
+        &format!("cd '{}' || exit 1\nexec '{}' \"$@\"", s(&land), s(&bin())),
+    );
+    let names = [
+        "a b;$(touch pwned)'x\"`touch pwned2`",
+        "-x; touch pwned3",
+        "--create",
+    ];
+    for name in names {
+        fs::write(land.join(name), &f.old).unwrap();
+        let o = f.sync_with(&f.sshd.rsh(), s(&wrapper), &[], &format!("{HOST}:{name}"));
+        assert_ok(&o);
+        f.assert_synced(&land.join(name));
+    }
+    // An absolute path with the same characters.
+    let abs = land.join("$HOME 'q' \\ *");
+    fs::write(&abs, &f.old).unwrap();
+    let o = f.sync(&[], &format!("{HOST}:{}", s(&abs)));
+    assert_ok(&o);
+    f.assert_synced(&abs);
+    let mut found: Vec<String> = fs::read_dir(&land)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    found.sort();
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.push("$HOME 'q' \\ *".into());
+    want.sort();
+    assert_eq!(found, want);
+    for p in ["pwned", "pwned2", "pwned3"] {
+        assert!(!Path::new("/root").join(p).exists());
+        assert!(!f.dir.join(p).exists());
+    }
+}
+
+#[test]
+fn a_missing_remote_binary_or_a_refused_login_ends_at_once() {
+    let f = Fixture::new("ssh-sync-connect");
+    let copy = f.copy_of_old("copy.img");
+    let dest = format!("{HOST}:{}", s(&copy));
+    let o = fails_quickly("was not found or cannot be run (exit status 127)", || {
+        f.sync_with(&f.sshd.rsh(), "/nonexistent/lvmsync-rs", &[], &dest)
+    });
+    assert!(
+        stderr(&o).contains("/nonexistent/lvmsync-rs: "),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("--remote-path"), "{}", stderr(&o));
+
+    let other_key = f.path("other_key");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-t", "ed25519", "-f", s(&other_key)])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = fails_quickly("could not connect or log in (exit status 255)", || {
+        f.sync_with(&f.sshd.rsh_with(&other_key), s(&bin()), &[], &dest)
+    });
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+
+    // With --json, the summary object says what failed.
+    let o = f.sync_with(&f.sshd.rsh(), "/nonexistent/lvmsync-rs", &["--json"], &dest);
+    assert_eq!(o.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["result"], "failed");
+    assert_eq!(doc["remote_host"], HOST);
+    assert_eq!(doc["bytes_on_wire"], 0);
+    assert!(
+        doc["error"].as_str().unwrap().contains("was not found"),
+        "{doc}"
+    );
+
+    // No remote shell at all.
+    fails_quickly("cannot run /nonexistent/ssh", || {
+        f.sync_with("/nonexistent/ssh -p 1", s(&bin()), &[], &dest)
+    });
+    // Nothing was written; the same command with what was missing works.
+    assert_eq!(fs::read(&copy).unwrap(), f.old);
+    assert_ok(&f.sync(&[], &dest));
+    f.assert_synced(&copy);
+}
+
+#[test]
+fn a_destination_that_cannot_be_opened_is_refused_before_any_data() {
+    let f = Fixture::new("ssh-sync-dest");
+    let dir = f.path("a-directory");
+    fs::create_dir(&dir).unwrap();
+    let o = fails_quickly("the apply refused: ", || {
+        f.sync(&[], &format!("{HOST}:{}", s(&dir)))
+    });
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    assert!(stderr(&o).contains(HOST), "{}", stderr(&o));
+
+    let nowhere = f.path("no-such-dir/copy.img");
+    let o = fails_quickly("cannot open: No such file or directory", || {
+        f.sync(&["--create"], &format!("{HOST}:{}", s(&nowhere)))
+    });
+    assert!(
+        stderr(&o).contains("no-such-dir/copy.img"),
+        "{}",
+        stderr(&o)
+    );
+    fs::create_dir(f.path("no-such-dir")).unwrap();
+    assert_ok(&f.sync(&["--create"], &format!("{HOST}:{}", s(&nowhere))));
+    assert_eq!(fs::read(&nowhere).unwrap().len(), f.new.len());
+}
+
+#[test]
+fn a_connection_cut_midway_fails_and_a_rerun_completes_the_sync() {
+    let f = Fixture::new("ssh-sync-cut");
+    let copy = f.copy_of_old("copy.img");
+    let dest = format!("{HOST}:{}", s(&copy));
+    // The remote apply is killed (SIGXFSZ) when it first writes past 4 MiB
+    // of DEST, with most of the delta still to come.
+    let killed = f.script(
+        "killed-at-4m",
+        &format!("ulimit -f 4096\nexec '{}' \"$@\"", s(&bin())),
+    );
+    let o = fails_quickly(HOST, || f.sync_with(&f.sshd.rsh(), s(&killed), &[], &dest));
+    let err = stderr(&o);
+    eprintln!("killed: {err}");
+    assert!(
+        err.contains("the connection ended after") || err.contains("the apply failed"),
+        "{err}"
+    );
+    assert!(err.contains("run the same command again"), "{err}");
+    assert_ne!(fs::read(&copy).unwrap(), f.new);
+
+    // The remote's stdin is cut after 3 MiB: it stops at a truncated delta.
+    let cut = f.script(
+        "cut-at-3m",
+        &format!("head -c 3145728 | '{}' \"$@\"", s(&bin())),
+    );
+    let o = fails_quickly(HOST, || f.sync_with(&f.sshd.rsh(), s(&cut), &[], &dest));
+    let err = stderr(&o);
+    eprintln!("cut: {err}");
+    assert!(
+        err.contains("truncated: the delta ends at byte 3145728"),
+        "{err}"
+    );
+
+    let o = f.sync(&[], &dest);
+    assert_ok(&o);
+    f.assert_synced(&copy);
+}
+
+#[test]
+fn a_remote_of_another_version_is_refused_on_both_sides() {
+    let f = Fixture::new("ssh-sync-version");
+    let copy = f.copy_of_old("copy.img");
+    let dest = format!("{HOST}:{}", s(&copy));
+    // The sender's check: the remote claims format version 2.
+    // What it receives is kept: nothing may come before a good hello.
+    let received = f.path("received");
+    let other = f.script(
+        "other-version",
+        &format!(
+            ": > '{r}'\necho 'LVMSYNC-APPLY 1 2 0'\ncat >> '{r}'",
+            r = s(&received)
+        ),
+    );
+    let o = fails_quickly("protocol 1 and delta format version 2", || {
+        f.sync_with(&f.sshd.rsh(), s(&other), &[], &dest)
+    });
+    assert!(stderr(&o).contains("install the same version on both hosts"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        fs::read(&received).unwrap(),
+        b"",
+        "data was sent before the hello"
+    );
+    // A remote that never answers: the wait for the hello ends.
+    let mute = f.script("never-answers", "exec cat >/dev/null");
+    let t = Instant::now();
+    fails_quickly("no handshake within 2 s", || {
+        f.sync_with(&f.sshd.rsh(), s(&mute), &["--timeout", "2"], &dest)
+    });
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let other = f.script(
+        "other-protocol",
+        "echo 'LVMSYNC-APPLY 7 1 0'\ncat >/dev/null",
+    );
+    fails_quickly("speaks protocol 7", || {
+        f.sync_with(&f.sshd.rsh(), s(&other), &[], &dest)
+    });
+    // Something that is no lvmsync-rs at all.
+    let other = f.script(
+        "no-lvmsync",
+        "echo 'something else'\necho 'it failed' >&2\nexit 3",
+    );
+    let o = fails_quickly("ended before the handshake (exit status 3): ", || {
+        f.sync_with(&f.sshd.rsh(), s(&other), &[], &dest)
+    });
+    // What it said, on stdout and on stderr, is the reason.
+    assert!(stderr(&o).contains("something else"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("it failed"), "{}", stderr(&o));
+    assert_eq!(fs::read(&copy).unwrap(), f.old);
+
+    // The remote's check: a sender writing format version 2.
+    let o = Command::new(bin())
+        .args(["apply", "--remote", "--expect-format", "2", "--", "-"])
+        .arg(&copy)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &o,
+        "the sender writes delta format version 2, but this lvmsync-rs",
+    );
+    // The hello a current sender gets.
+    let o = Command::new(bin())
+        .args(["apply", "--remote", "--expect-format", "1", "--", "-"])
+        .arg(&copy)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("LVMSYNC-APPLY 1 1 {}\n", f.old.len())
+    );
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn the_remote_report_must_match_what_was_sent() {
+    let f = Fixture::new("ssh-sync-report");
+    let copy = f.copy_of_old("copy.img");
+    let dest = format!("{HOST}:{}", s(&copy));
+    let b = s(&bin()).to_string();
+    let liar = f.script(
+        "liar",
+        &format!("'{b}' \"$@\" | sed -u 's/\"records\":[0-9]*/\"records\":1/'"),
+    );
+    fails_quickly("the apply reports records 1, but", || {
+        f.sync_with(&f.sshd.rsh(), s(&liar), &[], &dest)
+    });
+    let mute = f.script(
+        "mute",
+        &format!("'{b}' \"$@\" | grep --line-buffered -v LVMSYNC-APPLIED"),
+    );
+    fails_quickly("ended without reporting what it applied", || {
+        f.sync_with(&f.sshd.rsh(), s(&mute), &[], &dest)
+    });
+    // Remote stderr lines that are not errors come back with the host name.
+    let chatty = f.script(
+        "chatty",
+        &format!("echo 'hello from the backup host' >&2\nexec '{b}' \"$@\""),
+    );
+    let o = f.sync_with(&f.sshd.rsh(), s(&chatty), &[], &dest);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains(&format!("{HOST}: hello from the backup host")),
+        "{}",
+        stderr(&o)
+    );
+}

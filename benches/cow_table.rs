@@ -19,15 +19,7 @@ use lvmsync::cowgen::CowWriter;
 
 const CHUNK: u64 = 4096;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use lvmsync::cowgen::Rng;
 
 fn main() {
     let exceptions: u64 = std::env::var("EXCEPTIONS")
@@ -45,7 +37,7 @@ fn main() {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut written = 0u64;
     while written < exceptions {
-        let r = rng.next();
+        let r = rng.next_u64();
         if r & 1 == 0 {
             // A run, written in order, as a sequential write does.
             let len = (2 + (r >> 8) % 255).min(exceptions - written);
@@ -57,7 +49,7 @@ fn main() {
         } else {
             // Scattered single chunks, in random order.
             for _ in 0..256.min(exceptions - written) {
-                w.push(rng.next() % origin_chunks).unwrap();
+                w.push(rng.next_u64() % origin_chunks).unwrap();
                 written += 1;
             }
         }

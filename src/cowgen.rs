@@ -138,3 +138,30 @@ impl CowImage {
         self.writer.finish().expect("in-memory write")
     }
 }
+
+/// A small, fast, reproducible pseudo-random generator (xorshift64) for test
+/// data and benchmarks: the same seed always gives the same bytes.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value; the seed must not be 0.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Fills `b` with pseudo-random bytes.
+    pub fn fill(&mut self, b: &mut [u8]) {
+        for c in b.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}

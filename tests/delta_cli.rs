@@ -17,21 +17,7 @@ use lvmsync::stream::{self, Compression, Header, SourceInfo, SourceKind, Totals,
 
 const CHUNK: u64 = 4096;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
+use lvmsync::cowgen::Rng;
 
 /// An old image, a new one, and the COW image listing the chunks that differ.
 struct Fixture {

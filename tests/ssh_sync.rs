@@ -23,21 +23,7 @@ use sshd::Sshd;
 const CHUNK: u64 = 4096;
 const HOST: &str = "root@127.0.0.1";
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
+use lvmsync::cowgen::Rng;
 
 /// An sshd, an old image, a new one, and the COW image of their difference.
 struct Fixture {

@@ -13,24 +13,7 @@ use lvmsync::cowgen::CowWriter;
 pub const CHUNK: u64 = 4096;
 pub const PIECE: usize = 1 << 20;
 
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
+pub use lvmsync::cowgen::Rng;
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Content {

@@ -26,33 +26,13 @@ use std::time::Instant;
 #[path = "common/workload.rs"]
 mod workload;
 
-use workload::{Content, Extent, Rng, Workload, PIECE};
+use workload::{make_copy, Content, Extent, Workload, PIECE};
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A fresh copy of the old image: sparse, with the old data where the new
-/// image has zeroes (so that ZERO records change something), synced.
-fn make_copy(path: &Path, size: u64, extents: &[Extent]) {
-    let _ = fs::remove_file(path);
-    let f = File::create(path).unwrap();
-    f.set_len(size).unwrap();
-    let mut rng = Rng(0xdead_beef_1234_5678);
-    let mut buf = vec![0u8; PIECE];
-    for e in extents.iter().filter(|e| e.content == Content::Zero) {
-        let mut done = 0;
-        while done < e.length {
-            let n = (e.length - done).min(PIECE as u64) as usize;
-            rng.fill(&mut buf[..n]);
-            f.write_all_at(&buf[..n], e.offset + done).unwrap();
-            done += n as u64;
-        }
-    }
-    f.sync_all().unwrap();
 }
 
 /// The baseline: read each extent from `src` and write it into `dst`.

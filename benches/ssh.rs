@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use workload::{Content, Extent, Rng, Workload, PIECE};
+use workload::{make_copy, Extent, Workload, PIECE};
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -69,26 +69,6 @@ fn busy<T>(f: impl FnOnce() -> T) -> (f64, T) {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// A sparse copy of the old image (old data where the new image has
-/// zeroes, so that ZERO records change something), synced.
-fn make_copy(path: &Path, size: u64, extents: &[Extent]) {
-    let _ = fs::remove_file(path);
-    let f = File::create(path).unwrap();
-    f.set_len(size).unwrap();
-    let mut rng = Rng(0xdead_beef_1234_5678);
-    let mut buf = vec![0u8; PIECE];
-    for e in extents.iter().filter(|e| e.content == Content::Zero) {
-        let mut done = 0;
-        while done < e.length {
-            let n = (e.length - done).min(PIECE as u64) as usize;
-            rng.fill(&mut buf[..n]);
-            f.write_all_at(&buf[..n], e.offset + done).unwrap();
-            done += n as u64;
-        }
-    }
-    f.sync_all().unwrap();
 }
 
 /// `ssh ... host 'cat > /dev/null' < delta`: seconds.

@@ -200,3 +200,23 @@ impl Workload {
             .sum()
     }
 }
+
+/// A fresh copy of the old image: sparse, with old (random) data where the
+/// new image has zeroes, so that ZERO records change something; synced.
+pub fn make_copy(path: &Path, size: u64, extents: &[Extent]) {
+    let _ = std::fs::remove_file(path);
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut rng = Rng(0xdead_beef_1234_5678);
+    let mut buf = vec![0u8; PIECE];
+    for e in extents.iter().filter(|e| e.content == Content::Zero) {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            rng.fill(&mut buf[..n]);
+            f.write_all_at(&buf[..n], e.offset + done).unwrap();
+            done += n as u64;
+        }
+    }
+    f.sync_all().unwrap();
+}

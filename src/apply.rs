@@ -282,9 +282,19 @@ impl Snapback {
                 snapshot_time: None,
                 origin: Some(dest.path().display().to_string()),
                 origin_uuid: None,
+                thin: None,
             },
             compression: Compression::Lz4,
             tool: crate::TOOL.to_string(),
+            // Undoing the delta takes the destination from the delta's
+            // target back to its base (all of it only for a whole delta).
+            base: delta.target.clone(),
+            target: if delta.resume_from == 0 {
+                delta.base.clone()
+            } else {
+                None
+            },
+            resume_from: 0,
             properties,
         };
         let create_err = |source| ApplyError::SnapbackCreate {

@@ -31,7 +31,7 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3Default};
 /// `\r\n` catches line-ending conversion.
 pub const MAGIC: [u8; 8] = [0x89, b'L', b'V', b'M', b'S', b'D', b'\r', b'\n'];
 /// The format version this code writes and the only one it reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest encoded header accepted, in bytes.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Largest extent one record covers. Bounds the memory a reader needs (one
@@ -69,6 +69,55 @@ pub struct SourceInfo {
     /// The origin: its LV name, or the device or image the data came from.
     pub origin: Option<String>,
     pub origin_uuid: Option<String>,
+    /// For a thin snapshot: the pool and the thin devices compared.
+    pub thin: Option<ThinSource>,
+}
+
+/// Where the changes of a thin snapshot came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThinSource {
+    /// The thin pool, as `VG/POOL` when LVM knows it, else its dm name.
+    pub pool: String,
+    pub pool_uuid: Option<String>,
+    /// The pool's data block size in bytes.
+    pub block_size: u64,
+    /// The thin device id of the snapshot (the base of the changes).
+    pub snapshot_id: u64,
+    /// The thin device id the snapshot was compared with: the origin, or
+    /// the data source when it is a thin LV of the same pool.
+    pub compared_id: u64,
+}
+
+/// A point in time of an origin: what a destination holds after a delta is
+/// applied, and what a delta needs the destination to hold before.
+/// Two points are the same when their `origin_uuid` and `snapshot_uuid` are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointInTime {
+    /// The origin LV's UUID.
+    pub origin_uuid: String,
+    /// The UUID of the snapshot that froze this point in time.
+    pub snapshot_uuid: String,
+    /// For messages: `VG/LV` of the snapshot when it was made.
+    pub snapshot: String,
+    /// For messages: the snapshot's creation time (`lvs -o lv_time`).
+    pub time: String,
+}
+
+impl PointInTime {
+    /// Whether `self` and `other` name the same point in time.
+    pub fn same(&self, other: &PointInTime) -> bool {
+        self.origin_uuid == other.origin_uuid && self.snapshot_uuid == other.snapshot_uuid
+    }
+}
+
+impl std::fmt::Display for PointInTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} taken {} (snapshot uuid {})",
+            self.snapshot, self.time, self.snapshot_uuid
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +127,25 @@ pub enum SourceKind {
     Classic,
     /// A COW image and a data source named by path, without LVM.
     Image,
+    /// A thin snapshot: the changes come from the pool's metadata.
+    Thin,
+    /// Blocks found different by comparing two copies (`verify --repair`).
+    Compare,
+    /// Every block that is not all zeroes: a full copy (a seed).
+    Full,
+}
+
+impl SourceKind {
+    /// What the changes were read from, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SourceKind::Classic => "a classic snapshot's change table",
+            SourceKind::Image => "a COW image's change table",
+            SourceKind::Thin => "a thin pool's metadata",
+            SourceKind::Compare => "a comparison of two copies",
+            SourceKind::Full => "a full copy",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +169,15 @@ pub struct Header {
     pub compression: Compression,
     /// The writing tool and its version: `lvmsync-rs 0.1.0`.
     pub tool: String,
+    /// The point in time the destination must hold for the delta to apply;
+    /// none when it applies to any content (a full copy, a repair).
+    pub base: Option<PointInTime>,
+    /// The point in time the destination holds once the delta is applied;
+    /// none when the data was read from a live origin.
+    pub target: Option<PointInTime>,
+    /// Records start at this offset: a resumed transfer leaves out what the
+    /// destination already confirmed. 0 for a whole delta.
+    pub resume_from: u64,
     pub properties: BTreeMap<String, String>,
 }
 
@@ -748,6 +825,15 @@ impl<R: Read> Reader<R> {
             .map_err(|e| StreamError::DamagedHeader {
                 reason: format!("its checksum holds but it cannot be decoded ({e})"),
             })?;
+        if header.resume_from > header.origin_size {
+            return Err(StreamError::DamagedHeader {
+                reason: format!(
+                    "it resumes at offset {}, past the end of the origin ({} bytes)",
+                    header.resume_from, header.origin_size
+                ),
+            });
+        }
+        let resume_from = header.resume_from;
         let mut hasher = Xxh3Default::new();
         hasher.update(&frame);
         let payload = match header.compression {
@@ -761,7 +847,7 @@ impl<R: Read> Reader<R> {
             position: frame.len() as u64,
             hasher,
             totals: Totals::default(),
-            prev_end: 0,
+            prev_end: resume_from,
             payload,
             content: vec![0u8; MAX_RECORD_LEN as usize],
             end: None,
@@ -858,7 +944,7 @@ impl<R: Read> Reader<R> {
         }
         if head.offset < self.prev_end {
             return Err(bad(format!(
-                "it starts at offset {}, before the end of the previous record ({}); records must be in increasing order without overlap",
+                "it starts at offset {}, before the end of the previous record or the offset the delta resumes at ({}); records must be in increasing order without overlap",
                 head.offset, self.prev_end
             )));
         }
@@ -1084,9 +1170,13 @@ mod tests {
                 snapshot_time: None,
                 origin: Some("new.img".into()),
                 origin_uuid: None,
+                thin: None,
             },
             compression,
             tool: "lvmsync-rs test".into(),
+            base: None,
+            target: None,
+            resume_from: 0,
             properties: BTreeMap::new(),
         }
     }
@@ -1232,11 +1322,11 @@ mod tests {
     fn versions_and_magic_are_checked_first() {
         let w = Writer::new(Vec::new(), &header(4096, Compression::Lz4)).unwrap();
         let (mut bytes, _, _) = w.finish().unwrap();
-        bytes[8] = 2;
+        bytes[8] = 99;
         let err = read_all(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "delta format version 2, but this lvmsync-rs reads version 1 only; use an lvmsync-rs that knows version 2"
+            format!("delta format version 99, but this lvmsync-rs reads version {VERSION} only; use an lvmsync-rs that knows version 99")
         );
         let err = read_all(b"#!/bin/sh\n").unwrap_err();
         assert!(err.to_string().contains("not an lvmsync-rs delta"), "{err}");

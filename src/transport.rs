@@ -819,7 +819,7 @@ mod tests {
                 "-p",
                 "22",
                 "root@h",
-                "'lvmsync-rs' 'apply' '--remote' '--expect-format' '1' '--create' '--' '-' '-x y'"
+                "'lvmsync-rs' 'apply' '--remote' '--expect-format' '2' '--create' '--' '-' '-x y'"
             ]
         );
     }
@@ -827,9 +827,9 @@ mod tests {
     #[test]
     fn hello_and_report_lines_read_back() {
         let h = Hello::ours(4096);
-        assert_eq!(h.line(), "LVMSYNC-APPLY 1 1 4096");
+        assert_eq!(h.line(), "LVMSYNC-APPLY 1 2 4096");
         assert_eq!(Hello::parse(&h.line()), Some(h));
-        assert_eq!(Hello::parse("LVMSYNC-APPLY 1 2 0 extra").unwrap().format, 2);
+        assert_eq!(Hello::parse("LVMSYNC-APPLY 1 3 0 extra").unwrap().format, 3);
         assert_eq!(Hello::parse("hello"), None);
         assert_eq!(Hello::parse("LVMSYNC-APPLY 1"), None);
         let totals = crate::stream::Totals {

@@ -440,14 +440,17 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
         "not an lvmsync-rs delta",
         0,
     );
-    let mut v2 = good.clone();
-    v2[8] = 2;
+    let mut other = good.clone();
+    other[8] = 99;
     check_damaged(
         &f,
         &recs,
         "version",
-        &v2,
-        "delta format version 2, but this lvmsync-rs reads version 1 only",
+        &other,
+        &format!(
+            "delta format version 99, but this lvmsync-rs reads version {} only",
+            stream::VERSION
+        ),
         0,
     );
     check_damaged(
@@ -640,9 +643,13 @@ fn header(origin_size: u64) -> Header {
             snapshot_time: None,
             origin: None,
             origin_uuid: None,
+            thin: None,
         },
         compression: Compression::Lz4,
         tool: "test".into(),
+        base: None,
+        target: None,
+        resume_from: 0,
         properties: Default::default(),
     }
 }
@@ -728,7 +735,10 @@ fn inspect_shows_a_good_delta_and_stops_at_damage() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
-        "format:       version 1, written by lvmsync-rs ",
+        &format!(
+            "format:       version {}, written by lvmsync-rs ",
+            stream::VERSION
+        ),
         "source:       image ",
         "origin size:  4195840 (4.0 MiB)",
         "compression:  lz4",

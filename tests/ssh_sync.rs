@@ -397,17 +397,17 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
     let f = Fixture::new("ssh-sync-version");
     let copy = f.copy_of_old("copy.img");
     let dest = format!("{HOST}:{}", s(&copy));
-    // The sender's check: the remote claims format version 2.
+    // The sender's check: the remote claims format version 99.
     // What it receives is kept: nothing may come before a good hello.
     let received = f.path("received");
     let other = f.script(
         "other-version",
         &format!(
-            ": > '{r}'\necho 'LVMSYNC-APPLY 1 2 0'\ncat >> '{r}'",
+            ": > '{r}'\necho 'LVMSYNC-APPLY 1 99 0'\ncat >> '{r}'",
             r = s(&received)
         ),
     );
-    let o = fails_quickly("protocol 1 and delta format version 2", || {
+    let o = fails_quickly("protocol 1 and delta format version 99", || {
         f.sync_with(&f.sshd.rsh(), s(&other), &[], &dest)
     });
     assert!(stderr(&o).contains("install the same version on both hosts"));
@@ -444,27 +444,33 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
     assert!(stderr(&o).contains("it failed"), "{}", stderr(&o));
     assert_eq!(fs::read(&copy).unwrap(), f.old);
 
-    // The remote's check: a sender writing format version 2.
+    // The remote's check: a sender writing format version 99.
     let o = Command::new(bin())
-        .args(["apply", "--remote", "--expect-format", "2", "--", "-"])
+        .args(["apply", "--remote", "--expect-format", "99", "--", "-"])
         .arg(&copy)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert_clean_failure(
         &o,
-        "the sender writes delta format version 2, but this lvmsync-rs",
+        "the sender writes delta format version 99, but this lvmsync-rs",
     );
     // The hello a current sender gets.
     let o = Command::new(bin())
-        .args(["apply", "--remote", "--expect-format", "1", "--", "-"])
+        .args(["apply", "--remote", "--expect-format"])
+        .arg(lvmsync::stream::VERSION.to_string())
+        .args(["--", "-"])
         .arg(&copy)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
-        format!("LVMSYNC-APPLY 1 1 {}\n", f.old.len())
+        format!(
+            "LVMSYNC-APPLY 1 {} {}\n",
+            lvmsync::stream::VERSION,
+            f.old.len()
+        )
     );
     assert_eq!(o.status.code(), Some(1));
 }

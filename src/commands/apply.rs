@@ -116,12 +116,9 @@ pub fn describe(delta: &str, s: &Summary) -> String {
         ));
     }
     text.push_str(&format!(
-        " The delta is of {} ({} origin of {} bytes), written by {}.",
+        " The delta is of {} (from {}, origin of {} bytes), written by {}.",
         describe_source(&s.header.source).unwrap_or_else(|| "an unnamed source".to_string()),
-        match s.header.source.kind {
-            crate::stream::SourceKind::Classic => "a classic snapshot's",
-            crate::stream::SourceKind::Image => "an image's",
-        },
+        s.header.source.kind.describe(),
         s.header.origin_size,
         s.header.tool
     ));

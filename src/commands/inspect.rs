@@ -259,6 +259,40 @@ fn write_header(name: &str, h: &Header, out: &mut impl Write) -> io::Result<()> 
             writeln!(out, "source:       image {}", opt(&s.snapshot))?;
             writeln!(out, "origin:       {}", opt(&s.origin))?;
         }
+        kind => {
+            writeln!(out, "source:       {}", kind.describe())?;
+            if let Some(snap) = &s.snapshot {
+                match &s.vg {
+                    Some(vg) => writeln!(out, "snapshot:     {vg}/{snap}")?,
+                    None => writeln!(out, "snapshot:     {snap}")?,
+                }
+            }
+            writeln!(out, "origin:       {}", opt(&s.origin))?;
+        }
+    }
+    if let Some(t) = &s.thin {
+        writeln!(
+            out,
+            "thin pool:    {}, block size {}, snapshot id {}, compared with id {}",
+            t.pool,
+            human(t.block_size),
+            t.snapshot_id,
+            t.compared_id
+        )?;
+    }
+    match &h.base {
+        Some(b) => writeln!(out, "base:         {b}")?,
+        None => writeln!(out, "base:         any (the delta does not name one)")?,
+    }
+    match &h.target {
+        Some(t) => writeln!(out, "produces:     {t}")?,
+        None => writeln!(
+            out,
+            "produces:     no point in time (data read from a live volume)"
+        )?,
+    }
+    if h.resume_from > 0 {
+        writeln!(out, "resumes at:   byte {}", h.resume_from)?;
     }
     writeln!(
         out,

@@ -10,7 +10,7 @@ use crate::blockdev::Source;
 use crate::commands::list::{self, Listing, Target};
 use crate::lvm;
 use crate::send::{check_source_size, send_extents, SendError};
-use crate::stream::{Compression, Header, SourceInfo, SourceKind, Writer};
+use crate::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, Writer};
 use crate::units::human;
 use crate::Error;
 
@@ -59,12 +59,19 @@ impl Prepared {
         let (listing, source) = read_inputs(target, data_source)?;
         let origin_size = listing.origin_size.unwrap_or(source.size());
         check_source_size(&source, origin_size)?;
+        let source_info = source_info(&listing, &source);
+        // The delta applies to a copy of the origin as it was when the
+        // snapshot was taken.
+        let base = point_in_time(&source_info);
         let header = Header {
             origin_size,
             chunk_size: listing.table.chunk_size,
-            source: source_info(&listing, &source),
+            source: source_info,
             compression,
             tool: crate::TOOL.to_string(),
+            base,
+            target: None,
+            resume_from: 0,
             properties: BTreeMap::from([
                 ("cow".to_string(), listing.cow_path.display().to_string()),
                 (
@@ -190,6 +197,17 @@ fn open_source(path: &Path) -> Result<Source, Error> {
     })
 }
 
+/// The point in time a snapshot froze, when LVM names both volumes.
+pub fn point_in_time(s: &SourceInfo) -> Option<PointInTime> {
+    let vg = s.vg.as_deref()?;
+    Some(PointInTime {
+        origin_uuid: s.origin_uuid.clone()?,
+        snapshot_uuid: s.snapshot_uuid.clone()?,
+        snapshot: format!("{vg}/{}", s.snapshot.as_deref()?),
+        time: s.snapshot_time.clone().unwrap_or_default(),
+    })
+}
+
 fn source_info(listing: &Listing, data: &Source) -> SourceInfo {
     let known = |s: &str| (!s.is_empty()).then(|| s.to_string());
     match &listing.snapshot {
@@ -209,6 +227,7 @@ fn source_info(listing: &Listing, data: &Source) -> SourceInfo {
                     .and_then(|lv| known(&lv.origin))
                     .or_else(|| Some(snap.origin.name.clone())),
                 origin_uuid: origin_lv.and_then(|lv| known(&lv.lv_uuid)),
+                thin: None,
             }
         }
         None => SourceInfo {
@@ -219,6 +238,7 @@ fn source_info(listing: &Listing, data: &Source) -> SourceInfo {
             snapshot_time: None,
             origin: Some(data.path().display().to_string()),
             origin_uuid: None,
+            thin: None,
         },
     }
 }

@@ -29,6 +29,7 @@ use std::sync::mpsc;
 use thiserror::Error;
 
 use crate::blockdev::Destination;
+use crate::state::{self, Applying, State, StateError};
 use crate::stream::{
     Compression, Header, Reader, RecordKind, SourceInfo, SourceKind, StreamError, Totals, Writer,
     MAX_RECORD_LEN,
@@ -45,6 +46,10 @@ pub const WRITE_QUEUE: usize = 4;
 /// Bytes written between two requests to start writeback, so that the disk
 /// works while the stream is still being read.
 pub const WRITEBACK_BYTES: u64 = 32 << 20;
+/// Bytes written between two confirmations in the destination's state (a
+/// sync of the destination, then of the state), for a delta that can be
+/// resumed.
+pub const CONFIRM_BYTES: u64 = 256 << 20;
 
 /// How far an apply got before it stopped.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +61,8 @@ pub struct Progress {
     pub bytes: u64,
     /// What the snapback holds, when one was asked for.
     pub snapback: Option<String>,
+    /// What the destination's state confirms, for a delta that can resume.
+    pub confirmed: Option<String>,
 }
 
 impl fmt::Display for Progress {
@@ -74,6 +81,9 @@ impl fmt::Display for Progress {
         }
         if let Some(s) = &self.snapback {
             write!(f, "; {s}")?;
+        }
+        if let Some(c) = &self.confirmed {
+            write!(f, "; {c}")?;
         }
         Ok(())
     }
@@ -136,6 +146,13 @@ pub enum ApplyError {
         source: io::Error,
         progress: Box<Progress>,
     },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{source}; {progress}")]
+    StateUpdate {
+        source: StateError,
+        progress: Box<Progress>,
+    },
 }
 
 fn of_origin_size(size: &Option<u64>) -> String {
@@ -152,6 +169,8 @@ pub struct Options {
     pub create: bool,
     /// Save the old contents of every range written, as a delta, to this new file.
     pub snapback: Option<PathBuf>,
+    /// Apply even when the destination's state names another base.
+    pub force: bool,
 }
 
 /// What an apply did.
@@ -376,6 +395,102 @@ struct Applier {
     unflushed: u64,
     /// Asks the writeback thread to start writeback.
     writeback: Option<mpsc::SyncSender<()>>,
+    /// What the state confirmed when the apply stopped.
+    confirmed: Option<String>,
+    /// Keeps the destination's state.
+    tracker: Tracker,
+}
+
+/// Keeps the destination's state while a delta is applied: which transfer
+/// is under way and how far it is confirmed.
+struct Tracker {
+    path: PathBuf,
+    dest: PathBuf,
+    /// The transfer, for a delta that produces a point in time.
+    applying: Option<Applying>,
+    /// The end of the last record written.
+    last_end: u64,
+    /// Bytes written since the last confirmation.
+    unconfirmed: u64,
+    /// Whether a state file is kept for this destination.
+    kept: bool,
+}
+
+impl Tracker {
+    /// Records, before anything is written, that the delta of `header` is
+    /// being applied (or, for a delta that produces no point in time, that
+    /// the destination's content is no longer known).
+    fn begin(
+        path: PathBuf,
+        dest: &Path,
+        had_state: bool,
+        header: &Header,
+    ) -> Result<Tracker, StateError> {
+        let applying = header.target.clone().map(|target| Applying {
+            base: header.base.clone(),
+            target,
+            confirmed: header.resume_from,
+        });
+        let kept = had_state || applying.is_some();
+        let t = Tracker {
+            path,
+            dest: dest.to_path_buf(),
+            applying,
+            last_end: header.resume_from,
+            unconfirmed: 0,
+            kept,
+        };
+        if kept {
+            t.save_applying()?;
+        }
+        Ok(t)
+    }
+
+    fn save_applying(&self) -> Result<(), StateError> {
+        state::save(
+            &self.path,
+            &self.dest,
+            &State {
+                holds: None,
+                applying: self.applying.clone(),
+            },
+        )
+    }
+
+    /// Whether enough was written since the last confirmation.
+    fn wrote(&mut self, end: u64, length: u64) -> bool {
+        self.last_end = end;
+        self.unconfirmed += length;
+        self.applying.is_some() && self.unconfirmed >= CONFIRM_BYTES
+    }
+
+    /// Records that everything before the last record's end is on disk
+    /// (the caller synced the destination).
+    fn confirm(&mut self) -> Result<Option<u64>, StateError> {
+        self.unconfirmed = 0;
+        let Some(a) = self.applying.as_mut() else {
+            return Ok(None);
+        };
+        a.confirmed = self.last_end;
+        let confirmed = a.confirmed;
+        self.save_applying()?;
+        Ok(Some(confirmed))
+    }
+
+    /// Records that the whole delta is applied and synced.
+    fn finish(&self) -> Result<(), StateError> {
+        if !self.kept {
+            return Ok(());
+        }
+        state::save(
+            &self.path,
+            &self.dest,
+            &State {
+                holds: self.applying.as_ref().map(|a| a.target.clone()),
+                applying: None,
+            },
+        )
+    }
 }
 
 impl Applier {
@@ -385,6 +500,7 @@ impl Applier {
             records: self.records,
             bytes: self.bytes,
             snapback: None,
+            confirmed: None,
         }
     }
 
@@ -513,6 +629,24 @@ impl Applier {
             }
             _ => self.zero_records += 1,
         }
+        if self.tracker.wrote(offset + length, length) {
+            let confirmed = self
+                .dest
+                .sync()
+                .map_err(|source| ApplyError::DestSync {
+                    path: self.shown.clone(),
+                    source,
+                })
+                .and_then(|()| {
+                    self.tracker
+                        .confirm()
+                        .map_err(|source| ApplyError::StateUpdate {
+                            source,
+                            progress: Box::new(self.progress()),
+                        })
+                });
+            confirmed?;
+        }
         if self.unflushed >= WRITEBACK_BYTES {
             self.unflushed = 0;
             // Only a head start for the final sync: when the writeback
@@ -555,7 +689,13 @@ impl Applier {
                 ),
             }
         });
-        let _ = self.dest.sync();
+        if self.dest.sync().is_ok() {
+            if let Ok(Some(at)) = self.tracker.confirm() {
+                self.confirmed = Some(format!(
+                    "the destination's state records that the bytes before {at} are applied, so the same sync or backup resumes from there"
+                ));
+            }
+        }
         note
     }
 
@@ -567,6 +707,7 @@ impl Applier {
                 records: self.records,
                 bytes: self.bytes,
                 snapback: note.clone(),
+                confirmed: self.confirmed.clone(),
                 ..*p
             })
         };
@@ -622,6 +763,13 @@ impl Applier {
                 source,
                 progress: progress(p),
             },
+            ApplyError::StateUpdate {
+                source,
+                progress: p,
+            } => ApplyError::StateUpdate {
+                source,
+                progress: progress(p),
+            },
             other => other,
         }
     }
@@ -634,19 +782,41 @@ pub struct Target {
     path: PathBuf,
     destination: Destination,
     existed: bool,
+    /// Where the destination's state is kept, and what it says.
+    state_path: PathBuf,
+    pub state: Option<State>,
 }
 
 impl Target {
     /// Opens `path` for writing: an existing regular file or block device,
     /// or, with `create`, a new regular file. `origin_size`, when known,
     /// makes the refusal of a missing file say how large it would be.
-    pub fn open(path: &Path, create: bool, origin_size: Option<u64>) -> Result<Target, ApplyError> {
+    ///
+    /// The destination's state is read too: a damaged state file is an
+    /// error, unless `force` (then it is ignored, and replaced).
+    pub fn open(
+        path: &Path,
+        create: bool,
+        origin_size: Option<u64>,
+        force: bool,
+    ) -> Result<Target, ApplyError> {
         let existed = path.exists();
         let destination = open_dest(path, create, origin_size)?;
+        let state_path = state::location(path).map_err(|source| ApplyError::DestOpen {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let state = match state::load(&state_path) {
+            Ok(s) => s,
+            Err(StateError::Damaged { .. }) if force => None,
+            Err(e) => return Err(e.into()),
+        };
         Ok(Target {
             path: path.to_path_buf(),
             destination,
             existed,
+            state_path,
+            state,
         })
     }
 
@@ -665,7 +835,12 @@ pub fn apply<R: Read>(
     options: &Options,
 ) -> Result<Summary, ApplyError> {
     let reader = open_stream(input, delta, dest)?;
-    let target = Target::open(dest, options.create, Some(reader.header().origin_size))?;
+    let target = Target::open(
+        dest,
+        options.create,
+        Some(reader.header().origin_size),
+        options.force,
+    )?;
     apply_to(reader, delta, target, options)
 }
 
@@ -693,6 +868,8 @@ pub fn apply_to<R: Read>(
         path,
         destination,
         existed,
+        state_path,
+        state: dest_state,
     } = target;
     let dest = path.as_path();
     let shown = dest.display().to_string();
@@ -704,6 +881,10 @@ pub fn apply_to<R: Read>(
         header.origin_size,
     )?;
     let dest_size_before = existed.then(|| destination.size());
+    if !options.force {
+        state::check(&shown, dest_state.as_ref(), &header)?;
+    }
+    let tracker = Tracker::begin(state_path, dest, dest_state.is_some(), &header)?;
     let snapback = match &options.snapback {
         Some(path) => Some(Snapback::create(path, &destination, &header)?),
         None => None,
@@ -723,6 +904,8 @@ pub fn apply_to<R: Read>(
         zero_records: 0,
         unflushed: 0,
         writeback: None,
+        confirmed: None,
+        tracker,
     };
     // This thread reads and checks; a writer thread writes what passed.
     let (to_writer, records) = mpsc::sync_channel::<Verified>(WRITE_QUEUE);
@@ -831,6 +1014,7 @@ pub fn apply_to<R: Read>(
     if !existed {
         let _ = sync_parent(dest);
     }
+    a.tracker.finish()?;
     Ok(Summary {
         header,
         totals: end.totals,

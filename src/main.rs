@@ -111,6 +111,10 @@ enum Command {
         /// With --remote: the delta format version the sender writes
         #[arg(long, hide = true, value_name = "VERSION", requires = "remote")]
         expect_format: Option<u32>,
+        /// Apply even when DEST's recorded state says it holds another point
+        /// in time than the one the delta applies to
+        #[arg(long)]
+        force: bool,
     },
     /// Send the changes since SNAPSHOT was taken to DEST and apply them there, over ssh
     #[command(
@@ -164,6 +168,10 @@ enum Command {
         /// Print a summary object on stdout at the end (on failure too)
         #[arg(long)]
         json: bool,
+        /// Apply even when DEST's recorded state says it holds another point
+        /// in time than the one the delta applies to
+        #[arg(long)]
+        force: bool,
     },
     /// Show what a delta holds and check it, without writing anything
     #[command(
@@ -264,12 +272,14 @@ fn main() -> ExitCode {
             snapback,
             remote,
             expect_format,
+            force,
         } => apply::run(apply::Args {
             delta: DeltaInput::from_arg(&delta),
             dest,
             create,
             snapback,
             remote: expect_format.filter(|_| remote),
+            force,
         }),
         Command::Sync {
             args,
@@ -283,6 +293,7 @@ fn main() -> ExitCode {
             timeout,
             quiet,
             json,
+            force,
         } => {
             let (target, dest) = match (args.as_slice(), cow) {
                 ([dest], Some(path)) if data_source.is_some() => {
@@ -312,6 +323,7 @@ fn main() -> ExitCode {
                 hello_timeout: std::time::Duration::from_secs(timeout),
                 quiet,
                 json,
+                force,
             })
         }
         Command::Inspect { delta, json } => inspect::run(inspect::Args {

@@ -31,10 +31,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::state::State;
 use thiserror::Error;
 
 /// The version of the exchange around the delta (hello and report lines).
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 /// The first word of the remote's hello line.
 pub const HELLO: &str = "LVMSYNC-APPLY";
 /// The first word of the remote's report line.
@@ -232,7 +234,7 @@ pub fn shell_quote(word: &str) -> String {
 /// The words of the remote apply: `program` (one or more words, such as
 /// `sudo lvmsync-rs`), then the options, then `--`, so that a DEST starting
 /// with `-` is a path.
-pub fn apply_words(program: &[String], create: bool, dest: &str) -> Vec<String> {
+pub fn apply_words(program: &[String], create: bool, force: bool, dest: &str) -> Vec<String> {
     let mut words = program.to_vec();
     words.extend(
         [
@@ -246,47 +248,75 @@ pub fn apply_words(program: &[String], create: bool, dest: &str) -> Vec<String> 
     if create {
         words.push("--create".into());
     }
+    if force {
+        words.push("--force".into());
+    }
     words.extend(["--", "-", dest].map(String::from));
     words
 }
 
 /// The remote's hello line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub protocol: u32,
     pub format: u32,
     /// DEST's size before the apply (0 for a file about to be created).
     pub dest_size: u64,
+    /// DEST's recorded state, if any (protocol 2 on).
+    pub state: Option<State>,
 }
 
 impl Hello {
-    /// This version's hello for a destination of `dest_size` bytes.
-    pub fn ours(dest_size: u64) -> Hello {
+    /// This version's hello for a destination of `dest_size` bytes whose
+    /// state is `state`.
+    pub fn ours(dest_size: u64, state: Option<State>) -> Hello {
         Hello {
             protocol: PROTOCOL,
             format: crate::stream::VERSION,
             dest_size,
+            state,
         }
     }
 
+    /// `LVMSYNC-APPLY PROTOCOL FORMAT SIZE STATE`: STATE is the state as
+    /// one line of JSON, or `-`.
     pub fn line(&self) -> String {
+        let state = match &self.state {
+            Some(st) => serde_json::to_string(st).expect("plain fields serialize"),
+            None => "-".into(),
+        };
         format!(
-            "{HELLO} {} {} {}",
+            "{HELLO} {} {} {} {state}",
             self.protocol, self.format, self.dest_size
         )
     }
 
-    /// `None` when `line` is not a hello line. Fields after the third are
-    /// ignored, so that a later version may add some.
+    /// `None` when `line` is not a hello line. The protocol and format are
+    /// read first, whatever follows, so that another version is told apart
+    /// from garbage; a state that does not parse reads as none.
     pub fn parse(line: &str) -> Option<Hello> {
-        let mut words = line.split_ascii_whitespace();
+        let mut words = line.splitn(5, ' ');
         if words.next() != Some(HELLO) {
             return None;
         }
+        let protocol = words.next()?.trim().parse().ok()?;
+        let format = words.next()?.trim().parse().ok()?;
+        let dest_size = words
+            .next()?
+            .split_ascii_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let state = words
+            .next()
+            .map(str::trim)
+            .filter(|w| *w != "-")
+            .and_then(|w| serde_json::from_str(w).ok());
         Some(Hello {
-            protocol: words.next()?.parse().ok()?,
-            format: words.next()?.parse().ok()?,
-            dest_size: words.next()?.parse().ok()?,
+            protocol,
+            format,
+            dest_size,
+            state,
         })
     }
 }
@@ -367,12 +397,13 @@ impl Launch {
         host: &str,
         program: &str,
         create: bool,
+        force: bool,
         path: &str,
     ) -> Result<Launch, TransportError> {
         let mut argv = split_words(rsh).map_err(|e| TransportError::BadRsh(rsh.into(), e))?;
         let program_words =
             split_words(program).map_err(|e| TransportError::BadRsh(program.into(), e))?;
-        let line = apply_words(&program_words, create, path)
+        let line = apply_words(&program_words, create, force, path)
             .iter()
             .map(|w| shell_quote(w))
             .collect::<Vec<_>>()
@@ -388,9 +419,9 @@ impl Launch {
     }
 
     /// `program apply ... DEST` on this host, without a shell.
-    pub fn local(program: &str, create: bool, path: &str) -> Launch {
+    pub fn local(program: &str, create: bool, force: bool, path: &str) -> Launch {
         Launch {
-            argv: apply_words(&[program.to_string()], create, path),
+            argv: apply_words(&[program.to_string()], create, force, path),
             name: "local apply".into(),
             program: program.to_string(),
             remote: false,
@@ -535,7 +566,7 @@ impl Connection {
             readers,
             echo,
             remote: launch.remote,
-            hello: Hello::ours(0),
+            hello: Hello::ours(0, None),
         };
         let deadline = Instant::now() + hello_timeout;
         loop {
@@ -811,7 +842,7 @@ mod tests {
 
     #[test]
     fn the_remote_command_ends_with_a_path_after_the_options() {
-        let l = Launch::remote("ssh -p 22", "root@h", "lvmsync-rs", true, "-x y").unwrap();
+        let l = Launch::remote("ssh -p 22", "root@h", "lvmsync-rs", true, false, "-x y").unwrap();
         assert_eq!(
             l.argv,
             [
@@ -826,10 +857,23 @@ mod tests {
 
     #[test]
     fn hello_and_report_lines_read_back() {
-        let h = Hello::ours(4096);
-        assert_eq!(h.line(), "LVMSYNC-APPLY 1 2 4096");
+        let h = Hello::ours(4096, None);
+        assert_eq!(h.line(), "LVMSYNC-APPLY 2 2 4096 -");
         assert_eq!(Hello::parse(&h.line()), Some(h));
+        let state = State {
+            holds: Some(crate::stream::PointInTime {
+                origin_uuid: "o".into(),
+                snapshot_uuid: "s".into(),
+                snapshot: "vg/a b".into(),
+                time: "2026-11-26 08:00:00 +0000".into(),
+            }),
+            applying: None,
+        };
+        let h = Hello::ours(4096, Some(state));
+        assert_eq!(Hello::parse(&h.line()), Some(h));
+        // Another version is told apart, whatever follows.
         assert_eq!(Hello::parse("LVMSYNC-APPLY 1 3 0 extra").unwrap().format, 3);
+        assert_eq!(Hello::parse("LVMSYNC-APPLY 1 1 0").unwrap().protocol, 1);
         assert_eq!(Hello::parse("hello"), None);
         assert_eq!(Hello::parse("LVMSYNC-APPLY 1"), None);
         let totals = crate::stream::Totals {

@@ -467,7 +467,8 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
         format!(
-            "LVMSYNC-APPLY 1 {} {}\n",
+            "LVMSYNC-APPLY {} {} {} -\n",
+            lvmsync::transport::PROTOCOL,
             lvmsync::stream::VERSION,
             f.old.len()
         )

@@ -20,6 +20,8 @@ pub struct Args {
     /// goes to stdout, and a report line ends the apply (see
     /// [`crate::transport`]).
     pub remote: Option<u32>,
+    /// Apply even when the destination's state names another base.
+    pub force: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -33,6 +35,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     let options = apply::Options {
         create: args.create,
         snapback: args.snapback,
+        force: args.force,
     };
     let summary = apply::apply(input, &args.delta.name(), &args.dest, &options)?;
     eprintln!("{}", describe(&args.delta.name(), &summary));
@@ -49,20 +52,24 @@ fn run_remote(args: &Args, format: u32) -> Result<(), Error> {
             crate::stream::VERSION
         )));
     }
-    let target = apply::Target::open(&args.dest, args.create, None)?;
+    let target = apply::Target::open(&args.dest, args.create, None, args.force)?;
     let mut out = io::stdout().lock();
     let said = |out: &mut io::StdoutLock, line: String| {
         writeln!(out, "{line}")
             .and_then(|()| out.flush())
             .map_err(Error::Output)
     };
-    said(&mut out, Hello::ours(target.size()).line())?;
+    said(
+        &mut out,
+        Hello::ours(target.size(), target.state.clone()).line(),
+    )?;
     let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
     let name = args.delta.name();
     let reader = apply::open_stream(input, &name, &args.dest)?;
     let options = apply::Options {
         create: args.create,
         snapback: args.snapback.clone(),
+        force: args.force,
     };
     let s = apply::apply_to(reader, &name, target, &options)?;
     said(

@@ -1,0 +1,364 @@
+//! What a destination holds: a small JSON file that `apply` keeps for each
+//! destination, so that a delta meant for another copy is refused and an
+//! interrupted transfer can resume.
+//!
+//! The state names the point in time the destination holds (the origin's
+//! UUID and the UUID of the snapshot that froze it), or, while a delta is
+//! being applied, the delta's base and target and how far the destination
+//! has confirmed it: every byte before `confirmed` is written and synced.
+//!
+//! Where it is kept:
+//! - for a regular file `DEST`: `DEST.lvmsync-state`, beside it;
+//! - for a block device: in `/var/lib/lvmsync-rs/` (or `$LVMSYNC_STATE_DIR`),
+//!   named after the device-mapper UUID of the device (stable across
+//!   reboots and renames), else its dm name, else its kernel name.
+//!
+//! The file is replaced atomically (written beside, synced, renamed, and the
+//! directory synced), so a crash leaves either the old or the new state.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::stream::{Header, PointInTime};
+
+/// Where the states of block devices are kept, unless `$LVMSYNC_STATE_DIR`
+/// names another directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lvmsync-rs";
+/// The environment variable that overrides [`DEFAULT_STATE_DIR`].
+pub const STATE_DIR_ENV: &str = "LVMSYNC_STATE_DIR";
+/// The suffix of a regular file's state file.
+pub const SUFFIX: &str = ".lvmsync-state";
+/// The state file's own format version.
+pub const STATE_VERSION: u32 = 1;
+
+/// What a destination holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The point in time the destination holds; none when it is unknown
+    /// or while a delta is being applied.
+    pub holds: Option<PointInTime>,
+    /// The delta being applied, when one was started and not finished.
+    pub applying: Option<Applying>,
+}
+
+/// A delta partway through being applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applying {
+    pub base: Option<PointInTime>,
+    pub target: PointInTime,
+    /// Every extent before this offset is written and synced.
+    pub confirmed: u64,
+}
+
+impl Applying {
+    /// Whether this is the transfer from `base` to `target`.
+    pub fn is(&self, base: Option<&PointInTime>, target: &PointInTime) -> bool {
+        self.target.same(target)
+            && match (&self.base, base) {
+                (Some(a), Some(b)) => a.same(b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+/// The file's layout: the state and what it is about.
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    lvmsync_state: u32,
+    dest: String,
+    #[serde(flatten)]
+    state: State,
+}
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("{path}: cannot read the destination's state: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path}: damaged state file ({reason}); remove it, or give --force to apply anyway and write a new one")]
+    Damaged { path: String, reason: String },
+    #[error("{path}: cannot record the destination's state: {source}; nothing was written to the destination (set {STATE_DIR_ENV} to a writable directory for block devices)")]
+    Write { path: String, source: io::Error },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where the state of `dest` is kept.
+pub fn location(dest: &Path) -> io::Result<PathBuf> {
+    let meta = fs::metadata(dest)?;
+    if !meta.file_type().is_block_device() {
+        let mut name = dest.as_os_str().to_owned();
+        name.push(SUFFIX);
+        return Ok(PathBuf::from(name));
+    }
+    let dir = std::env::var_os(STATE_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    Ok(dir.join(format!("{}.state", device_key(meta.rdev()))))
+}
+
+/// A name for the block device `rdev` that survives reboots: its dm UUID,
+/// else its dm name, else its kernel name.
+fn device_key(rdev: u64) -> String {
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let read = |p: &str| {
+        fs::read_to_string(sys.join(p))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let key = read("dm/uuid")
+        .or_else(|| read("dm/name").map(|n| format!("dm-name-{n}")))
+        .or_else(|| {
+            fs::read_link(&sys)
+                .ok()
+                .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+        })
+        .unwrap_or_else(|| format!("dev-{major}-{minor}"));
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Reads the state at `path`: `None` when there is none.
+pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+    let shown = path.display().to_string();
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: shown,
+                source,
+            })
+        }
+    };
+    let file: StateFile = serde_json::from_slice(&text).map_err(|e| StateError::Damaged {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    if file.lvmsync_state != STATE_VERSION {
+        return Err(StateError::Damaged {
+            path: shown,
+            reason: format!(
+                "state format {} is not {STATE_VERSION}, the one this lvmsync-rs knows",
+                file.lvmsync_state
+            ),
+        });
+    }
+    Ok(Some(file.state))
+}
+
+/// Replaces the state at `path` with `state`, atomically and durably.
+pub fn save(path: &Path, dest: &Path, state: &State) -> Result<(), StateError> {
+    let write = || -> io::Result<()> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&dir)?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".new");
+        let tmp = PathBuf::from(tmp);
+        let body = serde_json::to_vec_pretty(&StateFile {
+            lvmsync_state: STATE_VERSION,
+            dest: dest.display().to_string(),
+            state: state.clone(),
+        })
+        .map_err(io::Error::other)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
+    };
+    write().map_err(|source| StateError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Whether a delta with `header` may be applied to `dest`, whose state is
+/// `state`. The refusal says what each is.
+pub fn check(dest: &str, state: Option<&State>, header: &Header) -> Result<(), StateError> {
+    let refuse = |what: String| {
+        Err(StateError::Refused(format!(
+            "{dest}: {what}; nothing was written (--force applies it anyway)"
+        )))
+    };
+    let Some(state) = state else {
+        if header.resume_from > 0 {
+            return refuse(format!(
+                "the delta resumes at byte {}, but no state is recorded for the destination, so nothing says the bytes before were applied",
+                header.resume_from
+            ));
+        }
+        return Ok(());
+    };
+    if let Some(a) = &state.applying {
+        let same = header
+            .target
+            .as_ref()
+            .is_some_and(|t| a.is(header.base.as_ref(), t));
+        if !same {
+            return refuse(format!(
+                "it is partway through a delta that brings it to {} (confirmed up to byte {}), but this delta {}; finish that transfer first",
+                a.target,
+                a.confirmed,
+                describe(header)
+            ));
+        }
+        if header.resume_from > a.confirmed {
+            return refuse(format!(
+                "the delta resumes at byte {}, but the destination confirmed only the bytes before {}",
+                header.resume_from, a.confirmed
+            ));
+        }
+        return Ok(());
+    }
+    if header.resume_from > 0 {
+        return refuse(format!(
+            "the delta resumes at byte {}, but the destination is not partway through it",
+            header.resume_from
+        ));
+    }
+    match (&state.holds, &header.base) {
+        (Some(holds), Some(base)) if !holds.same(base) => refuse(format!(
+            "it holds {holds}, but the delta applies to {base}: it was made for another copy"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `applies to X and brings the copy to Y`, for messages.
+fn describe(header: &Header) -> String {
+    let base = match &header.base {
+        Some(b) => format!("applies to {b}"),
+        None => "applies to any content".to_string(),
+    };
+    match &header.target {
+        Some(t) => format!("{base} and brings the copy to {t}"),
+        None => format!("{base} and brings the copy to no point in time"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{Compression, SourceInfo, SourceKind};
+
+    fn pit(snap: &str) -> PointInTime {
+        PointInTime {
+            origin_uuid: "O".into(),
+            snapshot_uuid: format!("uuid-{snap}"),
+            snapshot: format!("vg/{snap}"),
+            time: "2026-11-26 08:00:00 +0000".into(),
+        }
+    }
+
+    fn header(base: Option<&str>, target: Option<&str>, resume_from: u64) -> Header {
+        Header {
+            origin_size: 1 << 20,
+            chunk_size: 4096,
+            source: SourceInfo {
+                kind: SourceKind::Classic,
+                vg: None,
+                snapshot: None,
+                snapshot_uuid: None,
+                snapshot_time: None,
+                origin: None,
+                origin_uuid: None,
+                thin: None,
+            },
+            compression: Compression::Lz4,
+            tool: "test".into(),
+            base: base.map(pit),
+            target: target.map(pit),
+            resume_from,
+            properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_delta_for_another_base_is_refused() {
+        let holds_a = State {
+            holds: Some(pit("a")),
+            applying: None,
+        };
+        assert!(check("d", Some(&holds_a), &header(Some("a"), Some("b"), 0)).is_ok());
+        let err = check("d", Some(&holds_a), &header(Some("c"), Some("d"), 0)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("d: it holds vg/a taken"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("applies to vg/c taken"), "{err}");
+        // No base: applies to anything; no state: nothing to check.
+        assert!(check("d", Some(&holds_a), &header(None, Some("b"), 0)).is_ok());
+        assert!(check("d", None, &header(Some("c"), None, 0)).is_ok());
+        // A state that holds nothing known.
+        assert!(check("d", Some(&State::default()), &header(Some("c"), None, 0)).is_ok());
+    }
+
+    #[test]
+    fn a_transfer_partway_accepts_only_itself_and_resumes_from_what_was_confirmed() {
+        let st = State {
+            holds: None,
+            applying: Some(Applying {
+                base: Some(pit("a")),
+                target: pit("b"),
+                confirmed: 4096,
+            }),
+        };
+        assert!(check("d", Some(&st), &header(Some("a"), Some("b"), 0)).is_ok());
+        assert!(check("d", Some(&st), &header(Some("a"), Some("b"), 4096)).is_ok());
+        let err = check("d", Some(&st), &header(Some("a"), Some("b"), 8192)).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("confirmed only the bytes before 4096"));
+        let err = check("d", Some(&st), &header(Some("a"), Some("c"), 0)).unwrap_err();
+        assert!(err.to_string().contains("partway through"), "{err}");
+        assert!(check("d", Some(&st), &header(Some("a"), None, 0)).is_err());
+        let err = check("d", None, &header(Some("a"), Some("b"), 4096)).unwrap_err();
+        assert!(err.to_string().contains("no state is recorded"), "{err}");
+    }
+
+    #[test]
+    fn states_are_saved_and_read_back_and_damage_is_reported() {
+        let dir = std::env::temp_dir().join(format!("lvmsync-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("copy.img");
+        fs::write(&dest, b"x").unwrap();
+        let path = location(&dest).unwrap();
+        assert_eq!(path, dir.join("copy.img.lvmsync-state"));
+        assert_eq!(load(&path).unwrap(), None);
+        let st = State {
+            holds: Some(pit("a")),
+            applying: None,
+        };
+        save(&path, &dest, &st).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(st));
+        fs::write(&path, b"{not json").unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("damaged state file"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

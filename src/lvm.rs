@@ -374,7 +374,11 @@ fn parse_dev(text: &str) -> Option<(u32, u32)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-fn run(tool: &'static str, package: &'static str, args: &[&OsStr]) -> Result<String, LvmError> {
+pub(crate) fn run(
+    tool: &'static str,
+    package: &'static str,
+    args: &[&OsStr],
+) -> Result<String, LvmError> {
     let out = Command::new(tool)
         .args(args)
         .env("LC_ALL", "C")
@@ -444,6 +448,13 @@ pub fn lvs(names: &[&str]) -> Result<Vec<LvInfo>, LvmError> {
         message: format!("unreadable report: {e}"),
     })?;
     Ok(report.report.into_iter().flat_map(|s| s.lv).collect())
+}
+
+/// The LV whose device `path` is (any spelling: /dev/vg/lv,
+/// /dev/mapper/vg-lv, /dev/dm-N), if lvm2 knows it.
+pub fn lv_at(path: &Path) -> Option<LvInfo> {
+    let (major, minor) = device_number(path)?;
+    lv_for_device(&dm_device(major, minor))
 }
 
 /// The LV that is this device, if lvm2 is installed and knows it.

@@ -63,6 +63,7 @@ impl Prepared {
         // The delta applies to a copy of the origin as it was when the
         // snapshot was taken.
         let base = point_in_time(&source_info);
+        let target = data_source.and_then(|p| later_snapshot(&source_info, p));
         let header = Header {
             origin_size,
             chunk_size: listing.table.chunk_size,
@@ -70,7 +71,7 @@ impl Prepared {
             compression,
             tool: crate::TOOL.to_string(),
             base,
-            target: None,
+            target,
             resume_from: 0,
             properties: BTreeMap::from([
                 ("cow".to_string(), listing.cow_path.display().to_string()),
@@ -195,6 +196,27 @@ fn open_source(path: &Path) -> Result<Source, Error> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// The point in time the data source froze, when it is a classic snapshot
+/// of the same origin (a later one): applying the delta then brings a copy
+/// to exactly that snapshot.
+fn later_snapshot(s: &SourceInfo, data_source: &Path) -> Option<PointInTime> {
+    if s.kind != SourceKind::Classic {
+        return None;
+    }
+    let lv = lvm::lv_at(data_source)?;
+    let is_snapshot = matches!(lv.lv_attr.chars().next(), Some('s'));
+    let same_origin = s.vg.as_deref() == Some(lv.vg_name.as_str())
+        && s.origin.as_deref() == Some(lv.origin.as_str());
+    (is_snapshot && same_origin && !lv.lv_uuid.is_empty())
+        .then(|| PointInTime {
+            origin_uuid: s.origin_uuid.clone().unwrap_or_default(),
+            snapshot_uuid: lv.lv_uuid.clone(),
+            snapshot: lv.full_name(),
+            time: lv.lv_time.clone(),
+        })
+        .filter(|p| !p.origin_uuid.is_empty())
 }
 
 /// The point in time a snapshot froze, when LVM names both volumes.

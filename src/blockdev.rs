@@ -107,10 +107,17 @@ impl ReadAt for Source {
 /// Ways to make a range read as zeroes, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Zeroing {
+    /// The `BLKZEROOUT` ioctl, for block devices: the device zeroes the
+    /// range itself (WRITE ZEROES, or an unmap where that reads as zeroes,
+    /// as on a thin LV) and the kernel writes zeroes where it cannot.
+    BlkZeroOut,
     ZeroRange,
     PunchHole,
     Write,
 }
+
+// BLKZEROOUT = _IO(0x12, 127), taking `[start, length]` in bytes.
+nix::ioctl_write_ptr_bad!(blkzeroout, 0x127f, [u64; 2]);
 
 /// A block device or a regular file, opened read-write to receive a delta.
 #[derive(Debug)]
@@ -158,7 +165,7 @@ impl Destination {
             size,
             is_block_device,
             zeroing: if is_block_device {
-                Zeroing::Write
+                Zeroing::BlkZeroOut
             } else {
                 Zeroing::ZeroRange
             },
@@ -215,7 +222,8 @@ impl Destination {
     /// without writing data: `FALLOC_FL_ZERO_RANGE` (the file keeps its
     /// blocks, as unwritten extents), else a punched hole (on file systems
     /// mounted with `discard`, freeing blocks is slow, hence not first);
-    /// else, and on block devices, zeroes are written.
+    /// else zeroes are written. On a block device: `BLKZEROOUT`, else
+    /// zeroes are written.
     pub fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
         use nix::fcntl::{fallocate, FallocateFlags as F};
         let (o, l) = (
@@ -223,7 +231,24 @@ impl Destination {
             i64::try_from(len).unwrap_or(i64::MAX),
         );
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
-        while self.zeroing != Zeroing::Write {
+        if !self.is_block_device && self.is_hole(offset, len) {
+            // Already reads as zeroes, and stays a hole.
+            return Ok(());
+        }
+        if self.zeroing == Zeroing::BlkZeroOut {
+            let range = [offset, len];
+            // SAFETY: the ioctl reads two u64 from a valid array.
+            match unsafe { blkzeroout(fd, &range) } {
+                Ok(_) => return Ok(()),
+                // Not aligned to the logical block size, or not supported:
+                // zeroes are written instead.
+                Err(nix::errno::Errno::EINVAL)
+                | Err(nix::errno::Errno::EOPNOTSUPP)
+                | Err(nix::errno::Errno::ENOTTY) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        while !matches!(self.zeroing, Zeroing::Write | Zeroing::BlkZeroOut) {
             let flags = match self.zeroing {
                 Zeroing::ZeroRange => F::FALLOC_FL_ZERO_RANGE | F::FALLOC_FL_KEEP_SIZE,
                 _ => F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
@@ -250,6 +275,22 @@ impl Destination {
             done += n as u64;
         }
         Ok(())
+    }
+
+    /// Whether `len` bytes at `offset` of a regular file are all a hole
+    /// (or past its end), so that they read as zeroes without a write.
+    fn is_hole(&self, offset: u64, len: u64) -> bool {
+        use nix::unistd::{lseek, Whence};
+        let Ok(at) = i64::try_from(offset) else {
+            return false;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        match lseek(fd, at, Whence::SeekData) {
+            Ok(data) => data as u64 >= offset.saturating_add(len),
+            // No data from `offset` to the end of the file.
+            Err(nix::errno::Errno::ENXIO) => true,
+            Err(_) => false,
+        }
     }
 
     /// A handle that starts writeback of this destination from another

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extents;
 pub mod lvm;
 pub mod send;
+pub mod snapshots;
 pub mod state;
 pub mod stream;
 pub mod transport;

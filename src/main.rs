@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use lvmsync::commands::{apply, inspect, list, send, sync, DeltaInput};
+use lvmsync::commands::{apply, backup, inspect, list, send, sync, DeltaInput};
+use lvmsync::snapshots::{SnapshotSize, DEFAULT_SNAPSHOT_SIZE};
 use lvmsync::stream::Compression;
 use lvmsync::units::parse_size;
 use lvmsync::Error;
@@ -159,7 +160,8 @@ enum Command {
         /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
         #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
         remote_path: String,
-        /// Seconds to wait for the remote to log in, open DEST and answer
+        /// Seconds to wait for the remote to log in, open DEST and answer,
+        /// and then for it to take more data
         #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
         /// No progress and no summary; errors only
@@ -172,6 +174,53 @@ enum Command {
         /// in time than the one the delta applies to
         #[arg(long)]
         force: bool,
+    },
+    /// Back up ORIGIN to DEST: take a snapshot, send what changed since the
+    /// last one, keep the new one as the next base
+    #[command(
+        after_help = "The first run copies the whole snapshot (all-zero blocks are not sent); \
+            later runs send the blocks the previous snapshot recorded as changed, read from a new \
+            snapshot, so DEST becomes exactly that snapshot while the origin keeps running. \
+            The snapshots backup creates are named ORIGIN-lvmsync-DATE and carry an LVM tag \
+            lvmsync_rs_HASH naming DEST; no other snapshot is ever touched. An interrupted \
+            run is recovered and resumed by the next one.\n\n\
+            Examples:\n  lvmsync-rs backup vg/root backup:/dev/vg/root-copy\n  \
+            lvmsync-rs backup --snapshot-size 5G vg/data /srv/data.img --create"
+    )]
+    Backup {
+        /// The volume to back up: VG/LV
+        origin: String,
+        /// [user@]host:PATH or a local PATH: a block device or a regular file
+        dest: String,
+        /// COW space of each classic snapshot: bytes (with k/M/G/T) or
+        /// N%ORIGIN, N%VG, N%FREE (thin snapshots need none)
+        #[arg(long, value_name = "SIZE", default_value = DEFAULT_SNAPSHOT_SIZE, value_parser = SnapshotSize::parse)]
+        snapshot_size: SnapshotSize,
+        /// Copy the whole volume, whatever DEST holds
+        #[arg(long)]
+        reseed: bool,
+        /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
+        #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
+        compress: Compress,
+        /// Create DEST as a regular file when it does not exist
+        #[arg(long)]
+        create: bool,
+        /// The remote shell, split into words like a shell does
+        #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
+        rsh: String,
+        /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
+        #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
+        remote_path: String,
+        /// Seconds to wait for the remote to log in, open DEST and answer,
+        /// and then for it to take more data
+        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+        /// No progress and no summary; errors only
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print a summary object on stdout at the end (on failure too)
+        #[arg(long)]
+        json: bool,
     },
     /// Show what a delta holds and check it, without writing anything
     #[command(
@@ -195,7 +244,7 @@ enum Compress {
 
 /// Subcommands; any other first argument (a snapshot, or an option) means
 /// `sync`.
-const SUBCOMMANDS: &[&str] = &["list", "send", "apply", "inspect", "sync", "help"];
+const SUBCOMMANDS: &[&str] = &["list", "send", "apply", "inspect", "sync", "backup", "help"];
 
 /// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`.
 fn with_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
@@ -326,6 +375,34 @@ fn main() -> ExitCode {
                 force,
             })
         }
+        Command::Backup {
+            origin,
+            dest,
+            snapshot_size,
+            reseed,
+            compress,
+            create,
+            rsh,
+            remote_path,
+            timeout,
+            quiet,
+            json,
+        } => backup::run(backup::Args {
+            origin,
+            dest,
+            snapshot_size,
+            compression: match compress {
+                Compress::Lz4 => Compression::Lz4,
+                Compress::None => Compression::None,
+            },
+            create,
+            rsh,
+            remote_path,
+            hello_timeout: std::time::Duration::from_secs(timeout),
+            reseed,
+            quiet,
+            json,
+        }),
         Command::Inspect { delta, json } => inspect::run(inspect::Args {
             delta: DeltaInput::from_arg(&delta),
             json,

@@ -205,6 +205,11 @@ pub fn check(dest: &str, state: Option<&State>, header: &Header) -> Result<(), S
             "{dest}: {what}; nothing was written (--force applies it anyway)"
         )))
     };
+    // A delta that names no base applies to any content: a full copy
+    // overwrites all of it, a repair was computed from what DEST holds.
+    if header.base.is_none() && header.resume_from == 0 {
+        return Ok(());
+    }
     let Some(state) = state else {
         if header.resume_from > 0 {
             return refuse(format!(
@@ -337,6 +342,8 @@ mod tests {
         let err = check("d", Some(&st), &header(Some("a"), Some("c"), 0)).unwrap_err();
         assert!(err.to_string().contains("partway through"), "{err}");
         assert!(check("d", Some(&st), &header(Some("a"), None, 0)).is_err());
+        // A full copy or a repair is taken whatever the state.
+        assert!(check("d", Some(&st), &header(None, Some("c"), 0)).is_ok());
         let err = check("d", None, &header(Some("a"), Some("b"), 4096)).unwrap_err();
         assert!(err.to_string().contains("no state is recorded"), "{err}");
     }

@@ -98,6 +98,12 @@ pub enum TransportError {
         status: String,
         reason: String,
     },
+    #[error("{host}: the remote took no data for {} s after {sent} bytes of the delta: it stopped reading (a hung disk or connection); stopped it. Records can be applied again: run the same command again to complete the sync", .after.as_secs())]
+    Stalled {
+        host: String,
+        sent: u64,
+        after: Duration,
+    },
     #[error("{host}: the apply failed ({status}): {reason}")]
     Failed {
         host: String,
@@ -699,6 +705,12 @@ impl Connection {
         }
     }
 
+    /// A watchdog that stops the apply when the delta makes no progress
+    /// (see [`Watchdog`]) for `stall`.
+    pub fn watchdog(&self, stall: Duration) -> Watchdog {
+        Watchdog::start(self.child.id(), stall)
+    }
+
     /// After writing to the apply failed (having sent `sent` bytes): the
     /// error, with the remote's reason.
     pub fn cut(mut self, sent: u64) -> TransportError {
@@ -747,6 +759,73 @@ impl Connection {
             });
         }
         Ok(applied)
+    }
+}
+
+/// Stops a running apply that takes no data for a while, so that a remote
+/// that stopped reading ends the run instead of blocking it forever: the
+/// process running the remote shell is killed, and the blocked write fails.
+/// [`Watchdog::tick`] says that data went through.
+pub struct Watchdog {
+    last: Arc<Mutex<Instant>>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    pub after: Duration,
+}
+
+impl Watchdog {
+    fn start(pid: u32, after: Duration) -> Watchdog {
+        let last = Arc::new(Mutex::new(Instant::now()));
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = {
+            let (last, stalled) = (last.clone(), stalled.clone());
+            std::thread::spawn(move || loop {
+                let idle = last.lock().map(|l| l.elapsed()).unwrap_or_default();
+                if idle >= after {
+                    stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return;
+                }
+                let wait = (after - idle).min(Duration::from_millis(500));
+                match stopped.recv_timeout(wait) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            })
+        };
+        Watchdog {
+            last,
+            stalled,
+            stop: Some(stop),
+            thread: Some(thread),
+            after,
+        }
+    }
+
+    /// Data went through.
+    pub fn tick(&self) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Instant::now();
+        }
+    }
+
+    /// Whether it stopped the apply.
+    pub fn fired(&self) -> bool {
+        self.stalled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -424,6 +424,21 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
         f.sync_with(&f.sshd.rsh(), s(&mute), &["--timeout", "2"], &dest)
     });
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // A remote that answers, then stops reading: the run stops once no
+    // data went through for the timeout.
+    let stuck = f.script(
+        "stops-reading",
+        &format!(
+            "echo 'LVMSYNC-APPLY {} {} 0 -'\nexec sleep 600",
+            lvmsync::transport::PROTOCOL,
+            lvmsync::stream::VERSION
+        ),
+    );
+    let t = Instant::now();
+    fails_quickly("the remote took no data for 2 s after", || {
+        f.sync_with(&f.sshd.rsh(), s(&stuck), &["--timeout", "2"], &dest)
+    });
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     let other = f.script(
         "other-protocol",
         "echo 'LVMSYNC-APPLY 7 1 0'\ncat >/dev/null",

@@ -2,6 +2,7 @@
 //! library and prints.
 
 pub mod apply;
+pub mod backup;
 pub mod inspect;
 pub mod list;
 pub mod send;

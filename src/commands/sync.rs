@@ -148,6 +148,8 @@ impl Args {
 pub struct Session {
     conn: Connection,
     name: String,
+    /// How long the remote may take no data before the run stops.
+    stall: Duration,
     bar: ProgressBar,
     _clear: ClearOnDrop,
 }
@@ -190,6 +192,7 @@ impl Session {
         Ok(Session {
             conn,
             name: launch.name.clone(),
+            stall: link.hello_timeout,
             // Off the terminal before the summary or the error line,
             // whatever happens.
             _clear: ClearOnDrop(bar.clone()),
@@ -260,7 +263,9 @@ impl Session {
             Err(_) => return Err(self.conn.cut(0).into()),
         };
         let bar = self.bar.clone();
+        let watchdog = conn.watchdog(self.stall);
         let sent = send_extents_with_progress(source, extents, &mut w, |w| {
+            watchdog.tick();
             let t = w.totals();
             bar.set_position(t.data_bytes + t.zero_bytes);
         });
@@ -272,7 +277,22 @@ impl Session {
         report.zero_bytes = t.zero_bytes;
         report.records = t.records;
         report.bytes_on_wire = position;
-        match sent {
+        let flushed = match sent {
+            Ok(()) => w.flush().map_err(SendError::Write),
+            Err(e) => Err(e),
+        };
+        let stalled = watchdog.fired();
+        drop(watchdog);
+        if stalled {
+            self.conn.stop();
+            return Err(TransportError::Stalled {
+                host: self.name.clone(),
+                sent: position,
+                after: self.stall,
+            }
+            .into());
+        }
+        match flushed {
             Ok(()) => {}
             Err(SendError::Write(_)) => return Err(self.conn.cut(position).into()),
             Err(other) => {

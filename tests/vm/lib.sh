@@ -37,6 +37,30 @@ export LVM_SUPPRESS_FD_WARNINGS=1
 
 log() { printf '[%(%T)T] %s\n' -1 "${SCENARIO:+$SCENARIO: }$*" >&2; }
 
+# step TAG CMD...: runs CMD (at most 300 s), saving TAG.cmd, TAG.out,
+# TAG.err and TAG.rc in $SDIR.  Never fails: the tool under test is judged
+# by the test on the host.
+step() {
+    local tag=$1 rc=0
+    shift
+    echo "$*" > "$SDIR/$tag.cmd"
+    timeout 300 "$@" > "$SDIR/$tag.out" 2> "$SDIR/$tag.err" < /dev/null || rc=$?
+    echo "$rc" > "$SDIR/$tag.rc"
+    log "$tag: rc=$rc"
+}
+
+# record_sum NAME FILE: appends "NAME SHA256-of-FILE" to $SDIR/sums.txt.
+record_sum() { echo "$1 $(sha256sum < "$2" | cut -d' ' -f1)" >> "$SDIR/sums.txt"; }
+
+# fill_range DEV OFFSET LENGTH random|zero: O_DIRECT write of random bytes
+# or zeroes, synced.
+fill_range() {
+    local src=/dev/urandom
+    [ "$4" = zero ] && src=/dev/zero
+    dd if=$src of="$1" bs=64k iflag=fullblock,count_bytes count="$3" \
+        oflag=direct,seek_bytes seek="$2" conv=fsync,notrunc status=none
+}
+
 # dm_name VG LV: the device-mapper name of an LV (dashes doubled).
 dm_name() { echo "${1//-/--}-${2//-/--}"; }
 

@@ -1,0 +1,233 @@
+//! The destination's state through `apply`: a delta made for another base is
+//! refused and nothing is written, `--force` overrides, the state follows
+//! each delta, and a transfer cut midway is confirmed up to where it got
+//! and accepts a resumed delta from there only.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use lvmsync::cowgen::Rng;
+use lvmsync::state::{self, State};
+use lvmsync::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, Writer};
+
+const SIZE: usize = 1 << 20;
+const BLOCK: usize = 64 << 10;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn pit(snap: &str) -> PointInTime {
+    PointInTime {
+        origin_uuid: "origin-uuid".into(),
+        snapshot_uuid: format!("{snap}-uuid"),
+        snapshot: format!("vg/{snap}"),
+        time: "2026-11-26 08:00:00 +0000".into(),
+    }
+}
+
+fn header(base: Option<&str>, target: Option<&str>, resume_from: u64) -> Header {
+    Header {
+        origin_size: SIZE as u64,
+        chunk_size: BLOCK as u64,
+        source: SourceInfo {
+            kind: SourceKind::Classic,
+            vg: Some("vg".into()),
+            snapshot: base.map(String::from),
+            snapshot_uuid: None,
+            snapshot_time: None,
+            origin: Some("origin".into()),
+            origin_uuid: Some("origin-uuid".into()),
+            thin: None,
+        },
+        compression: Compression::Lz4,
+        tool: "test".into(),
+        base: base.map(pit),
+        target: target.map(pit),
+        resume_from,
+        properties: Default::default(),
+    }
+}
+
+/// A delta setting every block of `content` from `from` on.
+fn delta(path: &Path, h: &Header, content: &[u8], from: usize) -> Vec<u64> {
+    let mut w = Writer::new(Vec::new(), h).unwrap();
+    let mut ends = Vec::new();
+    for off in (from..content.len()).step_by(BLOCK) {
+        w.data(off as u64, &content[off..off + BLOCK]).unwrap();
+        ends.push(w.position());
+    }
+    let (bytes, _, _) = w.finish().unwrap();
+    fs::write(path, bytes).unwrap();
+    ends
+}
+
+fn random(seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; SIZE];
+    Rng(seed).fill(&mut v);
+    v
+}
+
+fn state_of(dest: &Path) -> Option<State> {
+    state::load(&state::location(dest).unwrap()).unwrap()
+}
+
+struct Case {
+    dir: PathBuf,
+    dest: PathBuf,
+}
+
+impl Case {
+    fn new(name: &str) -> Case {
+        let dir = scratch(name);
+        let dest = dir.join("copy.img");
+        fs::write(&dest, random(1)).unwrap();
+        Case { dir, dest }
+    }
+
+    fn apply(&self, name: &str, extra: &[&str]) -> std::process::Output {
+        let d = self.dir.join(name);
+        let mut args = vec!["apply"];
+        args.extend_from_slice(extra);
+        args.extend([s(&d), s(&self.dest)]);
+        run(&args)
+    }
+}
+
+#[test]
+fn a_delta_for_another_base_is_refused_until_forced() {
+    let c = Case::new("state-base");
+    let (a, b, x) = (random(2), random(3), random(4));
+    // A full copy to A names no base: taken whatever DEST holds.
+    delta(&c.dir.join("seed.lvd"), &header(None, Some("a"), 0), &a, 0);
+    assert!(c.apply("seed.lvd", &[]).status.success());
+    assert_eq!(fs::read(&c.dest).unwrap(), a);
+    assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("a")));
+
+    // A delta from X (not what DEST holds): refused, DEST untouched.
+    delta(
+        &c.dir.join("x.lvd"),
+        &header(Some("x"), Some("y"), 0),
+        &x,
+        0,
+    );
+    let out = c.apply("x.lvd", &[]);
+    assert_clean_failure(&out, "it holds vg/a taken 2026-11-26 08:00:00 +0000 (snapshot uuid a-uuid), but the delta applies to vg/x");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(fs::read(&c.dest).unwrap(), a);
+    assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("a")));
+
+    // From A to B: applied, and DEST holds B.
+    delta(
+        &c.dir.join("ab.lvd"),
+        &header(Some("a"), Some("b"), 0),
+        &b,
+        0,
+    );
+    assert!(c.apply("ab.lvd", &[]).status.success());
+    assert_eq!(fs::read(&c.dest).unwrap(), b);
+    assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
+    // The same delta again: DEST holds B now, not A.
+    assert_clean_failure(&c.apply("ab.lvd", &[]), "it was made for another copy");
+
+    // --force applies the delta from X anyway.
+    let out = c.apply("x.lvd", &["--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&c.dest).unwrap(), x);
+    assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("y")));
+
+    // Data from a live volume: what DEST holds is no longer known, and
+    // any delta is then taken.
+    delta(&c.dir.join("live.lvd"), &header(Some("y"), None, 0), &a, 0);
+    assert!(c.apply("live.lvd", &[]).status.success());
+    assert_eq!(state_of(&c.dest).unwrap(), State::default());
+    assert!(c.apply("ab.lvd", &[]).status.success());
+
+    // A damaged state file is an error, unless --force.
+    let path = state::location(&c.dest).unwrap();
+    fs::write(&path, "{").unwrap();
+    assert_clean_failure(&c.apply("ab.lvd", &[]), "damaged state file");
+    assert!(c.apply("ab.lvd", &["--force"]).status.success());
+    assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
+}
+
+#[test]
+fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
+    let c = Case::new("state-resume");
+    let (a, b) = (random(5), random(6));
+    delta(&c.dir.join("seed.lvd"), &header(None, Some("a"), 0), &a, 0);
+    assert!(c.apply("seed.lvd", &[]).status.success());
+
+    // The delta from A to B, cut after its sixth record.
+    let whole = c.dir.join("ab.lvd");
+    let ends = delta(&whole, &header(Some("a"), Some("b"), 0), &b, 0);
+    let bytes = fs::read(&whole).unwrap();
+    fs::write(c.dir.join("cut.lvd"), &bytes[..ends[5] as usize + 10]).unwrap();
+    let out = c.apply("cut.lvd", &[]);
+    assert_clean_failure(&out, "the bytes before 393216 are applied");
+    let st = state_of(&c.dest).unwrap();
+    assert_eq!(st.holds, None);
+    let partway = st.applying.unwrap();
+    assert_eq!(
+        (partway.target, partway.confirmed),
+        (pit("b"), 6 * BLOCK as u64)
+    );
+    let copy = fs::read(&c.dest).unwrap();
+    assert_eq!(copy[..6 * BLOCK], b[..6 * BLOCK]);
+    assert_eq!(copy[6 * BLOCK..], a[6 * BLOCK..]);
+
+    // Another delta is refused while DEST is partway.
+    delta(
+        &c.dir.join("ac.lvd"),
+        &header(Some("a"), Some("c"), 0),
+        &b,
+        0,
+    );
+    assert_clean_failure(
+        &c.apply("ac.lvd", &[]),
+        "partway through a delta that brings it to vg/b",
+    );
+    // A resumed delta starting past what DEST confirmed is refused.
+    delta(
+        &c.dir.join("late.lvd"),
+        &header(Some("a"), Some("b"), 8 * BLOCK as u64),
+        &b,
+        8 * BLOCK,
+    );
+    assert_clean_failure(
+        &c.apply("late.lvd", &[]),
+        "confirmed only the bytes before 393216",
+    );
+    // The resumed delta from where DEST stopped completes it.
+    let rest = c.dir.join("rest.lvd");
+    delta(
+        &rest,
+        &header(Some("a"), Some("b"), 6 * BLOCK as u64),
+        &b,
+        6 * BLOCK,
+    );
+    assert!(fs::metadata(&rest).unwrap().len() < bytes.len() as u64);
+    assert!(c.apply("rest.lvd", &[]).status.success());
+    assert_eq!(fs::read(&c.dest).unwrap(), b);
+    assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
+    assert_eq!(state_of(&c.dest).unwrap().applying, None);
+
+    // A resumed delta that holds a record before where it says it resumes
+    // is damaged.
+    let mut w = Writer::new(Vec::new(), &header(Some("b"), Some("c"), 2 * BLOCK as u64)).unwrap();
+    w.data(0, &a[..BLOCK]).unwrap();
+    let (bad, _, _) = w.finish().unwrap();
+    fs::write(c.dir.join("bad.lvd"), bad).unwrap();
+    assert_clean_failure(
+        &c.apply("bad.lvd", &["--force"]),
+        "before the end of the previous record or the offset the delta resumes at",
+    );
+    assert_eq!(fs::read(&c.dest).unwrap(), b);
+}

@@ -1,0 +1,225 @@
+#!/bin/bash
+# vm-options: --disks 1 --disk-size 1G
+#
+# Guest scenario script for `lvmsync-rs backup` on real LVM volumes.
+#
+#   rounds    five backups of an origin to a backup LV, with writes to the
+#             origin before each and, in rounds 3 to 5, a writer that keeps
+#             writing during the backup. After each round the backup LV must
+#             equal the snapshot the round made, and only that one snapshot
+#             may be left.
+#   leftover  a tagged snapshot left behind by a run that died (after it
+#             created its snapshot, or before it removed the old base): the
+#             next run removes it and ends with one snapshot.
+#   wrongbase a delta made from another snapshot is refused by apply and
+#             the copy is unchanged; with --force it is applied.
+#   seedkill  the first backup to a regular file over a slow remote shell is
+#             killed midway; the next run resumes (sends less than the
+#             whole) and the file equals the snapshot.
+#   inckill   the same for an incremental backup.
+#   overflow  the base snapshot overflows: backup says so and --reseed
+#             copies the whole volume again.
+#
+# Each case's directory holds the commands' rc/out/err, sums.txt ("NAME
+# SHA256"), and owned.txt (tool-owned snapshots, one per line).
+# tests/vm_backup.rs judges them.
+
+[ -f tests/vm/lib.sh ] || cd "$(dirname "$0")/../../.." || exit 1
+. tests/vm/lib.sh
+set -eu -o pipefail
+
+VG=lvmsynctest
+SIZE=48m
+
+# owned SUFFIX [ORIGIN]: record the tool-owned snapshots of ORIGIN (default
+# origin) in owned$SUFFIX.txt.
+owned() {
+    owned_of "${2:-origin}" > "$SDIR/owned$1.txt"
+}
+
+# owned_of ORIGIN: the tool-owned snapshots of ORIGIN, oldest first.
+owned_of() {
+    lvs --noheadings -o lv_name,origin,lv_tags --sort lv_time "$VG" |
+        awk -v o="$1" '$2 == o && $3 ~ /lvmsync_rs_/ {print $1}'
+}
+
+# newest_owned [ORIGIN]: the newest tool-owned snapshot of ORIGIN.
+newest_owned() { owned_of "${1:-origin}" | tail -n 1; }
+
+# A mix of changes, different each time (random data).
+change() {
+    local dev=$1 seed=$2
+    for i in 3 17 101 777 2048 5000 $((seed * 97 % 9000 + 20)); do
+        fill_range "$dev" $((i * 4096)) 4096 random
+    done
+    fill_range "$dev" $(((seed % 5) * 4 * MiB + 12 * MiB)) $((2 * MiB)) random
+    fill_range "$dev" $((30 * MiB)) $((256 * KiB)) zero
+    fill_range "$dev" 0 4096 random
+}
+
+# writer DEV: keeps writing 64 KiB pieces at random offsets until killed.
+writer() {
+    local dev=$1 blocks
+    blocks=$(( $(blockdev --getsize64 "$dev") / 65536 ))
+    while :; do
+        dd if=/dev/urandom of="$dev" bs=64k count=1 seek=$((RANDOM % blocks)) \
+            oflag=direct conv=notrunc status=none
+        sleep 0.1
+    done
+}
+
+# kill_midway PID: once the copy's state says a transfer is under way, let
+# it run 2 s more, then kill PID (the sending backup) outright.
+kill_midway() {
+    local i
+    for i in $(seq 1 300); do
+        grep -q '"applying": {' "$IMG.lvmsync-state" 2>/dev/null && break
+        sleep 0.2
+    done
+    sleep 2
+    kill -9 "$1" || true
+}
+
+# A remote shell for `-e`: runs the command line it is given with sh, its
+# stdin fed at about 4 MB/s, so that a transfer can be cut midway.
+SLOW=/tmp/slow-rsh
+cat > $SLOW <<'EOF'
+#!/bin/sh
+shift
+exec python3 -c '
+import os, subprocess, sys, threading, time
+p = subprocess.Popen(["sh", "-c", sys.argv[1]], stdin=subprocess.PIPE)
+os.close(1)
+def pump():
+    src = sys.stdin.buffer
+    try:
+        while True:
+            b = src.read1(64 * 1024)
+            if not b:
+                break
+            p.stdin.write(b)
+            p.stdin.flush()
+            time.sleep(0.016)
+    except (BrokenPipeError, ValueError):
+        pass
+    try:
+        p.stdin.close()
+    except BrokenPipeError:
+        pass
+threading.Thread(target=pump, daemon=True).start()
+os._exit(p.wait())
+' "$1"
+EOF
+chmod +x $SLOW
+
+make_vg "$VG" /dev/vda
+make_origin "$VG" origin "$SIZE" fill
+fill_range /dev/$VG/origin $((2 * MiB)) $((6 * MiB)) random
+make_origin "$VG" copy "$SIZE"
+# The copy starts as garbage: the seed must overwrite all of it.
+fill_range /dev/$VG/copy 0 $((48 * MiB)) random
+
+# ------------------------------------------------------------------ rounds
+scenario_begin rounds
+for r in 1 2 3 4 5; do
+    change /dev/$VG/origin "$r"
+    pid=
+    if [ "$r" -ge 3 ]; then
+        writer /dev/$VG/origin &
+        pid=$!
+    fi
+    step "backup$r" "$LVMSYNC" backup --json --snapshot-size 32m "$VG/origin" /dev/$VG/copy
+    [ -n "$pid" ] && { kill "$pid"; wait "$pid" || true; }
+    owned "$r"
+    snap=$(newest_owned)
+    echo "$snap" > "$SDIR/snap$r.txt"
+    record_sum "snap$r" "/dev/$VG/$snap"
+    record_sum "copy$r" /dev/$VG/copy
+    record_sum "origin$r" /dev/$VG/origin
+done
+ls /var/lib/lvmsync-rs > "$SDIR/statefiles.txt" || true
+cat /var/lib/lvmsync-rs/*.state > "$SDIR/state.json" || true
+
+# ---------------------------------------------------------------- leftover
+scenario_begin leftover
+tag=$(lvs --noheadings -o lv_tags "$VG/$(newest_owned)" | tr -d ' ')
+echo "$tag" > "$SDIR/tag.txt"
+# As if a run had died after creating its snapshot.
+lvcreate -q -y -s -L 8m -n left-new --addtag "$tag" "$VG/origin"
+change /dev/$VG/origin 6
+owned -before
+step backup "$LVMSYNC" backup --json --snapshot-size 32m "$VG/origin" /dev/$VG/copy
+owned -after
+snap=$(newest_owned)
+record_sum snap "/dev/$VG/$snap"
+record_sum copy /dev/$VG/copy
+# An untagged snapshot is never touched.
+lvcreate -q -y -s -L 8m -n not-ours "$VG/origin"
+step backup2 "$LVMSYNC" backup --json --snapshot-size 32m "$VG/origin" /dev/$VG/copy
+lvs --noheadings -o lv_name "$VG" | tr -d ' ' > "$SDIR/lvs.txt"
+lvremove -q -y "$VG/not-ours"
+
+# --------------------------------------------------------------- wrongbase
+scenario_begin wrongbase
+lvcreate -q -y -s -L 8m -n other "$VG/origin"
+change /dev/$VG/origin 7
+step send "$LVMSYNC" send "$VG/other" -o "$SDIR/other.lvd"
+record_sum before /dev/$VG/copy
+step apply "$LVMSYNC" apply "$SDIR/other.lvd" /dev/$VG/copy
+record_sum after /dev/$VG/copy
+step force "$LVMSYNC" apply --force "$SDIR/other.lvd" /dev/$VG/copy
+record_sum forced /dev/$VG/copy
+record_sum origin /dev/$VG/origin
+lvremove -q -y "$VG/other"
+# The copy no longer holds a known point in time: the next run copies all.
+step after "$LVMSYNC" backup --json --snapshot-size 32m "$VG/origin" /dev/$VG/copy
+record_sum snap "/dev/$VG/$(newest_owned)"
+record_sum copy /dev/$VG/copy
+
+# ---------------------------------------------------------------- seedkill
+scenario_begin seedkill
+IMG=/tmp/copy.img
+DEST="backuphost:$IMG"
+# A second origin, so its snapshots are apart from the copy's.
+make_origin "$VG" data "$SIZE"
+fill_range /dev/$VG/data 0 $((40 * MiB)) random
+"$LVMSYNC" backup --json --create -e $SLOW --remote-path "$LVMSYNC" --snapshot-size 100%ORIGIN "$VG/data" "$DEST" \
+    > "$SDIR/killed.out" 2> "$SDIR/killed.err" < /dev/null &
+pid=$!
+kill_midway "$pid"
+wait "$pid" || true
+sleep 1
+cp "$IMG.lvmsync-state" "$SDIR/state-killed.json" || true
+owned -killed data
+step resume "$LVMSYNC" backup --json --create -e $SLOW --remote-path "$LVMSYNC" --snapshot-size 100%ORIGIN "$VG/data" "$DEST"
+owned -after data
+record_sum snap "/dev/$VG/$(newest_owned data)"
+record_sum copy "$IMG"
+du -k --apparent-size "$IMG" > "$SDIR/du.txt"
+du -k "$IMG" >> "$SDIR/du.txt"
+
+# ----------------------------------------------------------------- inckill
+scenario_begin inckill
+fill_range /dev/$VG/data $((4 * MiB)) $((36 * MiB)) random
+"$LVMSYNC" backup --json -e $SLOW --remote-path "$LVMSYNC" --snapshot-size 100%ORIGIN "$VG/data" "$DEST" \
+    > "$SDIR/killed.out" 2> "$SDIR/killed.err" < /dev/null &
+pid=$!
+kill_midway "$pid"
+wait "$pid" || true
+sleep 1
+cp "$IMG.lvmsync-state" "$SDIR/state-killed.json" || true
+step resume "$LVMSYNC" backup --json -e $SLOW --remote-path "$LVMSYNC" --snapshot-size 100%ORIGIN "$VG/data" "$DEST"
+owned -after data
+record_sum snap "/dev/$VG/$(newest_owned data)"
+record_sum copy "$IMG"
+
+# ---------------------------------------------------------------- overflow
+scenario_begin overflow
+# The copy's base has 32 MiB of COW space: writing 40 MiB overflows it.
+fill_range /dev/$VG/origin $((4 * MiB)) $((40 * MiB)) random
+lvs --noheadings -o lv_name,lv_attr,lv_tags "$VG" > "$SDIR/lvs-overflowed.txt"
+step backup "$LVMSYNC" backup --json --snapshot-size 32m "$VG/origin" /dev/$VG/copy
+step reseed "$LVMSYNC" backup --json --reseed --snapshot-size 16m "$VG/origin" /dev/$VG/copy
+owned -after
+record_sum snap "/dev/$VG/$(newest_owned)"
+record_sum copy /dev/$VG/copy

@@ -1,0 +1,244 @@
+//! `lvmsync-rs backup` on real LVM volumes in a real kernel
+//! (`tests/vm/scenarios/backup.sh`): rounds of backups while the origin is
+//! written, snapshot rotation, the base check, runs killed midway and
+//! resumed, and an overflowed base.
+//!
+//! Needs what `tests/run` installs (qemu, a Debian kernel, lvm2).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn sums(dir: &Path) -> BTreeMap<String, String> {
+    fs::read_to_string(dir.join("sums.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+fn lines(dir: &Path, name: &str) -> Vec<String> {
+    read(dir, name)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The exit status and the `--json` summary of a step.
+fn outcome(dir: &Path, tag: &str) -> (String, serde_json::Value) {
+    let rc = read(dir, &format!("{tag}.rc")).trim().to_string();
+    let out = read(dir, &format!("{tag}.out"));
+    let doc = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
+    (rc, doc)
+}
+
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    /// A step that must have succeeded; returns its summary.
+    fn ok(&mut self, dir: &Path, tag: &str) -> serde_json::Value {
+        let (rc, doc) = outcome(dir, tag);
+        self.check(rc == "0", || {
+            format!(
+                "{}: {tag} exit {rc:?}: {}",
+                dir.display(),
+                read(dir, &format!("{tag}.err")).trim()
+            )
+        });
+        doc
+    }
+
+    fn same(&mut self, dir: &Path, a: &str, b: &str) {
+        let s = sums(dir);
+        self.check(s.contains_key(a) && s.get(a) == s.get(b), || {
+            format!("{}: {a} and {b} differ: {s:?}", dir.display())
+        });
+    }
+}
+
+#[test]
+fn backups_rotate_snapshots_check_bases_and_resume() {
+    let results = scratch("vm-backup");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("bash")
+        .arg(repo.join("tests/vm/run-in-guest.sh"))
+        .arg(repo.join("tests/vm/scenarios/backup.sh"))
+        .arg(&results)
+        .env("LVMSYNC", bin())
+        .status()
+        .expect("run the guest");
+    let log = fs::read_to_string(results.join("guest.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "guest run failed ({status}); guest log:\n{log}"
+    );
+    let mut f = Failures(Vec::new());
+
+    // Five rounds: each ends with the copy equal to the round's snapshot,
+    // and that snapshot the only one left.
+    let rounds = results.join("rounds");
+    let mut snaps = Vec::new();
+    for r in 1..=5 {
+        let doc = f.ok(&rounds, &format!("backup{r}"));
+        let kind = if r == 1 { "seed" } else { "incremental" };
+        f.check(doc["kind"] == kind, || {
+            format!("round {r}: kind {} (expected {kind})", doc["kind"])
+        });
+        f.same(&rounds, &format!("copy{r}"), &format!("snap{r}"));
+        let owned = lines(&rounds, &format!("owned{r}.txt"));
+        let snap = read(&rounds, &format!("snap{r}.txt")).trim().to_string();
+        f.check(owned == [snap.clone()], || {
+            format!("round {r}: tool-owned snapshots {owned:?}, expected only {snap}")
+        });
+        f.check(doc["snapshot"] == format!("lvmsynctest/{snap}"), || {
+            format!("round {r}: summary names {} not {snap}", doc["snapshot"])
+        });
+        if r > 1 {
+            f.check(
+                doc["base"] == format!("lvmsynctest/{}", snaps.last().unwrap()),
+                || format!("round {r}: base {} is not the last round's", doc["base"]),
+            );
+            // An incremental sends much less than the seed.
+            let sent = doc["bytes_read"].as_u64().unwrap_or(u64::MAX);
+            f.check(sent < 24 << 20, || {
+                format!("round {r}: an incremental read {sent} bytes")
+            });
+        }
+        snaps.push(snap);
+    }
+    // The writer kept writing: the origin moved past the snapshots.
+    let s = sums(&rounds);
+    for r in 3..=5 {
+        f.check(
+            s.get(&format!("origin{r}")) != s.get(&format!("snap{r}")),
+            || format!("round {r}: the origin equals the snapshot: the writer did not write"),
+        );
+    }
+    let state = read(&rounds, "state.json");
+    f.check(
+        state.contains(&snaps[4]) && state.contains("\"applying\": null"),
+        || format!("the copy's state does not name the last snapshot: {state}"),
+    );
+
+    // A leftover tagged snapshot is removed; an untagged one is not.
+    let left = results.join("leftover");
+    f.ok(&left, "backup");
+    f.check(
+        lines(&left, "owned-before.txt").len() == 2 && lines(&left, "owned-after.txt").len() == 1,
+        || {
+            format!(
+                "leftover: owned before {:?}, after {:?}",
+                lines(&left, "owned-before.txt"),
+                lines(&left, "owned-after.txt")
+            )
+        },
+    );
+    f.check(
+        !lines(&left, "owned-after.txt").contains(&"left-new".to_string()),
+        || "leftover: the leftover snapshot is still there".into(),
+    );
+    f.same(&left, "copy", "snap");
+    f.ok(&left, "backup2");
+    f.check(
+        lines(&left, "lvs.txt").contains(&"not-ours".to_string()),
+        || "leftover: an untagged snapshot was removed".into(),
+    );
+
+    // A delta for another base: refused and nothing written; --force applies it.
+    let wrong = results.join("wrongbase");
+    f.ok(&wrong, "send");
+    let (rc, _) = outcome(&wrong, "apply");
+    let err = read(&wrong, "apply.err");
+    f.check(
+        rc == "1" && err.contains("it was made for another copy") && err.contains("--force"),
+        || format!("wrongbase: apply exit {rc}: {err}"),
+    );
+    f.same(&wrong, "before", "after");
+    f.ok(&wrong, "force");
+    let s = sums(&wrong);
+    f.check(s.get("forced") != s.get("before"), || {
+        "wrongbase: --force wrote nothing".into()
+    });
+    let doc = f.ok(&wrong, "after");
+    f.check(doc["kind"] == "seed", || {
+        format!("wrongbase: after --force the next run is a {}", doc["kind"])
+    });
+    f.same(&wrong, "copy", "snap");
+
+    // Killed midway, resumed: less than the whole is sent the second time.
+    for case in ["seedkill", "inckill"] {
+        let dir = results.join(case);
+        let killed = read(&dir, "state-killed.json");
+        f.check(killed.contains("\"confirmed\""), || {
+            format!("{case}: no transfer was recorded partway: {killed:?}")
+        });
+        let doc = f.ok(&dir, "resume");
+        let from = doc["resumed_from"].as_u64().unwrap_or(0);
+        f.check(from > 0, || {
+            format!("{case}: the second run did not resume: {doc}")
+        });
+        f.check(
+            doc["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("resumed")),
+            || format!("{case}: kind {}", doc["kind"]),
+        );
+        f.same(&dir, "copy", "snap");
+        eprintln!(
+            "{case}: resumed at byte {from}, read {} bytes, sent {} bytes",
+            doc["bytes_read"], doc["bytes_on_wire"]
+        );
+    }
+    let seed = results.join("seedkill");
+    f.check(lines(&seed, "owned-after.txt").len() == 1, || {
+        format!(
+            "seedkill: owned after {:?}",
+            lines(&seed, "owned-after.txt")
+        )
+    });
+    // The 8 MiB the data LV leaves zero stay a hole in the copy.
+    let du: Vec<u64> = read(&seed, "du.txt")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    f.check(du.len() == 2 && du[1] + 6 * 1024 < du[0], || {
+        format!("seedkill: the copy is not sparse (apparent, allocated KiB): {du:?}")
+    });
+
+    // An overflowed base: the run says so; --reseed copies all again.
+    let over = results.join("overflow");
+    let (rc, _) = outcome(&over, "backup");
+    let err = read(&over, "backup.err");
+    f.check(
+        rc == "1" && err.contains("invalidated") && err.contains("--reseed"),
+        || format!("overflow: backup exit {rc}: {err}"),
+    );
+    let doc = f.ok(&over, "reseed");
+    f.check(doc["kind"] == "seed", || format!("overflow: {doc}"));
+    f.same(&over, "copy", "snap");
+    f.check(lines(&over, "owned-after.txt").len() == 1, || {
+        format!(
+            "overflow: owned after {:?}",
+            lines(&over, "owned-after.txt")
+        )
+    });
+
+    assert!(f.0.is_empty(), "{}\nguest log:\n{log}", f.0.join("\n"));
+}

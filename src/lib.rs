@@ -14,6 +14,8 @@ pub mod extents;
 pub mod lvm;
 pub mod send;
 pub mod stream;
+pub mod thin;
+pub mod thingen;
 pub mod transport;
 pub mod units;
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::commands::list::Target;
 use crate::commands::send::Prepared;
-use crate::send::{send_extents_with_progress, SendError};
+use crate::send::{send_changes, SendError};
 use crate::stream::{Compression, Writer};
 use crate::transport::{Applied, Connection, Dest, Echo, Launch, TransportError};
 use crate::units::human;
@@ -112,8 +112,8 @@ fn sync(args: &Args, report: &mut Report) -> Result<(), Error> {
             Launch::local(&me.display().to_string(), args.create, path)
         }
     };
-    let extents = prepared.listing.table.extents.as_slice();
-    let total: u64 = extents.iter().map(|e| e.length).sum();
+    let changes = prepared.listing.changes();
+    let total = changes.total_bytes();
     let bar = progress_bar(total, !args.quiet && io::stderr().is_terminal());
     // Off the terminal before the summary or the error line, whatever happens.
     let _clear = ClearOnDrop(bar.clone());
@@ -137,7 +137,7 @@ fn sync(args: &Args, report: &mut Report) -> Result<(), Error> {
         Ok(w) => w,
         Err(_) => return Err(conn.cut(0).into()),
     };
-    let sent = send_extents_with_progress(&prepared.source, extents, &mut w, |w| {
+    let sent = send_changes(&prepared.source, changes, &mut w, |w| {
         let t = w.totals();
         bar.set_position(t.data_bytes + t.zero_bytes);
     });

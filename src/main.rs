@@ -53,8 +53,9 @@ enum Command {
         /// With --thin-metadata: the thin device id of the new state
         #[arg(long, value_name = "ID", requires = "thin_metadata")]
         thin2: Option<u64>,
-        /// With --cow: the origin's size (bytes, or with k/M/G/T), to check
-        /// that no entry lies past its end
+        /// With --cow or --thin-metadata: the origin's size (bytes, or with
+        /// k/M/G/T), to clip the last extent to it (with --cow, also to
+        /// check that no entry lies past its end)
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         origin_size: Option<u64>,
         /// Print one JSON object instead of text
@@ -95,8 +96,8 @@ enum Command {
         /// device or image of the origin's size) instead of the origin
         #[arg(long, value_name = "PATH")]
         data_source: Option<PathBuf>,
-        /// With --cow: the origin's size (bytes, or with k/M/G/T); the data
-        /// source's size when not given
+        /// With --cow or --thin-metadata: the origin's size (bytes, or with
+        /// k/M/G/T); the data source's size when not given
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         origin_size: Option<u64>,
         /// Write the delta to FILE, or to stdout with `-o -`

@@ -187,6 +187,9 @@ fn unbalanced(tag: &[u8]) -> bool {
     quote.is_some()
 }
 
+/// Longest tag accepted, in bytes: thin_delta's are under 200.
+const MAX_TAG: usize = 64 << 10;
+
 /// Attribute names and values of a tag.
 type Attrs<'a> = Vec<(&'a [u8], &'a [u8])>;
 
@@ -253,14 +256,35 @@ impl<R: BufRead> Tokenizer<R> {
     }
 
     /// Appends input up to and including the next `>` to `buf`; false at
-    /// the end of input.
+    /// the end of input. A tag longer than [`MAX_TAG`] is refused, so
+    /// memory stays bounded whatever the input.
     fn read_to_gt(&mut self) -> Result<bool, ThinError> {
-        let n = self
-            .input
-            .read_until(b'>', &mut self.buf)
-            .map_err(ThinError::Read)?;
-        self.at += n as u64;
-        Ok(self.buf.last() == Some(&b'>'))
+        loop {
+            let chunk = match self.input.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ThinError::Read(e)),
+            };
+            if chunk.is_empty() {
+                return Ok(false);
+            }
+            let (n, done) = match chunk.iter().position(|&b| b == b'>') {
+                Some(p) => (p + 1, true),
+                None => (chunk.len(), false),
+            };
+            self.buf.extend_from_slice(&chunk[..n]);
+            self.input.consume(n);
+            self.at += n as u64;
+            if self.buf.len() > MAX_TAG {
+                return Err(malformed(
+                    self.tag_at,
+                    format!("a tag longer than {MAX_TAG} bytes: <{}", show(&self.buf)),
+                ));
+            }
+            if done {
+                return Ok(true);
+            }
+        }
     }
 
     /// The next tag; its name and attributes are in `self.buf`.
@@ -370,25 +394,36 @@ fn number(
     attrs: &[(&[u8], &[u8])],
     name: &str,
 ) -> Result<u64, ThinError> {
-    let element = String::from_utf8_lossy(tok.name()).into_owned();
+    let element = || String::from_utf8_lossy(tok.name()).into_owned();
     let value = attrs
         .iter()
         .find(|(n, _)| *n == name.as_bytes())
         .map(|(_, v)| *v)
-        .ok_or_else(|| malformed(tok.tag_at, format!("<{element}> has no {name} attribute")))?;
-    let text = std::str::from_utf8(value).unwrap_or("");
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        .ok_or_else(|| {
+            malformed(
+                tok.tag_at,
+                format!("<{}> has no {name} attribute", element()),
+            )
+        })?;
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        let element = element();
         return Err(malformed(
             tok.tag_at,
             format!("<{element}> {name}={} is not a number", show(value)),
         ));
     }
-    text.parse().map_err(|_| {
-        malformed(
-            tok.tag_at,
-            format!("<{element}> {name}={text} is out of range"),
-        )
-    })
+    // Decimal digits only: no sign, no spaces; overflow is refused.
+    value
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or_else(|| {
+            malformed(
+                tok.tag_at,
+                format!("<{}> {name}={} is out of range", element(), show(value)),
+            )
+        })
 }
 
 fn optional_number(
@@ -910,6 +945,8 @@ mod tests {
             ("<superblock data_block_size=\"0\">", "not within 1 to"),
             ("<superblock data_block_size=\"abc\">", "is not a number"),
             ("<superblock data_block_size=128>", "unquoted attribute value"),
+            ("<superblock data_block_size=\"99999999999999999999999\">", "is out of range"),
+            ("<superblock data_block_size=\"-1\">", "is not a number"),
             ("<superblock data_block_size=\"128\"><diff left=\"1\" right=\"2\"><same begin=\"0\" length=\"5\"/>", "the output ends inside <diff>"),
             ("<superblock data_block_size=\"128\"><diff left=\"1\" right=\"2\"><same begin=\"0\" len", "ends inside a tag"),
             ("<superblock data_block_size=\"128\"><diff left=\"1\" right=\"2\"><mapped begin=\"0\" length=\"1\"/>", "<mapped> inside <diff>"),
@@ -934,6 +971,15 @@ mod tests {
                 "{text:?}: expected {needle:?} in {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_tag_without_end_is_refused_before_it_fills_memory() {
+        let mut text =
+            b"<superblock data_block_size=\"128\"><diff left=\"1\" right=\"2\"><same ".to_vec();
+        text.resize(10 << 20, b'a');
+        let err = parse(&text[..], None).unwrap_err().to_string();
+        assert!(err.contains("a tag longer than 65536 bytes"), "{err}");
     }
 
     #[test]

@@ -791,6 +791,32 @@ mod tests {
     }
 
     #[test]
+    fn a_thin_table_gives_the_pool_device_the_id_and_the_size() {
+        let dev = DmDevice {
+            name: "vg-snap".into(),
+            major: 253,
+            minor: 9,
+        };
+        let v = thin_volume_of("vg/snap", dev.clone(), None, "0 65536 thin 253:4 7").unwrap();
+        assert_eq!((v.pool_dev, v.thin_id, v.size), ((253, 4), 7, 65536 * 512));
+        // With an external origin device after the id.
+        let v = thin_volume_of("vg/snap", dev.clone(), None, "0 2048 thin 253:4 3 253:1").unwrap();
+        assert_eq!(v.thin_id, 3);
+        for bad in [
+            "0 2048 thin 253:4",
+            "0 2048 thin x 3",
+            "0 2048 linear 8:0 0",
+            "0 x thin 253:4 3",
+        ] {
+            let err = thin_volume_of("vg/snap", dev.clone(), None, bad).unwrap_err();
+            assert!(
+                err.to_string().contains("unexpected device-mapper table"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn a_regular_file_is_not_a_snapshot() {
         let err = resolve("/proc/self/status").unwrap_err();
         assert!(matches!(err, LvmError::NotBlockDevice { .. }), "{err}");

@@ -238,6 +238,19 @@ fn backups_updated_from_thin_snapshots_equal_their_source() {
             c.fail(format!("datasrc: header: {h} facts {facts:?}"));
         }
     }
+    let inspect = c.json(&d, "inspectorigin");
+    if inspect != serde_json::Value::Null {
+        let h = &inspect["header"];
+        let id = |k: &str| facts.get(k).and_then(|v| v.parse::<u64>().ok());
+        if h["source"]["thin"]["compared_id"].as_u64() != id("origin_id")
+            || !h["target"].is_null()
+            || h["base"]["snapshot"] != "thintest/snapA"
+        {
+            c.fail(format!(
+                "datasrc: with the origin as data source: header {h}"
+            ));
+        }
+    }
     c.same(&d, "snapB", "backup");
     let s = pairs(&d, "sums.txt");
     if s.get("origin") == s.get("backup") {

@@ -247,10 +247,8 @@ fn target_point_in_time(listing: &Listing, s: &SourceInfo) -> Option<PointInTime
     };
     let later = l.compared.as_ref()?.lv.as_ref()?;
     let snap = l.snapshot.as_ref()?;
-    if later.origin.is_empty()
-        || later.lv_uuid.is_empty()
-        || later.thin_id == snap.origin.thin_id.to_string()
-    {
+    // The origin itself is live, no point in time.
+    if l.thin2 == snap.origin.thin_id || later.origin.is_empty() || later.lv_uuid.is_empty() {
         return None;
     }
     Some(PointInTime {

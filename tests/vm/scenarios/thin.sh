@@ -12,7 +12,8 @@
 #             a discarded range; list, send -o FILE, inspect, apply
 #   sync      the same snapshot through `lvmsync-rs SNAPSHOT DEST` (local DEST)
 #   datasrc   send snapA --data-source snapB (a later thin snapshot, the
-#             origin written after it): the backup must equal snapB
+#             origin written after it): the backup must equal snapB; and
+#             --data-source naming the origin itself
 #   chunk1m   pool with 1 MiB blocks: send -o - | apply -
 #   snapsnap  a snapshot of a snapshot, the first snapshot written to
 #   errors    refusals: held metadata snapshot (left held), thin_delta
@@ -159,6 +160,10 @@ note_held after-send pool64
 run inspect "$LVMSYNC" inspect --json "$SDIR/d.lvd"
 run apply "$LVMSYNC" apply "$SDIR/d.lvd" /dev/$VG/backup3
 sum backup /dev/$VG/backup3
+# The origin named as the data source: compared with it, no point in time.
+fact origin_id "$(thin_id origin)"
+run sendorigin "$LVMSYNC" send "$VG/snapA" --data-source /dev/$VG/origin -o "$SDIR/o.lvd"
+run inspectorigin "$LVMSYNC" inspect --json "$SDIR/o.lvd"
 
 # ------------------------------------------------------------- 1 MiB blocks
 scenario_begin chunk1m

@@ -10,6 +10,7 @@ use crate::cow::CowError;
 use crate::lvm::LvmError;
 use crate::send::SendError;
 use crate::stream::StreamError;
+use crate::thin::ThinError;
 use crate::transport::TransportError;
 
 #[derive(Debug, Error)]
@@ -32,6 +33,8 @@ pub enum Error {
     Stream { path: String, source: StreamError },
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Thin(#[from] ThinError),
     #[error("{0}")]
     Usage(String),
     #[error("writing output: {0}")]

@@ -50,6 +50,32 @@ impl ExtentSet {
     pub fn total_bytes(&self) -> u64 {
         self.extents.iter().map(|e| e.length).sum()
     }
+
+    /// The set of `extents`, in any order: sorted, with overlapping and
+    /// adjacent ones joined and empty ones dropped.
+    pub fn from_extents(mut extents: Vec<Extent>) -> ExtentSet {
+        extents.retain(|e| e.length > 0);
+        extents.sort_unstable();
+        let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
+        for e in extents {
+            match out.last_mut() {
+                Some(last) if e.offset <= last.end() => {
+                    let end = last.end().max(e.end());
+                    last.length = end - last.offset;
+                }
+                _ => out.push(e),
+            }
+        }
+        ExtentSet { extents: out }
+    }
+
+    /// The ranges in `self` or in `other`.
+    pub fn union(&self, other: &ExtentSet) -> ExtentSet {
+        let mut all = Vec::with_capacity(self.len() + other.len());
+        all.extend_from_slice(&self.extents);
+        all.extend_from_slice(&other.extents);
+        ExtentSet::from_extents(all)
+    }
 }
 
 /// A run of chunks: `start..end`, in chunk units, end exclusive.
@@ -267,6 +293,19 @@ mod tests {
             chunks.extend(start..start + len);
         }
         assert_eq!(collect(&chunks, 65536), naive(&chunks, 65536));
+    }
+
+    #[test]
+    fn from_extents_sorts_joins_and_drops_empty_ones() {
+        let e = |offset, length| Extent { offset, length };
+        let set =
+            ExtentSet::from_extents(vec![e(100, 10), e(0, 10), e(10, 5), e(50, 0), e(105, 20)]);
+        assert_eq!(set.as_slice(), &[e(0, 15), e(100, 25)]);
+        let other = ExtentSet::from_extents(vec![e(15, 5), e(200, 1)]);
+        assert_eq!(
+            set.union(&other).as_slice(),
+            &[e(0, 20), e(100, 25), e(200, 1)]
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub mod send;
 pub mod snapshots;
 pub mod state;
 pub mod stream;
+pub mod thin;
+pub mod thingen;
 pub mod transport;
 pub mod units;
 

@@ -40,10 +40,27 @@ pub enum LvmError {
         "{spec}: not a snapshot: it is the origin of snapshots{names}; name one of its snapshots"
     )]
     IsOrigin { spec: String, names: String },
-    #[error(
-        "{spec}: thin volumes are not supported yet; only classic (COW) snapshots can be listed"
-    )]
-    Thin { spec: String },
+    #[error("{spec}: a thin volume, not a thin snapshot: lvm2 names no origin for it (a thin snapshot is made with lvcreate -s VG/THIN-LV; if its origin was removed, nothing is left to compare it with)")]
+    ThinNotSnapshot { spec: String },
+    #[error("{spec}: a thin pool, not a snapshot; name a thin snapshot in it")]
+    ThinPool { spec: String },
+    #[error("{spec}: a thin volume that lvm2 does not know, so its origin cannot be found; name a thin snapshot made by lvm2")]
+    ThinNoLvm { spec: String },
+    #[error("{spec}: its origin {origin} is not a thin volume (an external origin?); only snapshots of thin volumes in the same pool can be compared")]
+    ThinExternalOrigin { spec: String, origin: String },
+    #[error("{spec} is in thin pool {pool}, but {other} is in {other_pool}: thin volumes can only be compared within one pool")]
+    ThinOtherPool {
+        spec: String,
+        pool: String,
+        other: String,
+        other_pool: String,
+    },
+    #[error("{source_name}: a thin volume of the same pool as {spec}, but neither its origin {origin} nor a snapshot of it, so it holds no later state of what {spec} froze")]
+    ThinUnrelated {
+        spec: String,
+        source_name: String,
+        origin: String,
+    },
     #[error("{spec}: not a snapshot (its device-mapper table is {target})")]
     NotSnapshot { spec: String, target: String },
     #[error("{spec}: the snapshot is being merged into its origin; its table no longer describes the changes")]
@@ -110,6 +127,12 @@ pub struct LvInfo {
     /// Creation time, as lvs prints it: `2024-05-01 10:11:12 +0000`.
     #[serde(default)]
     pub lv_time: String,
+    /// For a thin volume: its pool's LV name.
+    #[serde(default)]
+    pub pool_lv: String,
+    /// For a thin volume: its thin device id in the pool.
+    #[serde(default)]
+    pub thin_id: String,
 }
 
 impl LvInfo {
@@ -145,9 +168,94 @@ impl Snapshot {
     }
 }
 
-/// Finds the snapshot that `spec` names and checks that its table can be read:
-/// a classic snapshot with a persistent store, not merging, not invalid.
+/// A snapshot of either kind.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A classic (dm-snapshot) snapshot, with its COW table.
+    Classic(Box<Snapshot>),
+    /// A thin snapshot, whose changes are in its pool's metadata.
+    Thin(Box<ThinSnapshot>),
+}
+
+/// A thin pool: the pool device (`VG-POOL-tpool`), its metadata device
+/// (`VG-POOL_tmeta`), its data block size.
+#[derive(Debug, Clone)]
+pub struct ThinPool {
+    pub device: DmDevice,
+    pub metadata: DmDevice,
+    /// The data block size in bytes.
+    pub block_size: u64,
+    /// The pool LV, when lvm2 knows it.
+    pub lv: Option<LvInfo>,
+}
+
+impl ThinPool {
+    /// `VG/POOL` when lvm2 knows it, else the pool device's dm name.
+    pub fn display_name(&self) -> String {
+        self.lv
+            .as_ref()
+            .map(LvInfo::full_name)
+            .unwrap_or_else(|| self.device.name.clone())
+    }
+}
+
+/// A thin volume: its device, the pool device it maps through, its thin
+/// device id and its size.
+#[derive(Debug, Clone)]
+pub struct ThinVolume {
+    pub device: DmDevice,
+    /// The thin-pool device, by number.
+    pub pool_dev: (u32, u32),
+    pub thin_id: u64,
+    /// Size in bytes.
+    pub size: u64,
+    pub lv: Option<LvInfo>,
+}
+
+impl ThinVolume {
+    /// `vg/lv` when LVM knows it, else the dm name.
+    pub fn display_name(&self) -> String {
+        self.lv
+            .as_ref()
+            .map(LvInfo::full_name)
+            .unwrap_or_else(|| self.device.name.clone())
+    }
+}
+
+/// A thin snapshot and the thin volume it was taken of, in one pool.
+#[derive(Debug, Clone)]
+pub struct ThinSnapshot {
+    /// What the user typed.
+    pub spec: String,
+    pub snapshot: ThinVolume,
+    pub origin: ThinVolume,
+    pub pool: ThinPool,
+}
+
+impl ThinSnapshot {
+    pub fn display_name(&self) -> String {
+        match &self.snapshot.lv {
+            Some(lv) => lv.full_name(),
+            None => self.spec.clone(),
+        }
+    }
+}
+
+/// Finds the classic snapshot that `spec` names and checks that its table
+/// can be read: a persistent store, not merging, not invalid.
 pub fn find_snapshot(spec: &str) -> Result<Snapshot, LvmError> {
+    match find(spec)? {
+        Found::Classic(snap) => Ok(*snap),
+        Found::Thin(_) => Err(LvmError::NotSnapshot {
+            spec: spec.into(),
+            target: "thin".into(),
+        }),
+    }
+}
+
+/// Finds the snapshot that `spec` names, classic or thin, and checks that
+/// its changes can be read.
+pub fn find(spec: &str) -> Result<Found, LvmError> {
     let device = resolve(spec)?;
     let lv = lv_for_device(&device);
     let table = dmsetup("table", &device.name)?;
@@ -164,7 +272,11 @@ pub fn find_snapshot(spec: &str) -> Result<Snapshot, LvmError> {
                 names: snapshot_names_of(lv.as_ref()),
             })
         }
-        "thin" | "thin-pool" => return Err(LvmError::Thin { spec: spec.into() }),
+        "thin" if lines.len() == 1 => {
+            let volume = thin_volume_of(spec, device, lv, first)?;
+            return find_thin(spec, volume).map(|t| Found::Thin(Box::new(t)));
+        }
+        "thin-pool" => return Err(LvmError::ThinPool { spec: spec.into() }),
         _ => {
             let target = if lines.is_empty() {
                 "empty".to_string()
@@ -233,7 +345,7 @@ pub fn find_snapshot(spec: &str) -> Result<Snapshot, LvmError> {
             });
         }
     }
-    Ok(Snapshot {
+    Ok(Found::Classic(Box::new(Snapshot {
         spec: spec.into(),
         cow: dm_device(cow_dev.0, cow_dev.1),
         origin: dm_device(origin_dev.0, origin_dev.1),
@@ -241,7 +353,156 @@ pub fn find_snapshot(spec: &str) -> Result<Snapshot, LvmError> {
         origin_size: sectors * SECTOR_SIZE,
         chunk_size: chunk_sectors * SECTOR_SIZE,
         lv,
+    })))
+}
+
+/// A thin volume from its one-line table `0 LEN thin POOL_MAJ:MIN ID [EXT]`.
+fn thin_volume_of(
+    spec: &str,
+    device: DmDevice,
+    lv: Option<LvInfo>,
+    line: &str,
+) -> Result<ThinVolume, LvmError> {
+    let unexpected = || LvmError::Unexpected {
+        spec: spec.into(),
+        what: "table",
+        text: line.to_string(),
+    };
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() < 5 || fields[2] != "thin" {
+        return Err(unexpected());
+    }
+    let sectors: u64 = fields[1].parse().map_err(|_| unexpected())?;
+    Ok(ThinVolume {
+        device,
+        pool_dev: parse_dev(fields[3]).ok_or_else(unexpected)?,
+        thin_id: fields[4].parse().map_err(|_| unexpected())?,
+        size: sectors * SECTOR_SIZE,
+        lv,
     })
+}
+
+/// The thin volume that `spec` names, or none when it names something that
+/// is not a thin device-mapper device (a file, a partition, a linear LV).
+pub fn thin_volume(spec: &str) -> Result<Option<ThinVolume>, LvmError> {
+    let device = match resolve(spec) {
+        Ok(d) => d,
+        Err(LvmError::NotBlockDevice { .. } | LvmError::NotDeviceMapper { .. }) => return Ok(None),
+        Err(LvmError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let table = dmsetup("table", &device.name)?;
+    let lines: Vec<&str> = table.lines().filter(|l| !l.trim().is_empty()).collect();
+    match lines.as_slice() {
+        [line] if line.split_whitespace().nth(2) == Some("thin") => {
+            let lv = lv_for_device(&device);
+            thin_volume_of(spec, device, lv, line).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The thin pool behind pool device `dev`, from its table
+/// `0 LEN thin-pool META_MAJ:MIN DATA_MAJ:MIN BLOCK_SECTORS LOW_WATER ...`.
+pub fn thin_pool(spec: &str, dev: (u32, u32), lv: Option<&LvInfo>) -> Result<ThinPool, LvmError> {
+    let device = dm_device(dev.0, dev.1);
+    let table = dmsetup("table", &device.name)?;
+    let line = table.lines().next().unwrap_or("").to_string();
+    let unexpected = || LvmError::Unexpected {
+        spec: spec.into(),
+        what: "thin-pool table",
+        text: line.clone(),
+    };
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() < 6 || fields[2] != "thin-pool" {
+        return Err(unexpected());
+    }
+    let meta = parse_dev(fields[3]).ok_or_else(unexpected)?;
+    let block: u64 = fields[5].parse().map_err(|_| unexpected())?;
+    let pool_lv = lv
+        .filter(|lv| !lv.pool_lv.is_empty())
+        .and_then(|lv| lvs(&[&format!("{}/{}", lv.vg_name, lv.pool_lv)]).ok())
+        .and_then(|v| v.into_iter().next());
+    Ok(ThinPool {
+        device,
+        metadata: dm_device(meta.0, meta.1),
+        block_size: block * SECTOR_SIZE,
+        lv: pool_lv,
+    })
+}
+
+/// The origin and pool of thin volume `volume`, which must be a snapshot
+/// of a thin volume of the same pool.
+fn find_thin(spec: &str, snapshot: ThinVolume) -> Result<ThinSnapshot, LvmError> {
+    let Some(lv) = snapshot.lv.clone() else {
+        return Err(LvmError::ThinNoLvm { spec: spec.into() });
+    };
+    if lv.origin.is_empty() {
+        return Err(LvmError::ThinNotSnapshot { spec: spec.into() });
+    }
+    let origin_name = format!("{}/{}", lv.vg_name, lv.origin);
+    let origin = match thin_volume(&origin_name)? {
+        Some(o) => o,
+        None => {
+            // Not active, or not thin: say which.
+            resolve(&origin_name)?;
+            return Err(LvmError::ThinExternalOrigin {
+                spec: spec.into(),
+                origin: origin_name,
+            });
+        }
+    };
+    let pool = thin_pool(spec, snapshot.pool_dev, Some(&lv))?;
+    if origin.pool_dev != snapshot.pool_dev {
+        let other = thin_pool(&origin_name, origin.pool_dev, origin.lv.as_ref())?;
+        return Err(LvmError::ThinOtherPool {
+            spec: spec.into(),
+            pool: pool.display_name(),
+            other: origin_name,
+            other_pool: other.display_name(),
+        });
+    }
+    Ok(ThinSnapshot {
+        spec: spec.into(),
+        snapshot,
+        origin,
+        pool,
+    })
+}
+
+/// The thin volume to compare thin snapshot `snap` with when the data is
+/// read from `data_source`: that volume itself when it is a thin volume of
+/// the same pool (the origin, or another snapshot of it), else none (the
+/// snapshot is compared with its origin). A thin volume of another pool, or
+/// one that holds no state of the same origin, is refused.
+pub fn thin_data_source(
+    snap: &ThinSnapshot,
+    data_source: &Path,
+) -> Result<Option<ThinVolume>, LvmError> {
+    let shown = data_source.display().to_string();
+    let Some(vol) = thin_volume(&shown)? else {
+        return Ok(None);
+    };
+    if vol.pool_dev != snap.snapshot.pool_dev {
+        let other = thin_pool(&shown, vol.pool_dev, vol.lv.as_ref())?;
+        return Err(LvmError::ThinOtherPool {
+            spec: snap.display_name(),
+            pool: snap.pool.display_name(),
+            other: shown,
+            other_pool: other.display_name(),
+        });
+    }
+    let same_origin = vol.thin_id == snap.origin.thin_id
+        || matches!((&vol.lv, &snap.origin.lv), (Some(v), Some(o))
+            if v.vg_name == o.vg_name && v.origin == o.lv_name);
+    if !same_origin {
+        return Err(LvmError::ThinUnrelated {
+            spec: snap.display_name(),
+            source_name: shown,
+            origin: snap.origin.display_name(),
+        });
+    }
+    Ok(Some(vol))
 }
 
 /// The device that reads as the snapshot's origin reads now, to send the
@@ -337,6 +598,13 @@ fn not_found_hint(spec: &str) -> String {
         return String::new();
     };
     match lvs(&[&format!("{vg}/{lv}")]) {
+        Ok(found)
+            if found
+                .iter()
+                .any(|l| !l.pool_lv.is_empty() && !l.origin.is_empty()) =>
+        {
+            format!("; the LV exists but is not active: thin snapshots skip activation (try: lvchange -ay -K {vg}/{lv})")
+        }
         Ok(found) if !found.is_empty() => {
             format!("; the LV exists but is not active (try: lvchange -ay {vg}/{lv})")
         }
@@ -436,7 +704,7 @@ pub fn lvs(names: &[&str]) -> Result<Vec<LvInfo>, LvmError> {
         "json",
         "-a",
         "-o",
-        "vg_name,lv_name,lv_attr,origin,lv_uuid,lv_kernel_major,lv_kernel_minor,lv_time",
+        "vg_name,lv_name,lv_attr,origin,lv_uuid,lv_kernel_major,lv_kernel_minor,lv_time,pool_lv,thin_id",
     ]
     .iter()
     .map(OsStr::new)
@@ -531,6 +799,32 @@ mod tests {
         let r: LvsReport = serde_json::from_str(text).unwrap();
         assert_eq!(r.report[0].lv[0].full_name(), "my-vg/data-lv-snap");
         assert_eq!(r.report[0].lv[0].lv_time, "2024-05-01 10:11:12 +0000");
+    }
+
+    #[test]
+    fn a_thin_table_gives_the_pool_device_the_id_and_the_size() {
+        let dev = DmDevice {
+            name: "vg-snap".into(),
+            major: 253,
+            minor: 9,
+        };
+        let v = thin_volume_of("vg/snap", dev.clone(), None, "0 65536 thin 253:4 7").unwrap();
+        assert_eq!((v.pool_dev, v.thin_id, v.size), ((253, 4), 7, 65536 * 512));
+        // With an external origin device after the id.
+        let v = thin_volume_of("vg/snap", dev.clone(), None, "0 2048 thin 253:4 3 253:1").unwrap();
+        assert_eq!(v.thin_id, 3);
+        for bad in [
+            "0 2048 thin 253:4",
+            "0 2048 thin x 3",
+            "0 2048 linear 8:0 0",
+            "0 x thin 253:4 3",
+        ] {
+            let err = thin_volume_of("vg/snap", dev.clone(), None, bad).unwrap_err();
+            assert!(
+                err.to_string().contains("unexpected device-mapper table"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -32,19 +32,31 @@ enum Command {
     /// List the byte ranges of the origin that changed since SNAPSHOT was taken
     #[command(
         after_help = "SNAPSHOT may be written vg/lv, /dev/vg/lv, /dev/mapper/vg-lv or a dm name.\n\
-            Only the COW table is read, never the data.\n\n\
+            Only the COW table (for a thin snapshot, the pool's metadata, through thin_delta) is \
+            read, never the data.\n\n\
             Examples:\n  lvmsync-rs list vg/root-snap\n  lvmsync-rs list --json /dev/mapper/vg-root--snap\n  \
             lvmsync-rs list --cow cow.img --origin-size 20G"
     )]
     List {
-        /// The snapshot (a classic LVM snapshot)
-        #[arg(required_unless_present = "cow", conflicts_with = "cow")]
+        /// The snapshot (a classic or a thin LVM snapshot)
+        #[arg(required_unless_present_any = ["cow", "thin_metadata"], conflicts_with_all = ["cow", "thin_metadata"])]
         snapshot: Option<String>,
         /// Read the table from this COW device or image instead, without LVM
         #[arg(long, value_name = "PATH")]
         cow: Option<PathBuf>,
-        /// With --cow: the origin's size (bytes, or with k/M/G/T), to check
-        /// that no entry lies past its end
+        /// Compare two thin devices in this thin pool metadata (an image,
+        /// or a metadata device no active pool uses) instead, without LVM
+        #[arg(long, value_name = "PATH", conflicts_with = "cow", requires_all = ["thin1", "thin2"])]
+        thin_metadata: Option<PathBuf>,
+        /// With --thin-metadata: the thin device id of the snapshot (the old state)
+        #[arg(long, value_name = "ID", requires = "thin_metadata")]
+        thin1: Option<u64>,
+        /// With --thin-metadata: the thin device id of the new state
+        #[arg(long, value_name = "ID", requires = "thin_metadata")]
+        thin2: Option<u64>,
+        /// With --cow or --thin-metadata: the origin's size (bytes, or with
+        /// k/M/G/T), to clip the last extent to it (with --cow, also to
+        /// check that no entry lies past its end)
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         origin_size: Option<u64>,
         /// Print one JSON object instead of text
@@ -53,7 +65,8 @@ enum Command {
     },
     /// Write the changes since SNAPSHOT was taken as a delta stream
     #[command(
-        after_help = "The changed extents come from the snapshot's COW table; their data from the \
+        after_help = "The changed extents come from the snapshot's COW table, or for a thin snapshot \
+            from the pool's metadata; their data from the \
             origin (or --data-source), read now.\n\
             Every record carries checksums and the stream ends with an END record, so \
             `apply` notices any damage or truncation.\n\n\
@@ -62,19 +75,30 @@ enum Command {
             lvmsync-rs send --cow cow.img --data-source new.img -o delta.lvd"
     )]
     Send {
-        /// The snapshot (a classic LVM snapshot)
-        #[arg(required_unless_present = "cow", conflicts_with = "cow")]
+        /// The snapshot (a classic or a thin LVM snapshot)
+        #[arg(required_unless_present_any = ["cow", "thin_metadata"], conflicts_with_all = ["cow", "thin_metadata"])]
         snapshot: Option<String>,
         /// Read the table from this COW device or image instead, without LVM
         /// (needs --data-source)
         #[arg(long, value_name = "PATH")]
         cow: Option<PathBuf>,
+        /// Compare two thin devices in this thin pool metadata (an image,
+        /// or a metadata device no active pool uses) instead, without LVM
+        /// (needs --data-source)
+        #[arg(long, value_name = "PATH", conflicts_with = "cow", requires_all = ["thin1", "thin2"])]
+        thin_metadata: Option<PathBuf>,
+        /// With --thin-metadata: the thin device id of the snapshot (the old state)
+        #[arg(long, value_name = "ID", requires = "thin_metadata")]
+        thin1: Option<u64>,
+        /// With --thin-metadata: the thin device id of the new state
+        #[arg(long, value_name = "ID", requires = "thin_metadata")]
+        thin2: Option<u64>,
         /// Read the changed chunks' data from PATH (a later snapshot, or any
         /// device or image of the origin's size) instead of the origin
         #[arg(long, value_name = "PATH")]
         data_source: Option<PathBuf>,
-        /// With --cow: the origin's size (bytes, or with k/M/G/T); the data
-        /// source's size when not given
+        /// With --cow or --thin-metadata: the origin's size (bytes, or with
+        /// k/M/G/T); the data source's size when not given
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         origin_size: Option<u64>,
         /// Write the delta to FILE, or to stdout with `-o -`
@@ -132,7 +156,7 @@ enum Command {
             lvmsync-rs sync -e 'ssh -p 2222 -i /root/.ssh/backup' --remote-path /usr/local/bin/lvmsync-rs vg/root-snap backup:/srv/root.img"
     )]
     Sync {
-        /// SNAPSHOT (a classic LVM snapshot; not with --cow), then DEST:
+        /// SNAPSHOT (a classic or thin LVM snapshot; not with --cow), then DEST:
         /// [user@]host:PATH or a local PATH
         #[arg(value_name = "SNAPSHOT DEST", num_args = 1..=2, required = true)]
         args: Vec<String>,
@@ -265,13 +289,17 @@ fn main() -> ExitCode {
         Command::List {
             snapshot,
             cow,
+            thin_metadata,
+            thin1,
+            thin2,
             origin_size,
             json,
         } => {
             let target = match (snapshot, cow) {
+                _ if thin_metadata.is_some() => thin_target(thin_metadata, thin1, thin2, origin_size),
                 (_, Some(path)) => list::Target::Cow { path, origin_size },
                 (Some(_), None) if origin_size.is_some() => usage_error(
-                    "--origin-size goes with --cow; a snapshot's origin size comes from its table",
+                    "--origin-size goes with --cow or --thin-metadata; a snapshot's origin size comes from its table",
                 ),
                 (Some(spec), None) => list::Target::Snapshot(spec),
                 (None, None) => usage_error("name a SNAPSHOT, or a COW image with --cow"),
@@ -281,18 +309,25 @@ fn main() -> ExitCode {
         Command::Send {
             snapshot,
             cow,
+            thin_metadata,
+            thin1,
+            thin2,
             data_source,
             origin_size,
             output,
             compress,
         } => {
             let target = match (snapshot, cow) {
+                _ if thin_metadata.is_some() && data_source.is_none() => usage_error(
+                    "--thin-metadata needs --data-source PATH: the device or image holding the new contents",
+                ),
+                _ if thin_metadata.is_some() => thin_target(thin_metadata, thin1, thin2, origin_size),
                 (_, Some(_)) if data_source.is_none() => usage_error(
                     "--cow needs --data-source PATH: the device or image holding the origin's new contents",
                 ),
                 (_, Some(path)) => list::Target::Cow { path, origin_size },
                 (Some(_), None) if origin_size.is_some() => usage_error(
-                    "--origin-size goes with --cow; a snapshot's origin size comes from its table",
+                    "--origin-size goes with --cow or --thin-metadata; a snapshot's origin size comes from its table",
                 ),
                 (Some(spec), None) => list::Target::Snapshot(spec),
                 (None, None) => usage_error("name a SNAPSHOT, or a COW image with --cow"),
@@ -353,7 +388,7 @@ fn main() -> ExitCode {
                 ),
                 (_, Some(_)) => usage_error("with --cow, name only DEST"),
                 ([_, _], None) if origin_size.is_some() => usage_error(
-                    "--origin-size goes with --cow; a snapshot's origin size comes from its table",
+                    "--origin-size goes with --cow or --thin-metadata; a snapshot's origin size comes from its table",
                 ),
                 ([snapshot, dest], None) => (list::Target::Snapshot(snapshot.clone()), dest.clone()),
                 _ => usage_error("name a SNAPSHOT and a DEST ([user@]host:PATH or a local PATH)"),
@@ -415,6 +450,24 @@ fn main() -> ExitCode {
             report(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The target of `--thin-metadata PATH --thin1 A --thin2 B`.
+fn thin_target(
+    path: Option<PathBuf>,
+    thin1: Option<u64>,
+    thin2: Option<u64>,
+    origin_size: Option<u64>,
+) -> list::Target {
+    match (path, thin1, thin2) {
+        (Some(path), Some(thin1), Some(thin2)) => list::Target::ThinMetadata {
+            path,
+            thin1,
+            thin2,
+            origin_size,
+        },
+        _ => usage_error("--thin-metadata needs --thin1 ID and --thin2 ID"),
     }
 }
 

@@ -57,21 +57,59 @@ pub fn check_source_size(source: &Source, origin_size: u64) -> Result<(), SendEr
 /// Worker threads that read and encode, at most.
 pub const MAX_WORKERS: usize = 4;
 
+/// What to send: the extents whose new data is read from the data source,
+/// and the extents known to read as zeroes now (a thin snapshot's blocks
+/// that the compared device no longer maps), which become ZERO records
+/// without a read. Each list is sorted and disjoint, and no extent of one
+/// overlaps an extent of the other.
+#[derive(Debug, Clone, Copy)]
+pub struct Changes<'a> {
+    pub read: &'a [Extent],
+    pub zero: &'a [Extent],
+}
+
+impl<'a> Changes<'a> {
+    /// Extents that are all read from the data source.
+    pub fn read(extents: &'a [Extent]) -> Changes<'a> {
+        Changes {
+            read: extents,
+            zero: &[],
+        }
+    }
+
+    /// Bytes of the origin the changes cover.
+    pub fn total_bytes(&self) -> u64 {
+        self.read.iter().chain(self.zero).map(|e| e.length).sum()
+    }
+
+    /// Every extent with whether it is known zero, in offset order.
+    pub fn in_order(&self) -> impl Iterator<Item = (Extent, bool)> + 'a {
+        let (mut read, mut zero) = (self.read.iter().peekable(), self.zero.iter().peekable());
+        std::iter::from_fn(move || match (read.peek(), zero.peek()) {
+            (Some(r), Some(z)) if z.offset < r.offset => zero.next().map(|e| (*e, true)),
+            (Some(_), _) => read.next().map(|e| (*e, false)),
+            (None, _) => zero.next().map(|e| (*e, true)),
+        })
+    }
+}
+
 /// A piece of an extent, read and encoded as one job.
 #[derive(Debug, Clone, Copy)]
 struct Piece {
     seq: u64,
     offset: u64,
     length: u64,
+    /// Known to read as zeroes: encoded as ZERO records without a read.
+    zero: bool,
 }
 
-/// The pieces of `extents`, in order, none longer than [`READ_LEN`].
-fn pieces(extents: &[Extent]) -> impl Iterator<Item = (u64, u64)> + '_ {
-    extents.iter().flat_map(|e| {
+/// The pieces of `changes`, in offset order, none longer than [`READ_LEN`].
+fn pieces<'a>(changes: &Changes<'a>) -> impl Iterator<Item = (u64, u64, bool)> + 'a {
+    changes.in_order().flat_map(|(e, zero)| {
         let end = e.offset.saturating_add(e.length);
         (e.offset..end)
             .step_by(READ_LEN)
-            .map(move |o| (o, (end - o).min(READ_LEN as u64)))
+            .map(move |o| (o, (end - o).min(READ_LEN as u64), zero))
     })
 }
 
@@ -109,7 +147,7 @@ pub fn send_extents<W: Write>(
     extents: &[Extent],
     writer: &mut Writer<W>,
 ) -> Result<(), SendError> {
-    send_extents_with_progress(source, extents, writer, |_| {})
+    send_changes(source, Changes::read(extents), writer, |_| {})
 }
 
 /// [`send_extents`], calling `progress` with the writer after each piece
@@ -118,9 +156,22 @@ pub fn send_extents_with_progress<W: Write>(
     source: &Source,
     extents: &[Extent],
     writer: &mut Writer<W>,
+    progress: impl FnMut(&Writer<W>),
+) -> Result<(), SendError> {
+    send_changes(source, Changes::read(extents), writer, progress)
+}
+
+/// Writes the records of `changes`: the extents to read with their data
+/// from `source` (ZERO records where it reads as zeroes), and the extents
+/// known to be zero as ZERO records, without reading them. Calls
+/// `progress` with the writer after each piece is appended to the stream.
+pub fn send_changes<W: Write>(
+    source: &Source,
+    changes: Changes<'_>,
+    writer: &mut Writer<W>,
     mut progress: impl FnMut(&Writer<W>),
 ) -> Result<(), SendError> {
-    for e in extents {
+    for e in changes.read.iter().chain(changes.zero) {
         let end = e.offset.saturating_add(e.length);
         if end > source.size() {
             return Err(SendError::ExtentPastSource {
@@ -150,12 +201,19 @@ pub fn send_extents_with_progress<W: Write>(
                     };
                     let Ok((piece, mut out)) = job else { return };
                     out.clear();
-                    let result = read_piece(source, &mut buf, &piece).and_then(|content| {
+                    let result = if piece.zero {
                         encoder
-                            .extent(piece.offset, content, &mut out)
+                            .zero(piece.offset, piece.length, &mut out)
                             .map_err(SendError::Write)
                             .map(|()| out)
-                    });
+                    } else {
+                        read_piece(source, &mut buf, &piece).and_then(|content| {
+                            encoder
+                                .extent(piece.offset, content, &mut out)
+                                .map_err(SendError::Write)
+                                .map(|()| out)
+                        })
+                    };
                     if done_tx.send((piece.seq, result)).is_err() {
                         return;
                     }
@@ -165,12 +223,13 @@ pub fn send_extents_with_progress<W: Write>(
         drop(done_tx);
         // Dropping job_tx on the way out, even on an error, ends the workers.
         let job_tx = job_tx;
-        let mut todo = pieces(extents)
+        let mut todo = pieces(&changes)
             .enumerate()
-            .map(|(seq, (offset, length))| Piece {
+            .map(|(seq, (offset, length, zero))| Piece {
                 seq: seq as u64,
                 offset,
                 length,
+                zero,
             });
         let mut spare: Vec<Encoded> = Vec::new();
         let mut ready: BTreeMap<u64, Encoded> = BTreeMap::new();
@@ -201,4 +260,76 @@ pub fn send_extents_with_progress<W: Write>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{Compression, Header, Reader, RecordKind, SourceInfo, SourceKind};
+
+    fn e(offset: u64, length: u64) -> Extent {
+        Extent { offset, length }
+    }
+
+    #[test]
+    fn known_zero_extents_become_zero_records_without_a_read() {
+        // A data source with no zero byte: any ZERO record comes from the
+        // known-zero list, not from the data read.
+        let size = 4u64 << 20;
+        let path = std::env::temp_dir().join(format!("lvmsync-send-zero-{}", std::process::id()));
+        std::fs::write(&path, vec![0xa5u8; size as usize]).unwrap();
+        let source = Source::open(&path).unwrap();
+        let header = Header {
+            origin_size: size,
+            chunk_size: 65536,
+            source: SourceInfo {
+                kind: SourceKind::Thin,
+                vg: None,
+                snapshot: None,
+                snapshot_uuid: None,
+                snapshot_time: None,
+                origin: None,
+                origin_uuid: None,
+                thin: None,
+            },
+            compression: Compression::None,
+            tool: crate::TOOL.into(),
+            base: None,
+            target: None,
+            resume_from: 0,
+            properties: Default::default(),
+        };
+        let read = [e(0, 65536), e(3 << 20, 1 << 20)];
+        let zero = [e(65536, 65536), e(1 << 20, (3 << 20) / 2)];
+        let mut w = Writer::new(Vec::new(), &header).unwrap();
+        send_changes(
+            &source,
+            Changes {
+                read: &read,
+                zero: &zero,
+            },
+            &mut w,
+            |_| {},
+        )
+        .unwrap();
+        let (bytes, totals, _) = w.finish().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(totals.zero_bytes, 65536 + (3 << 20) / 2);
+        assert_eq!(totals.data_bytes, 65536 + (1 << 20));
+        let mut r = Reader::open(&bytes[..]).unwrap();
+        let mut got = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            got.push((rec.offset, rec.length, rec.kind == RecordKind::Zero));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (0, 65536, false),
+                (65536, 65536, true),
+                (1 << 20, 1 << 20, true),
+                (2 << 20, (1 << 20) / 2, true),
+                (3 << 20, 1 << 20, false),
+            ]
+        );
+    }
 }

@@ -23,6 +23,7 @@ use crate::commands::send::Prepared;
 use crate::commands::sync::{clip, Link, Report, Session};
 use crate::extents::Extent;
 use crate::lvm::LvmError;
+use crate::send::Changes;
 use crate::snapshots::{self, SnapshotSize, Volume};
 use crate::state::State;
 use crate::stream::{Compression, Header, SourceInfo, SourceKind};
@@ -117,6 +118,8 @@ pub fn run(args: Args) -> Result<(), Error> {
 }
 
 /// What a run does, decided from the tagged snapshots and DEST's state.
+/// Made once per run, so the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Plan {
     /// Copy all of `new` (a resumed copy from `resume` on).
     Seed { new: Volume, resume: u64 },
@@ -174,7 +177,7 @@ fn backup(args: &Args, summary: &mut Summary) -> Result<(), Error> {
             summary.kind = Some(if resume > 0 { "resumed seed" } else { "seed" }.into());
             let (mut header, source, extents) = full_copy(&origin, &new, args.compression)?;
             header.resume_from = resume;
-            (header, source, clip(&extents, resume), new)
+            (header, source, (clip(&extents, resume), Vec::new()), new)
         }
         Plan::Incremental { base, new, resume } => {
             summary.kind = Some(
@@ -200,13 +203,18 @@ fn backup(args: &Args, summary: &mut Summary) -> Result<(), Error> {
             prepared.header.base = Some(base.point_in_time(&origin));
             prepared.header.target = Some(new.point_in_time(&origin));
             prepared.header.resume_from = resume;
-            let extents = clip(prepared.listing.table.extents.as_slice(), resume);
+            let changes = prepared.listing.changes();
+            let extents = (clip(changes.read, resume), clip(changes.zero, resume));
             (prepared.header, prepared.source, extents, new)
         }
     };
     summary.snapshot = Some(new.full_name());
     session.check_base(&args.dest, &header, false)?;
-    session.ship(&header, &source, &extents, &mut summary.transfer)?;
+    let changes = Changes {
+        read: &extents.0,
+        zero: &extents.1,
+    };
+    session.ship(&header, &source, changes, &mut summary.transfer)?;
     // DEST holds `new` now, and its state says so: the old base goes.
     for lv in snapshots::owned(&origin, &tag)? {
         if lv.lv_uuid != new.lv_uuid {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::blockdev::Source;
 use crate::commands::list::{self, Listing, Target};
 use crate::lvm;
-use crate::send::{check_source_size, send_extents, SendError};
-use crate::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, Writer};
+use crate::send::{check_source_size, send_changes, SendError};
+use crate::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, ThinSource, Writer};
 use crate::units::human;
 use crate::Error;
 
@@ -57,24 +57,28 @@ impl Prepared {
         compression: Compression,
     ) -> Result<Prepared, Error> {
         let (listing, source) = read_inputs(target, data_source)?;
-        let origin_size = listing.origin_size.unwrap_or(source.size());
+        let origin_size = listing.origin_size().unwrap_or(source.size());
         check_source_size(&source, origin_size)?;
         let source_info = source_info(&listing, &source);
         // The delta applies to a copy of the origin as it was when the
         // snapshot was taken.
         let base = point_in_time(&source_info);
-        let target = data_source.and_then(|p| later_snapshot(&source_info, p));
+        let (table_key, table_path) = match &listing {
+            Listing::Cow(l) => ("cow", l.cow_path.display().to_string()),
+            Listing::Thin(l) => ("thin-metadata", l.metadata.display().to_string()),
+        };
         let header = Header {
             origin_size,
-            chunk_size: listing.table.chunk_size,
+            chunk_size: listing.chunk_size(),
+            target: target_point_in_time(&listing, &source_info)
+                .or_else(|| data_source.and_then(|p| later_snapshot(&source_info, p))),
             source: source_info,
             compression,
             tool: crate::TOOL.to_string(),
             base,
-            target,
             resume_from: 0,
             properties: BTreeMap::from([
-                ("cow".to_string(), listing.cow_path.display().to_string()),
+                (table_key.to_string(), table_path),
                 (
                     "data-source".to_string(),
                     source.path().display().to_string(),
@@ -88,13 +92,9 @@ impl Prepared {
         })
     }
 
-    /// The snapshot, or the COW image, as messages name it.
+    /// The snapshot, the COW image or the metadata, as messages name it.
     pub fn name(&self) -> String {
-        self.listing
-            .snapshot
-            .as_ref()
-            .map(lvm::Snapshot::display_name)
-            .unwrap_or_else(|| self.listing.cow_path.display().to_string())
+        self.listing.name()
     }
 }
 
@@ -108,13 +108,13 @@ pub fn run(args: Args) -> Result<(), Error> {
         source,
         header,
     } = &prepared;
-    let extents = listing.table.extents.as_slice();
+    let changes = listing.changes();
     let (totals, len, shown) = match &args.output {
         Output::Stdout => {
             crate::commands::grow_pipe(io::stdout());
             let out = BufWriter::with_capacity(256 << 10, io::stdout().lock());
             let mut w = Writer::new(out, header).map_err(Error::Output)?;
-            send_extents(source, extents, &mut w).map_err(stdout_error)?;
+            send_changes(source, changes, &mut w, |_| {}).map_err(stdout_error)?;
             let (_, totals, len) = w.finish().map_err(Error::Output)?;
             (totals, len, "stdout".to_string())
         }
@@ -127,7 +127,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             let out =
                 BufWriter::with_capacity(256 << 10, file.file.try_clone().map_err(write_err)?);
             let mut w = Writer::new(out, header).map_err(write_err)?;
-            send_extents(source, extents, &mut w).map_err(|e| match e {
+            send_changes(source, changes, &mut w, |_| {}).map_err(|e| match e {
                 SendError::Write(source) => write_err(source),
                 other => other.into(),
             })?;
@@ -160,15 +160,17 @@ fn stdout_error(e: SendError) -> Error {
 fn read_inputs(target: &Target, data_source: Option<&Path>) -> Result<(Listing, Source), Error> {
     match target {
         Target::Snapshot(_) => {
-            let listing = list::read(target)?;
-            let path = match (data_source, &listing.snapshot) {
+            let listing = list::read_with(target, data_source)?;
+            let path = match (data_source, &listing) {
                 (Some(path), _) => path.to_path_buf(),
-                (None, Some(snap)) => lvm::origin_device(snap),
-                (None, None) => {
-                    return Err(Error::Usage(
-                        "give --data-source PATH: the device or image holding the origin's new contents".into(),
-                    ))
-                }
+                (None, Listing::Cow(l)) => match &l.snapshot {
+                    Some(snap) => lvm::origin_device(snap),
+                    None => return Err(need_data_source()),
+                },
+                (None, Listing::Thin(l)) => match &l.snapshot {
+                    Some(snap) => snap.origin.device.path(),
+                    None => return Err(need_data_source()),
+                },
             };
             let source = open_source(&path)?;
             Ok((listing, source))
@@ -188,7 +190,35 @@ fn read_inputs(target: &Target, data_source: Option<&Path>) -> Result<(Listing, 
             })?;
             Ok((listing, source))
         }
+        Target::ThinMetadata {
+            path,
+            thin1,
+            thin2,
+            origin_size,
+        } => {
+            let Some(data) = data_source else {
+                return Err(Error::Usage(
+                    "--thin-metadata needs --data-source PATH: the device or image holding the new contents".into(),
+                ));
+            };
+            let source = open_source(data)?;
+            let origin_size = origin_size.unwrap_or(source.size());
+            check_source_size(&source, origin_size)?;
+            let listing = list::read(&Target::ThinMetadata {
+                path: path.clone(),
+                thin1: *thin1,
+                thin2: *thin2,
+                origin_size: Some(origin_size),
+            })?;
+            Ok((listing, source))
+        }
     }
+}
+
+fn need_data_source() -> Error {
+    Error::Usage(
+        "give --data-source PATH: the device or image holding the origin's new contents".into(),
+    )
 }
 
 fn open_source(path: &Path) -> Result<Source, Error> {
@@ -230,38 +260,99 @@ pub fn point_in_time(s: &SourceInfo) -> Option<PointInTime> {
     })
 }
 
+/// The point in time the data source holds, when it is a later snapshot of
+/// the same origin in the same thin pool (compared with the snapshot
+/// directly): a copy holds exactly that snapshot once the delta is applied.
+fn target_point_in_time(listing: &Listing, s: &SourceInfo) -> Option<PointInTime> {
+    let Listing::Thin(l) = listing else {
+        return None;
+    };
+    let later = l.compared.as_ref()?.lv.as_ref()?;
+    let snap = l.snapshot.as_ref()?;
+    // The origin itself is live, no point in time.
+    if l.thin2 == snap.origin.thin_id || later.origin.is_empty() || later.lv_uuid.is_empty() {
+        return None;
+    }
+    Some(PointInTime {
+        origin_uuid: s.origin_uuid.clone()?,
+        snapshot_uuid: later.lv_uuid.clone(),
+        snapshot: later.full_name(),
+        time: later.lv_time.clone(),
+    })
+}
+
 fn source_info(listing: &Listing, data: &Source) -> SourceInfo {
     let known = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    match &listing.snapshot {
-        Some(snap) => {
-            let lv = snap.lv.as_ref();
-            let origin_lv = lvm::origin_lv(snap);
+    match listing {
+        Listing::Cow(l) => match &l.snapshot {
+            Some(snap) => {
+                let lv = snap.lv.as_ref();
+                let origin_lv = lvm::origin_lv(snap);
+                SourceInfo {
+                    kind: SourceKind::Classic,
+                    vg: lv.map(|lv| lv.vg_name.clone()),
+                    snapshot: Some(
+                        lv.map(|lv| lv.lv_name.clone())
+                            .unwrap_or_else(|| snap.device.name.clone()),
+                    ),
+                    snapshot_uuid: lv.and_then(|lv| known(&lv.lv_uuid)),
+                    snapshot_time: lv.and_then(|lv| known(&lv.lv_time)),
+                    origin: lv
+                        .and_then(|lv| known(&lv.origin))
+                        .or_else(|| Some(snap.origin.name.clone())),
+                    origin_uuid: origin_lv.and_then(|lv| known(&lv.lv_uuid)),
+                    thin: None,
+                }
+            }
+            None => SourceInfo {
+                kind: SourceKind::Image,
+                vg: None,
+                snapshot: Some(l.cow_path.display().to_string()),
+                snapshot_uuid: None,
+                snapshot_time: None,
+                origin: Some(data.path().display().to_string()),
+                origin_uuid: None,
+                thin: None,
+            },
+        },
+        Listing::Thin(l) => {
+            let snap = l.snapshot.as_ref();
+            let lv = snap.and_then(|s| s.snapshot.lv.as_ref());
+            let origin_lv = snap.and_then(|s| s.origin.lv.as_ref());
+            let pool = snap.map(|s| &s.pool);
             SourceInfo {
-                kind: SourceKind::Classic,
+                kind: SourceKind::Thin,
                 vg: lv.map(|lv| lv.vg_name.clone()),
-                snapshot: Some(
-                    lv.map(|lv| lv.lv_name.clone())
-                        .unwrap_or_else(|| snap.device.name.clone()),
-                ),
+                snapshot: Some(match snap {
+                    Some(s) => lv
+                        .map(|lv| lv.lv_name.clone())
+                        .unwrap_or_else(|| s.snapshot.device.name.clone()),
+                    None => l.metadata.display().to_string(),
+                }),
                 snapshot_uuid: lv.and_then(|lv| known(&lv.lv_uuid)),
                 snapshot_time: lv.and_then(|lv| known(&lv.lv_time)),
-                origin: lv
-                    .and_then(|lv| known(&lv.origin))
-                    .or_else(|| Some(snap.origin.name.clone())),
+                origin: match snap {
+                    Some(s) => Some(
+                        origin_lv
+                            .map(|lv| lv.lv_name.clone())
+                            .unwrap_or_else(|| s.origin.device.name.clone()),
+                    ),
+                    None => Some(data.path().display().to_string()),
+                },
                 origin_uuid: origin_lv.and_then(|lv| known(&lv.lv_uuid)),
-                thin: None,
+                thin: Some(ThinSource {
+                    pool: pool
+                        .map(|p| p.display_name())
+                        .unwrap_or_else(|| l.metadata.display().to_string()),
+                    pool_uuid: pool
+                        .and_then(|p| p.lv.as_ref())
+                        .and_then(|lv| known(&lv.lv_uuid)),
+                    block_size: l.diff.block_size(),
+                    snapshot_id: l.thin1,
+                    compared_id: l.thin2,
+                }),
             }
         }
-        None => SourceInfo {
-            kind: SourceKind::Image,
-            vg: None,
-            snapshot: Some(listing.cow_path.display().to_string()),
-            snapshot_uuid: None,
-            snapshot_time: None,
-            origin: Some(data.path().display().to_string()),
-            origin_uuid: None,
-            thin: None,
-        },
     }
 }
 

@@ -15,7 +15,7 @@ use crate::blockdev::Source;
 use crate::commands::list::Target;
 use crate::commands::send::Prepared;
 use crate::extents::Extent;
-use crate::send::{send_extents_with_progress, SendError};
+use crate::send::{send_changes, Changes, SendError};
 use crate::state::State;
 use crate::stream::{Compression, Header, Writer};
 use crate::transport::{Applied, Connection, Dest, Echo, Launch, TransportError};
@@ -119,8 +119,13 @@ fn sync(args: &Args, report: &mut Report) -> Result<(), Error> {
     let resume = session.resume_point(&prepared.header);
     prepared.header.resume_from = resume;
     session.check_base(&args.dest, &prepared.header, args.force)?;
-    let extents = clip(prepared.listing.table.extents.as_slice(), resume);
-    session.ship(&prepared.header, &prepared.source, &extents, report)
+    let changes = prepared.listing.changes();
+    let (read, zero) = (clip(changes.read, resume), clip(changes.zero, resume));
+    let changes = Changes {
+        read: &read,
+        zero: &zero,
+    };
+    session.ship(&prepared.header, &prepared.source, changes, report)
 }
 
 /// How to reach DEST and run the apply there.
@@ -234,17 +239,17 @@ impl Session {
         Ok(())
     }
 
-    /// Streams the delta of `header` with the data of `extents` read from
-    /// `source`, and checks the apply's report.
+    /// Streams the delta of `header` with `changes` (their data read from
+    /// `source`), and checks the apply's report.
     pub fn ship(
         mut self,
         header: &Header,
         source: &Source,
-        extents: &[Extent],
+        changes: Changes<'_>,
         report: &mut Report,
     ) -> Result<(), Error> {
         let conn = &mut self.conn;
-        let total: u64 = extents.iter().map(|e| e.length).sum();
+        let total = changes.total_bytes();
         self.bar.set_length(total);
         report.resumed_from = header.resume_from;
         let Some(stdin) = conn.take_stdin() else {
@@ -264,7 +269,7 @@ impl Session {
         };
         let bar = self.bar.clone();
         let watchdog = conn.watchdog(self.stall);
-        let sent = send_extents_with_progress(source, extents, &mut w, |w| {
+        let sent = send_changes(source, changes, &mut w, |w| {
             watchdog.tick();
             let t = w.totals();
             bar.set_position(t.data_bytes + t.zero_bytes);

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::blockdev::Source;
 use crate::commands::list::Target;
 use crate::commands::send::Prepared;
+use crate::extents::Extent;
 use crate::send::{send_extents_with_progress, SendError};
-use crate::stream::{Compression, Writer};
+use crate::stream::{Compression, Header, Writer};
 use crate::transport::{Applied, Connection, Dest, Echo, Launch, TransportError};
 use crate::units::human;
 use crate::Error;
@@ -121,10 +123,51 @@ fn sync(args: &Args, report: &mut Report) -> Result<(), Error> {
         let bar = bar.clone();
         Arc::new(move |line: &str| bar.suspend(|| eprintln!("{line}")))
     };
-    let mut conn = Connection::start(&launch, args.hello_timeout, echo)?;
+    let conn = Connection::start(&launch, args.hello_timeout, echo)?;
+    let mut shipped = Shipped::default();
+    let result = ship(
+        conn,
+        &prepared.source,
+        &prepared.header,
+        extents,
+        |done| bar.set_position(done),
+        &mut shipped,
+    );
+    report.bytes_read = shipped.data_bytes + shipped.zero_bytes;
+    report.data_bytes = shipped.data_bytes;
+    report.zero_bytes = shipped.zero_bytes;
+    report.records = shipped.records;
+    report.bytes_on_wire = shipped.bytes_on_wire;
+    result?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// What [`ship`] sent, so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Shipped {
+    pub records: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    /// The delta's bytes that reached the far end's stdin.
+    pub bytes_on_wire: u64,
+}
+
+/// Writes a delta of `extents` (read from `source`, described by `header`)
+/// to the apply `conn` runs, and checks its report. `progress` gets the
+/// bytes of extents sent so far; `shipped` says what was sent, on failure
+/// too.
+pub fn ship(
+    mut conn: Connection,
+    source: &Source,
+    header: &Header,
+    extents: &[Extent],
+    mut progress: impl FnMut(u64),
+    shipped: &mut Shipped,
+) -> Result<Applied, Error> {
     let Some(stdin) = conn.take_stdin() else {
         return Err(TransportError::Cut {
-            host: launch.name.clone(),
+            host: conn.name().to_string(),
             sent: 0,
             status: "no stdin".into(),
             reason: "the remote shell's stdin is closed".into(),
@@ -133,22 +176,21 @@ fn sync(args: &Args, report: &mut Report) -> Result<(), Error> {
     };
     crate::commands::grow_pipe(&stdin);
     let out = BufWriter::with_capacity(SHIP_BUF, stdin);
-    let mut w = match Writer::new(out, &prepared.header) {
+    let mut w = match Writer::new(out, header) {
         Ok(w) => w,
         Err(_) => return Err(conn.cut(0).into()),
     };
-    let sent = send_extents_with_progress(&prepared.source, extents, &mut w, |w| {
+    let sent = send_extents_with_progress(source, extents, &mut w, |w| {
         let t = w.totals();
-        bar.set_position(t.data_bytes + t.zero_bytes);
+        progress(t.data_bytes + t.zero_bytes);
     });
     // What reached the remote shell: the buffer's content did not.
     let position = w.position() - w.get_ref().buffer().len() as u64;
     let t = *w.totals();
-    report.bytes_read = t.data_bytes + t.zero_bytes;
-    report.data_bytes = t.data_bytes;
-    report.zero_bytes = t.zero_bytes;
-    report.records = t.records;
-    report.bytes_on_wire = position;
+    shipped.data_bytes = t.data_bytes;
+    shipped.zero_bytes = t.zero_bytes;
+    shipped.records = t.records;
+    shipped.bytes_on_wire = position;
     match sent {
         Ok(()) => {}
         Err(SendError::Write(_)) => return Err(conn.cut(position).into()),
@@ -166,14 +208,11 @@ fn sync(args: &Args, report: &mut Report) -> Result<(), Error> {
     if out.into_inner().is_err() {
         return Err(conn.cut(len).into());
     }
-    bar.finish_and_clear();
-    report.bytes_read = totals.data_bytes + totals.zero_bytes;
-    report.data_bytes = totals.data_bytes;
-    report.zero_bytes = totals.zero_bytes;
-    report.records = totals.records;
-    report.bytes_on_wire = len;
-    conn.finish(&Applied::new(&totals, len, digest))?;
-    Ok(())
+    shipped.data_bytes = totals.data_bytes;
+    shipped.zero_bytes = totals.zero_bytes;
+    shipped.records = totals.records;
+    shipped.bytes_on_wire = len;
+    Ok(conn.finish(&Applied::new(&totals, len, digest))?)
 }
 
 struct ClearOnDrop(ProgressBar);

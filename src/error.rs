@@ -11,6 +11,7 @@ use crate::lvm::LvmError;
 use crate::send::SendError;
 use crate::stream::StreamError;
 use crate::transport::TransportError;
+use crate::verify::VerifyError;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -32,6 +33,8 @@ pub enum Error {
     Stream { path: String, source: StreamError },
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
     #[error("{0}")]
     Usage(String),
     #[error("writing output: {0}")]

@@ -16,6 +16,7 @@ pub mod send;
 pub mod stream;
 pub mod transport;
 pub mod units;
+pub mod verify;
 
 pub use error::Error;
 

@@ -2,9 +2,9 @@
 //! sequential reads and hashes fixed-size blocks on several cores, and the
 //! hashes are compared in order as they come.
 //!
-//! [`HashStream`] is one side: a reader thread fills a few large buffers
-//! ([`READ_LEN`] each, `O_DIRECT` for block devices, see
-//! [`crate::blockdev`]) one after the other, worker threads hash the
+//! [`HashStream`] is one side: a reader thread fills a few buffers
+//! ([`READ_LEN`] each for a file, [`READ_LEN_DIRECT`] with `O_DIRECT` for a
+//! block device, see [`crate::blockdev`]) one after the other, worker threads hash the
 //! blocks of a filled buffer with XXH3-128 and hand it back, and the
 //! hashes come out in order, one batch per buffer. Memory is bounded: a
 //! fixed number of buffers, and a bounded queue of finished batches.
@@ -57,8 +57,14 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
 pub const MIN_BLOCK_SIZE: u64 = 4096;
 /// The largest block size: each read buffer holds at least one block.
 pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
-/// Bytes read at a time (a whole number of blocks, at least one).
-pub const READ_LEN: u64 = 8 << 20;
+/// Bytes read at a time from a file (a whole number of blocks, at least
+/// one): the page cache copies them into the buffer, and a buffer this
+/// small is still in the CPU's caches when it is hashed. The kernel's
+/// readahead keeps the disk busy between reads.
+pub const READ_LEN: u64 = 1 << 20;
+/// Bytes read at a time from a block device, with `O_DIRECT`: no copy and
+/// no readahead, so large reads keep the device busy.
+pub const READ_LEN_DIRECT: u64 = 8 << 20;
 /// Hashing threads per side, at most.
 pub const MAX_WORKERS: usize = 4;
 
@@ -113,8 +119,9 @@ pub fn blocks_in(length: u64, block_size: u64) -> u64 {
 }
 
 /// Bytes of one read buffer for `block_size`: a whole number of blocks.
-fn chunk_len(block_size: u64) -> u64 {
-    block_size * (READ_LEN / block_size).max(1)
+fn chunk_len(block_size: u64, direct: bool) -> u64 {
+    let read = if direct { READ_LEN_DIRECT } else { READ_LEN };
+    block_size * (read / block_size).max(1)
 }
 
 /// Adds the range at `offset` of `length` bytes to `ranges` (sorted,
@@ -178,7 +185,7 @@ impl HashStream {
         workers: usize,
     ) -> HashStream {
         let length = length.min(source.size());
-        let chunk = chunk_len(block_size);
+        let chunk = chunk_len(block_size, source.is_block_device());
         let batches = length.div_ceil(chunk);
         let buffers = workers + 2;
         let path = source.path().display().to_string();
@@ -352,7 +359,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.img");
         // Several read buffers, and a partial last block.
-        let len = 3 * READ_LEN as usize + 5000;
+        let len = 3 * READ_LEN_DIRECT as usize + 5000;
         let data: Vec<u8> = (0..len).map(|i| (i * 7 / 4096) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let source = Arc::new(Source::open(&path).unwrap());

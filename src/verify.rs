@@ -23,7 +23,7 @@
 //! comparison needs no round trip per block, so the latency of the
 //! connection does not matter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -284,6 +284,38 @@ impl Iterator for HashStream {
     }
 }
 
+/// A [`HashStream`] read a given number of hashes at a time, whatever its
+/// batches: the two sides of a comparison may read in buffers of different
+/// sizes (a file and a block device).
+pub struct Hashes {
+    stream: HashStream,
+    pending: VecDeque<u128>,
+}
+
+impl Hashes {
+    pub fn new(stream: HashStream) -> Hashes {
+        Hashes {
+            stream,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next `n` hashes; an error when the stream fails or ends first.
+    pub fn take(&mut self, n: usize) -> Result<Vec<u128>, VerifyError> {
+        while self.pending.len() < n {
+            match self.stream.next() {
+                Some(batch) => self.pending.extend(batch?),
+                None => {
+                    return Err(VerifyError::Stopped {
+                        path: self.stream.path.clone(),
+                    })
+                }
+            }
+        }
+        Ok(self.pending.drain(..n).collect())
+    }
+}
+
 /// The words of the remote side's command: `program` (one or more words)
 /// `verify --remote-side ...`, options before `--`, so that a PATH
 /// starting with `-` is a path.
@@ -375,6 +407,18 @@ mod tests {
             assert_eq!(got.len() as u64, blocks_in(length, bs));
             assert!(got == want, "hashes of {length} bytes in blocks of {bs}");
         }
+        // Taken in counts that cut across its batches.
+        let mut h = Hashes::new(HashStream::spawn(source.clone(), len as u64, 4096));
+        let mut got = Vec::new();
+        for n in [1, 300, 255, 1000] {
+            got.extend(h.take(n).unwrap());
+        }
+        let want: Vec<u128> = data.chunks(4096).take(got.len()).map(xxh3_128).collect();
+        assert!(got == want);
+        assert!(matches!(
+            h.take(blocks_in(len as u64, 4096) as usize),
+            Err(VerifyError::Stopped { .. })
+        ));
         assert_eq!(HashStream::spawn(source, 0, 4096).count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -528,3 +528,92 @@ fn over_ssh_failures_are_one_line_errors() {
     ]);
     assert_clean_failure(&o, "could not connect or log in (exit status 255)");
 }
+
+/// A loop device over a file, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    /// `None` where loop devices cannot be made (no root, no loop driver).
+    fn attach(file: &Path) -> Option<Loop> {
+        let o = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (o.status.success() && dev.starts_with("/dev/")).then_some(Loop(dev))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn block_devices_are_read_directly_and_never_resized() {
+    let dir = scratch("verify-loop");
+    let data = random(2 << 20, 9);
+    let src = dir.join("src.img");
+    fs::write(&src, &data).unwrap();
+    let Some(src_dev) = Loop::attach(&src) else {
+        eprintln!("no loop devices here: skipped");
+        return;
+    };
+    // A block device SRC (read with O_DIRECT) against its own file.
+    let (code, doc) = verify_json(&[], &src_dev.0, s(&src));
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["src_size"], 2 << 20);
+    // The device is read in larger pieces than the file: a difference
+    // late in the file is still found.
+    let copy = dir.join("copy.img");
+    let mut copy_data = data.clone();
+    flip(&mut copy_data, (3 << 19) + 1);
+    fs::write(&copy, &copy_data).unwrap();
+    let (code, doc) = verify_json(&[], &src_dev.0, s(&copy));
+    assert_eq!(code, 3, "{doc}");
+    assert_eq!(differences(&doc), [(3 << 19, BS)]);
+    let (code, doc) = verify_json(&[], s(&copy), &src_dev.0);
+    assert_eq!(code, 3, "{doc}");
+    assert_eq!(differences(&doc), [(3 << 19, BS)]);
+
+    // A device smaller than SRC cannot be repaired: refused, untouched.
+    let small = dir.join("small.img");
+    let mut small_data = data[..1 << 20].to_vec();
+    flip(&mut small_data, 5);
+    fs::write(&small, &small_data).unwrap();
+    let small_dev = Loop::attach(&small).expect("a second loop device");
+    let (code, doc) = verify_json(&[], s(&src), &small_dev.0);
+    assert_eq!(code, 3);
+    assert_eq!(differences(&doc), [(0, BS), (1 << 20, 1 << 20)]);
+    let o = run(&["verify", "--repair", s(&src), &small_dev.0]);
+    assert_clean_failure(
+        &o,
+        "the block device is 1048576 bytes, smaller than SRC (2097152 bytes): --repair cannot make it a copy",
+    );
+    drop(small_dev);
+    assert!(fs::read(&small).unwrap() == small_data, "nothing written");
+
+    // A device larger than SRC: repaired, but its tail remains (exit 3).
+    let big = dir.join("big.img");
+    let mut big_data = data.clone();
+    big_data.extend_from_slice(&[3u8; 1 << 20]);
+    flip(&mut big_data, 100_000);
+    fs::write(&big, &big_data).unwrap();
+    let big_dev = Loop::attach(&big).expect("a third loop device");
+    let o = run(&["verify", "--repair", s(&src), &big_dev.0]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("its last 1048576 bytes remain"),
+        "{}",
+        stdout(&o)
+    );
+    let (code, doc) = verify_json(&[], s(&src), &big_dev.0);
+    assert_eq!(code, 3);
+    assert_eq!(differences(&doc), [(2 << 20, 1 << 20)], "only the tail");
+    drop(big_dev);
+    assert!(fs::read(&big).unwrap()[..2 << 20] == data[..]);
+}

@@ -23,8 +23,8 @@ use crate::stream::{Compression, Header, SourceInfo, SourceKind, Writer};
 use crate::transport::{Connection, Dest, Echo, Hello, Launch};
 use crate::units::human;
 use crate::verify::{
-    add_range, blocks_in, decode_hashes, encode_hashes, remote_words, HashStream, VerifyError,
-    EXPECT, HASH_LEN, HASH_VERSION, HELLO, PROTOCOL,
+    add_range, blocks_in, decode_hashes, encode_hashes, remote_words, HashStream, Hashes,
+    VerifyError, EXPECT, HASH_LEN, HASH_VERSION, HELLO, PROTOCOL,
 };
 use crate::Error;
 
@@ -217,7 +217,7 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
     let total_blocks = blocks_in(common, bs);
     let ours = HashStream::spawn(src.clone(), common, bs);
     let mut local_theirs = match &far {
-        Far::Local(d) => Some(HashStream::spawn(d.clone(), common, bs)),
+        Far::Local(d) => Some(Hashes::new(HashStream::spawn(d.clone(), common, bs))),
         Far::Remote { .. } => None,
     };
     let mut wire = Vec::new();
@@ -227,15 +227,7 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
         let batch = batch?;
         // Their hashes of the same blocks, or how many arrived.
         let theirs: Result<Vec<u128>, u64> = match (&mut local_theirs, &mut far) {
-            (Some(stream), _) => match stream.next() {
-                Some(b) => Ok(b?),
-                None => {
-                    return Err(VerifyError::Stopped {
-                        path: args.dest.clone(),
-                    }
-                    .into())
-                }
-            },
+            (Some(hashes), _) => Ok(hashes.take(batch.len())?),
             (None, Far::Remote { stdout, .. }) => {
                 wire.resize(batch.len() * HASH_LEN, 0);
                 let got = read_full(stdout, &mut wire);
@@ -251,6 +243,7 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
             Ok(t) => t,
             Err(got) => return Err(remote_stopped(far, got, total_blocks)),
         };
+        debug_assert_eq!(batch.len(), theirs.len());
         for (i, (a, b)) in batch.iter().zip(&theirs).enumerate() {
             if a != b {
                 let offset = (block + i as u64) * bs;

@@ -168,7 +168,8 @@ enum Command {
     /// Compare SRC and DEST block by block (DEST here or over ssh); with
     /// --repair, send the blocks that differ
     #[command(
-        after_help = "SRC is a block device, an LV or snapshot, or an image file. DEST is a local \
+        after_help = "SRC is a block device, an LV or snapshot (vg/lv means /dev/vg/lv), or an \
+            image file. DEST is a local \
             PATH or [user@]host:PATH (hashed on that host by `lvmsync-rs verify`, run through \
             ssh; only the block hashes cross the network).\n\
             Both sides read their copy once, sequentially, and hash blocks of --block-size \

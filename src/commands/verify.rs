@@ -128,6 +128,26 @@ pub fn run(args: Args) -> Result<bool, Error> {
     Ok(report.identical_now)
 }
 
+/// SRC as typed: a path that exists is that path; otherwise `vg/lv` (one
+/// `/`, not starting with `/` or `.`) names the LV `/dev/vg/lv` when that
+/// exists.
+pub fn src_path(spec: &Path) -> PathBuf {
+    let text = spec.to_string_lossy();
+    let lv_like = !text.starts_with('/')
+        && !text.starts_with('.')
+        && text.matches('/').count() == 1
+        && !text.ends_with('/');
+    if spec.exists() || !lv_like {
+        return spec.to_path_buf();
+    }
+    let dev = Path::new("/dev").join(spec);
+    if dev.exists() {
+        dev
+    } else {
+        spec.to_path_buf()
+    }
+}
+
 fn open_source(path: &Path) -> Result<Source, Error> {
     if path.is_dir() {
         return Err(Error::Open {
@@ -150,9 +170,9 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
     let dest = Dest::parse(&args.dest)?;
     let bs = args.block_size;
     // Local inputs first: a missing SRC needs no connection.
-    let src = Arc::new(open_source(&args.src)?);
+    let src = Arc::new(open_source(&src_path(&args.src))?);
     src.advise_sequential();
-    report.src = args.src.display().to_string();
+    report.src = src.path().display().to_string();
     report.src_size = src.size();
     let (mut far, dest_size, dest_is_device) = match &dest {
         Dest::Local(path) => {
@@ -592,4 +612,27 @@ fn print_text(r: &Report) -> io::Result<()> {
         }
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn src_is_a_path_or_an_lv() {
+        // Paths that exist, or do not look like vg/lv, stay as they are.
+        assert_eq!(src_path(Path::new("Cargo.toml")), Path::new("Cargo.toml"));
+        assert_eq!(src_path(Path::new("src/lib.rs")), Path::new("src/lib.rs"));
+        for p in ["./a/b", "/a/b", "a/b/c", "missing.img", "a/"] {
+            assert_eq!(src_path(Path::new(p)), Path::new(p), "{p}");
+        }
+        // vg/lv is /dev/vg/lv when that exists.
+        assert_eq!(
+            src_path(Path::new("no-such-vg/lv")),
+            Path::new("no-such-vg/lv")
+        );
+        if Path::new("/dev/fd/0").exists() && !Path::new("fd/0").exists() {
+            assert_eq!(src_path(Path::new("fd/0")), Path::new("/dev/fd/0"));
+        }
+    }
 }

@@ -41,11 +41,14 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// `verify --json --block-size BS` plus `extra`, SRC, DEST: the status and
-/// the object.
+/// `verify --json --block-size BS` (unless `extra` has one) plus `extra`,
+/// SRC, DEST: the status and the object.
 fn verify_json(extra: &[&str], src: &str, dest: &str) -> (i32, serde_json::Value) {
     let bs = BS.to_string();
-    let mut args = vec!["verify", "--json", "--block-size", &bs];
+    let mut args = vec!["verify", "--json"];
+    if !extra.contains(&"--block-size") {
+        args.extend(["--block-size", &bs]);
+    }
     args.extend_from_slice(extra);
     args.extend([src, dest]);
     let o = run(&args);
@@ -437,6 +440,37 @@ fn over_ssh_differences_are_found_and_repaired() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("DEST was cut from"), "{}", stdout(&o));
     assert!(fs::read(&dest).unwrap() == data, "cut over ssh");
+}
+
+#[test]
+fn over_ssh_hashes_larger_than_the_pipes_stream_through() {
+    // 24 MiB in blocks of 4 KiB: 6144 hashes (96 KiB), more than a pipe
+    // and ssh's buffers hold, so the remote waits while this side reads.
+    let r = Remote::new("verify-ssh-stream");
+    let size = 24 << 20;
+    let data = random(size, 10);
+    let src = r.dir.join("src.img");
+    let dest = r.dir.join("dest.img");
+    fs::write(&src, &data).unwrap();
+    let mut copy = data.clone();
+    for at in [4095, 4096, 5 << 20, size - 1] {
+        flip(&mut copy, at);
+    }
+    fs::write(&dest, &copy).unwrap();
+    let (code, doc) = r.verify(&["--block-size", "4k"], &src, &dest);
+    assert_eq!(code, 3, "{doc}");
+    assert_eq!(doc["block_size"], 4096);
+    assert_eq!(
+        differences(&doc),
+        [(0, 8192), (5 << 20, 4096), (size as u64 - 4096, 4096)]
+    );
+    let wire = doc["bytes_on_wire"].as_u64().unwrap();
+    assert!(wire > 16 * 6144 && wire < 16 * 6144 + 100, "{wire}");
+    assert_eq!(
+        r.verify(&["--block-size", "4k", "--repair"], &src, &dest).0,
+        0
+    );
+    assert!(fs::read(&dest).unwrap() == data);
 }
 
 #[test]

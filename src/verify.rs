@@ -300,6 +300,11 @@ impl Hashes {
         }
     }
 
+    /// The source's path, for messages.
+    pub fn path(&self) -> &str {
+        &self.stream.path
+    }
+
     /// The next `n` hashes; an error when the stream fails or ends first.
     pub fn take(&mut self, n: usize) -> Result<Vec<u128>, VerifyError> {
         while self.pending.len() < n {

@@ -105,6 +105,16 @@ enum Far {
     },
 }
 
+/// Where DEST's hashes come from.
+enum Theirs {
+    Local(Hashes),
+    Remote {
+        conn: Box<Connection>,
+        stdout: BufReader<ChildStdout>,
+        host: String,
+    },
+}
+
 /// Compares; `Ok(true)` when SRC and DEST are identical at the end.
 pub fn run(args: Args) -> Result<bool, Error> {
     let started = Instant::now();
@@ -174,7 +184,7 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
     src.advise_sequential();
     report.src = src.path().display().to_string();
     report.src_size = src.size();
-    let (mut far, dest_size, dest_is_device) = match &dest {
+    let (far, dest_size, dest_is_device) = match &dest {
         Dest::Local(path) => {
             let d = open_source(Path::new(path))?;
             d.advise_sequential();
@@ -236,9 +246,9 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
     let common = src_size.min(dest_size);
     let total_blocks = blocks_in(common, bs);
     let ours = HashStream::spawn(src.clone(), common, bs);
-    let mut local_theirs = match &far {
-        Far::Local(d) => Some(Hashes::new(HashStream::spawn(d.clone(), common, bs))),
-        Far::Remote { .. } => None,
+    let mut theirs_of = match far {
+        Far::Local(d) => Theirs::Local(Hashes::new(HashStream::spawn(d, common, bs))),
+        Far::Remote { conn, stdout, host } => Theirs::Remote { conn, stdout, host },
     };
     let mut wire = Vec::new();
     let mut block = 0u64;
@@ -246,9 +256,9 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
     for batch in ours {
         let batch = batch?;
         // Their hashes of the same blocks, or how many arrived.
-        let theirs: Result<Vec<u128>, u64> = match (&mut local_theirs, &mut far) {
-            (Some(hashes), _) => Ok(hashes.take(batch.len())?),
-            (None, Far::Remote { stdout, .. }) => {
+        let theirs: Result<Vec<u128>, u64> = match &mut theirs_of {
+            Theirs::Local(hashes) => Ok(hashes.take(batch.len())?),
+            Theirs::Remote { stdout, .. } => {
                 wire.resize(batch.len() * HASH_LEN, 0);
                 let got = read_full(stdout, &mut wire);
                 if got < wire.len() {
@@ -257,11 +267,10 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
                     Ok(decode_hashes(&wire))
                 }
             }
-            (None, Far::Local(_)) => unreachable!("a local DEST has its own stream"),
         };
         let theirs = match theirs {
             Ok(t) => t,
-            Err(got) => return Err(remote_stopped(far, got, total_blocks)),
+            Err(got) => return Err(stopped(theirs_of, got, total_blocks)),
         };
         debug_assert_eq!(batch.len(), theirs.len());
         for (i, (a, b)) in batch.iter().zip(&theirs).enumerate() {
@@ -275,12 +284,8 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
             *w += (theirs.len() * HASH_LEN) as u64;
         }
     }
-    drop(local_theirs);
     report.compare_seconds = started.elapsed().as_secs_f64();
-    if let Far::Remote {
-        conn, stdout, host, ..
-    } = far
-    {
+    if let Theirs::Remote { conn, stdout, host } = theirs_of {
         end_remote(conn, stdout, &host)?;
     }
     report.src_bytes_read = common;
@@ -316,15 +321,18 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
     done
 }
 
-/// The error when the remote's hashes stopped before `total`.
-fn remote_stopped(far: Far, got: u64, total: u64) -> Error {
-    match far {
-        Far::Remote { conn, .. } => conn
+/// The error when DEST's hashes stopped after `got` of `total`.
+fn stopped(theirs: Theirs, got: u64, total: u64) -> Error {
+    match theirs {
+        Theirs::Remote { conn, .. } => conn
             .broken(format!(
                 "the remote verify stopped after sending {got} of {total} block hashes"
             ))
             .into(),
-        Far::Local(_) => unreachable!("only a remote stops"),
+        Theirs::Local(hashes) => VerifyError::Stopped {
+            path: hashes.path().to_string(),
+        }
+        .into(),
     }
 }
 

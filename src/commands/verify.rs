@@ -627,6 +627,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_repair_delta_is_a_comparison_for_any_content_of_srcs_size() {
+        let dir = std::env::temp_dir().join(format!("lvmsync-repair-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("src.img");
+        std::fs::write(&path, vec![5u8; 10_000]).unwrap();
+        let src = Source::open(&path).unwrap();
+        let args = Args {
+            src: path.clone(),
+            dest: "host:/copy img".into(),
+            block_size: 4096,
+            repair: true,
+            rsh: "ssh".into(),
+            remote_path: "lvmsync-rs".into(),
+            hello_timeout: Duration::from_secs(1),
+            json: false,
+        };
+        let h = repair_header(&args, &src);
+        assert_eq!(h.source.kind, SourceKind::Compare);
+        assert_eq!((h.base, h.target, h.resume_from), (None, None, 0));
+        assert_eq!(h.origin_size, 10_000);
+        assert_eq!(h.chunk_size, 4096);
+        assert_eq!(h.source.origin.as_deref(), Some(path.to_str().unwrap()));
+        assert_eq!(h.properties[DEST_SIZE], "10000");
+        assert_eq!(h.properties["compare-dest"], "host:/copy img");
+        assert_eq!(h.properties["compare-src"], path.to_str().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn src_is_a_path_or_an_lv() {
         // Paths that exist, or do not look like vg/lv, stay as they are.
         assert_eq!(src_path(Path::new("Cargo.toml")), Path::new("Cargo.toml"));

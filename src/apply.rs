@@ -36,6 +36,13 @@ use crate::stream::{
 };
 use crate::units::human;
 
+/// The header property that asks for a regular-file destination of exactly
+/// the origin's size: its value is `origin_size`, and a larger file is cut
+/// to it once the whole delta was applied and checked (`verify --repair`
+/// sets it). A reader that ignores it leaves the bytes past the origin's
+/// end as they were.
+pub const DEST_SIZE: &str = "dest-size";
+
 /// Content held back per batch when a snapback is written.
 pub const BATCH_BYTES: usize = 8 << 20;
 /// Records held back per batch when a snapback is written.
@@ -132,6 +139,12 @@ pub enum ApplyError {
         source: io::Error,
         progress: Box<Progress>,
     },
+    #[error("{path}: cannot cut it to the origin's size ({size} bytes): {source}; every record was applied")]
+    DestTruncate {
+        path: String,
+        size: u64,
+        source: io::Error,
+    },
     #[error("{path}: cannot sync it to disk: {source}; what was written may not be on disk: apply the delta again")]
     DestSync { path: String, source: io::Error },
     #[error("{delta} and {dest} are the same file")]
@@ -190,6 +203,9 @@ pub struct Summary {
     pub dest_size_before: Option<u64>,
     /// Whether a regular file was extended to the origin's size.
     pub extended: bool,
+    /// The size of a regular file that was cut to the origin's size (a
+    /// delta with the [`DEST_SIZE`] property).
+    pub truncated_from: Option<u64>,
     /// The snapback written: path, totals and length.
     pub snapback: Option<(PathBuf, Totals, u64)>,
 }
@@ -986,6 +1002,21 @@ pub fn apply_to<R: Read>(
             progress: Box::new(a.progress()),
         }));
     };
+    // Cut only once the END record has been checked: a damaged delta
+    // never shortens the copy.
+    let mut truncated_from = None;
+    let exact = header.properties.get(DEST_SIZE) == Some(&header.origin_size.to_string());
+    if exact && !a.dest.is_block_device() && a.dest.size() > header.origin_size {
+        let before = a.dest.size();
+        a.dest
+            .set_len(header.origin_size)
+            .map_err(|source| ApplyError::DestTruncate {
+                path: shown.clone(),
+                size: header.origin_size,
+                source,
+            })?;
+        truncated_from = Some(before);
+    }
     // The snapback is complete and on disk before the copy is synced.
     let snapback = match a.snapback.take() {
         Some(snap) => {
@@ -1026,6 +1057,7 @@ pub fn apply_to<R: Read>(
         dest_is_block_device: a.dest.is_block_device(),
         dest_size_before,
         extended: a.extended,
+        truncated_from,
         snapback,
     })
 }
@@ -1045,6 +1077,68 @@ mod tests {
         assert!(!check_dest_size("/dev/vg/copy", true, 3 << 20, 2 << 20).unwrap());
         assert!(check_dest_size("copy.img", false, 1 << 20, 2 << 20).unwrap());
         assert!(!check_dest_size("copy.img", false, 2 << 20, 2 << 20).unwrap());
+    }
+
+    /// A delta of an origin of `size` bytes whose first 4 KiB are 7s, with
+    /// `properties`.
+    fn small_delta(size: u64, properties: &[(&str, String)]) -> Vec<u8> {
+        let header = Header {
+            origin_size: size,
+            chunk_size: 4096,
+            source: SourceInfo {
+                kind: SourceKind::Compare,
+                vg: None,
+                snapshot: None,
+                snapshot_uuid: None,
+                snapshot_time: None,
+                origin: Some("src.img".into()),
+                origin_uuid: None,
+                thin: None,
+            },
+            compression: Compression::None,
+            tool: crate::TOOL.into(),
+            base: None,
+            target: None,
+            resume_from: 0,
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        let mut w = Writer::new(Vec::new(), &header).unwrap();
+        w.data(0, &[7u8; 4096]).unwrap();
+        w.finish().unwrap().0
+    }
+
+    #[test]
+    fn a_delta_with_the_dest_size_property_cuts_a_longer_file() {
+        let dir = std::env::temp_dir().join(format!("lvmsync-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("copy.img");
+        let size = 3 * 4096;
+        for (props, want_len) in [
+            (vec![(DEST_SIZE, size.to_string())], size),
+            // Another value, or none: the tail stays.
+            (vec![(DEST_SIZE, "5".to_string())], 5 * 4096),
+            (vec![], 5 * 4096),
+        ] {
+            std::fs::write(&dest, vec![1u8; 5 * 4096]).unwrap();
+            let delta = small_delta(size, &props);
+            let s = apply(&delta[..], "delta", &dest, &Options::default()).unwrap();
+            let got = std::fs::read(&dest).unwrap();
+            assert_eq!(got.len() as u64, want_len, "{props:?}");
+            assert!(got[..4096].iter().all(|&b| b == 7));
+            assert!(got[4096..].iter().all(|&b| b == 1));
+            assert_eq!(s.truncated_from.is_some(), want_len == size);
+        }
+        // A damaged delta cuts nothing.
+        std::fs::write(&dest, vec![1u8; 5 * 4096]).unwrap();
+        let mut delta = small_delta(size, &[(DEST_SIZE, size.to_string())]);
+        let n = delta.len();
+        delta[n - 10] ^= 1;
+        assert!(apply(&delta[..], "delta", &dest, &Options::default()).is_err());
+        assert_eq!(std::fs::metadata(&dest).unwrap().len(), 5 * 4096);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

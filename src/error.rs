@@ -12,6 +12,7 @@ use crate::send::SendError;
 use crate::stream::StreamError;
 use crate::thin::ThinError;
 use crate::transport::TransportError;
+use crate::verify::VerifyError;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -35,6 +36,8 @@ pub enum Error {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Thin(#[from] ThinError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
     #[error("{0}")]
     Usage(String),
     #[error("writing output: {0}")]

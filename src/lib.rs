@@ -20,6 +20,7 @@ pub mod thin;
 pub mod thingen;
 pub mod transport;
 pub mod units;
+pub mod verify;
 
 pub use error::Error;
 

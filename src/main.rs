@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use lvmsync::commands::{apply, backup, inspect, list, send, sync, DeltaInput};
+use lvmsync::commands::{apply, backup, inspect, list, send, sync, verify, DeltaInput};
 use lvmsync::snapshots::{SnapshotSize, DEFAULT_SNAPSHOT_SIZE};
 use lvmsync::stream::Compression;
 use lvmsync::units::parse_size;
@@ -246,6 +246,58 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare SRC and DEST block by block (DEST here or over ssh); with
+    /// --repair, send the blocks that differ
+    #[command(
+        after_help = "SRC is a block device, an LV or snapshot (vg/lv means /dev/vg/lv), or an \
+            image file. DEST is a local \
+            PATH or [user@]host:PATH (hashed on that host by `lvmsync-rs verify`, run through \
+            ssh; only the block hashes cross the network).\n\
+            Both sides read their copy once, sequentially, and hash blocks of --block-size \
+            bytes with XXH3-128; the ranges that differ are printed, joined when adjacent. \
+            Copies of different sizes differ by the tail of the longer one.\n\n\
+            Exit status: 0 when the copies are identical (or were made so by --repair), 3 when \
+            they differ, 1 on an error, 2 for a usage error.\n\n\
+            Examples:\n  lvmsync-rs verify vg/root-snap backup:/dev/vg/root-copy\n  \
+            lvmsync-rs verify --json --block-size 4M disk.img copy.img\n  \
+            lvmsync-rs verify --repair -e 'ssh -p 2222' vg/root-snap root@backup:/srv/root.img"
+    )]
+    Verify {
+        /// SRC, then DEST: [user@]host:PATH or a local PATH
+        #[arg(value_name = "SRC DEST", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Bytes per hashed block: a power of two from 4k to 64M; the
+        /// differences are found to this granularity
+        #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = lvmsync::verify::parse_block_size)]
+        block_size: u64,
+        /// Send the blocks of SRC that differ to DEST and apply them there,
+        /// every record checked before it is written; a shorter DEST file is
+        /// extended, a longer one cut to SRC's size
+        #[arg(long)]
+        repair: bool,
+        /// The remote shell, split into words like a shell does
+        #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
+        rsh: String,
+        /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
+        #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
+        remote_path: String,
+        /// Seconds to wait for the remote to log in, open DEST and answer
+        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+        /// The far side of a remote verify: open PATH, say hello on stdout,
+        /// stream its block hashes
+        #[arg(long, hide = true, requires_all = ["protocol", "src_size"])]
+        remote_side: bool,
+        /// With --remote-side: the protocol the local side speaks
+        #[arg(long, hide = true, value_name = "VERSION", requires = "remote_side")]
+        protocol: Option<u32>,
+        /// With --remote-side: SRC's size (the bytes past it are not hashed)
+        #[arg(long, hide = true, value_name = "BYTES", requires = "remote_side")]
+        src_size: Option<u64>,
+    },
     /// Show what a delta holds and check it, without writing anything
     #[command(
         after_help = "DELTA may be `-` for stdin. Exits 1 if the delta is damaged or \
@@ -268,7 +320,9 @@ enum Compress {
 
 /// Subcommands; any other first argument (a snapshot, or an option) means
 /// `sync`.
-const SUBCOMMANDS: &[&str] = &["list", "send", "apply", "inspect", "sync", "backup", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "list", "send", "apply", "inspect", "sync", "backup", "verify", "help",
+];
 
 /// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`.
 fn with_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
@@ -442,6 +496,48 @@ fn main() -> ExitCode {
             delta: DeltaInput::from_arg(&delta),
             json,
         }),
+        Command::Verify {
+            args,
+            block_size,
+            repair,
+            rsh,
+            remote_path,
+            timeout,
+            json,
+            remote_side,
+            protocol,
+            src_size,
+        } => {
+            let result = match (args.as_slice(), remote_side, protocol, src_size) {
+                ([path], true, Some(protocol), Some(src_size)) => {
+                    verify::run_remote(verify::RemoteArgs {
+                        path: path.into(),
+                        block_size,
+                        src_size,
+                        protocol,
+                    })
+                    .map(|()| true)
+                }
+                (_, true, _, _) => usage_error("--remote-side takes one PATH"),
+                ([src, dest], false, _, _) => verify::run(verify::Args {
+                    src: src.into(),
+                    dest: dest.clone(),
+                    block_size,
+                    repair,
+                    rsh,
+                    remote_path,
+                    hello_timeout: std::time::Duration::from_secs(timeout),
+                    json,
+                }),
+                _ => usage_error("name SRC and DEST ([user@]host:PATH or a local PATH)"),
+            };
+            match result {
+                Ok(true) => Ok(()),
+                // The copies differ: a result, not an error.
+                Ok(false) => return ExitCode::from(DIFFER),
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -470,6 +566,9 @@ fn thin_target(
         _ => usage_error("--thin-metadata needs --thin1 ID and --thin2 ID"),
     }
 }
+
+/// The exit status of `verify` when the copies differ.
+const DIFFER: u8 = 3;
 
 /// Exits as the argument parser does for a usage error (status 2).
 fn usage_error(message: &str) -> ! {

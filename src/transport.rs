@@ -20,12 +20,17 @@
 //!
 //! The remote's stderr comes back prefixed with the host's name; an error
 //! line of the remote `lvmsync-rs` becomes the reason in the sender's error.
+//!
+//! `verify` launches its remote side (`verify --remote-side`) the same way,
+//! with its own hello line ([`crate::verify::EXPECT`]); after the hello, that
+//! remote's stdout carries binary block hashes, handed to the caller with
+//! [`Connection::take_stdout`] (see [`crate::verify`]).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -75,8 +80,12 @@ pub enum TransportError {
         status: String,
         reason: String,
     },
-    #[error("{host}: the apply refused: {reason}")]
-    Refused { host: String, reason: String },
+    #[error("{host}: the {role} refused: {reason}")]
+    Refused {
+        host: String,
+        role: &'static str,
+        reason: String,
+    },
     #[error("{host}: the remote command ended before the handshake ({status}): {reason}")]
     NoHello {
         host: String,
@@ -85,11 +94,14 @@ pub enum TransportError {
     },
     #[error("{host}: no handshake within {} s: the remote command said nothing; nothing was sent", .after.as_secs())]
     HelloTimeout { host: String, after: Duration },
-    #[error("{host}: the remote lvmsync-rs speaks protocol {protocol} and delta format version {format}, this one protocol {PROTOCOL} and format version {}: install the same version on both hosts; nothing was sent", crate::stream::VERSION)]
+    #[error("{host}: the remote lvmsync-rs speaks protocol {protocol} and {what} {format}, this one protocol {ours_protocol} and {what} {ours_format}: install the same version on both hosts; nothing was sent")]
     Mismatch {
         host: String,
+        what: &'static str,
         protocol: u32,
         format: u32,
+        ours_protocol: u32,
+        ours_format: u32,
     },
     #[error("{host}: the connection ended after {sent} bytes of the delta were sent ({status}): {reason}; records can be applied again: run the same command again to complete the sync")]
     Cut {
@@ -104,9 +116,17 @@ pub enum TransportError {
         sent: u64,
         after: Duration,
     },
-    #[error("{host}: the apply failed ({status}): {reason}")]
+    #[error("{host}: the {role} failed ({status}): {reason}")]
     Failed {
         host: String,
+        role: &'static str,
+        status: String,
+        reason: String,
+    },
+    #[error("{host}: {what} ({status}): {reason}")]
+    Broken {
+        host: String,
+        what: String,
         status: String,
         reason: String,
     },
@@ -261,6 +281,31 @@ pub fn apply_words(program: &[String], create: bool, force: bool, dest: &str) ->
     words
 }
 
+/// What a launched program says hello with, and what it must say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    /// The first word of its hello line.
+    pub word: &'static str,
+    /// The protocol and the version of what follows the hello.
+    pub protocol: u32,
+    pub format: u32,
+    /// What `format` is the version of, for messages.
+    pub what: &'static str,
+    /// What the program is called in messages: `apply`, `verify`.
+    pub role: &'static str,
+}
+
+impl Expect {
+    /// `apply --remote`: the delta format.
+    pub const APPLY: Expect = Expect {
+        word: HELLO,
+        protocol: PROTOCOL,
+        format: crate::stream::VERSION,
+        what: "delta format version",
+        role: "apply",
+    };
+}
+
 /// The remote's hello line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -268,24 +313,27 @@ pub struct Hello {
     pub format: u32,
     /// DEST's size before the apply (0 for a file about to be created).
     pub dest_size: u64,
-    /// DEST's recorded state, if any (protocol 2 on).
+    /// DEST's recorded state, if any (an apply's hello, protocol 2 on).
     pub state: Option<State>,
+    /// Fields after the third, which each other kind of hello defines.
+    pub extra: Vec<String>,
 }
 
 impl Hello {
-    /// This version's hello for a destination of `dest_size` bytes whose
-    /// state is `state`.
+    /// This version's hello of an apply, for a destination of `dest_size`
+    /// bytes whose state is `state`.
     pub fn ours(dest_size: u64, state: Option<State>) -> Hello {
         Hello {
             protocol: PROTOCOL,
             format: crate::stream::VERSION,
             dest_size,
             state,
+            extra: Vec::new(),
         }
     }
 
-    /// `LVMSYNC-APPLY PROTOCOL FORMAT SIZE STATE`: STATE is the state as
-    /// one line of JSON, or `-`.
+    /// The apply's hello line: `LVMSYNC-APPLY PROTOCOL FORMAT SIZE STATE`,
+    /// STATE being DEST's state as one line of JSON, or `-`.
     pub fn line(&self) -> String {
         let state = match &self.state {
             Some(st) => serde_json::to_string(st).expect("plain fields serialize"),
@@ -297,32 +345,55 @@ impl Hello {
         )
     }
 
-    /// `None` when `line` is not a hello line. The protocol and format are
-    /// read first, whatever follows, so that another version is told apart
-    /// from garbage; a state that does not parse reads as none.
-    pub fn parse(line: &str) -> Option<Hello> {
-        let mut words = line.splitn(5, ' ');
-        if words.next() != Some(HELLO) {
-            return None;
+    /// The hello line starting with `word`, with the extra fields.
+    pub fn line_as(&self, word: &str) -> String {
+        let mut line = format!(
+            "{word} {} {} {}",
+            self.protocol, self.format, self.dest_size
+        );
+        for x in &self.extra {
+            line.push(' ');
+            line.push_str(x);
         }
-        let protocol = words.next()?.trim().parse().ok()?;
-        let format = words.next()?.trim().parse().ok()?;
-        let dest_size = words
-            .next()?
-            .split_ascii_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        let state = words
-            .next()
-            .map(str::trim)
+        line
+    }
+
+    /// `None` when `line` is not an apply's hello line. The protocol and
+    /// format are read first, whatever follows, so that another version is
+    /// told apart from garbage; a state that does not parse reads as none.
+    pub fn parse(line: &str) -> Option<Hello> {
+        let mut hello = Hello::parse_fields(line, HELLO)?;
+        let state = line.splitn(5, ' ').nth(4).map(str::trim);
+        hello.state = state
             .filter(|w| *w != "-")
             .and_then(|w| serde_json::from_str(w).ok());
+        hello.extra.clear();
+        Some(hello)
+    }
+
+    /// `None` when `line` is not a hello line starting with `word` (an
+    /// apply's hello with its state).
+    pub fn parse_as(line: &str, word: &str) -> Option<Hello> {
+        if word == HELLO {
+            Hello::parse(line)
+        } else {
+            Hello::parse_fields(line, word)
+        }
+    }
+
+    /// The protocol, format and size of a hello line starting with `word`,
+    /// and the words after them.
+    fn parse_fields(line: &str, word: &str) -> Option<Hello> {
+        let mut words = line.split_ascii_whitespace();
+        if words.next() != Some(word) {
+            return None;
+        }
         Some(Hello {
-            protocol,
-            format,
-            dest_size,
-            state,
+            protocol: words.next()?.parse().ok()?,
+            format: words.next()?.parse().ok()?,
+            dest_size: words.next()?.parse().ok()?,
+            state: None,
+            extra: words.map(String::from).collect(),
         })
     }
 }
@@ -381,18 +452,20 @@ impl Applied {
     }
 }
 
-/// How a program that runs the apply is started.
+/// How a program that runs the apply (or another far end) is started.
 #[derive(Debug, Clone)]
 pub struct Launch {
     /// The program and its arguments, as given to exec.
     pub argv: Vec<String>,
     /// The name messages and the remote's stderr lines are prefixed with.
     pub name: String,
-    /// The apply program (for messages).
+    /// The remote lvmsync-rs program (for messages).
     pub program: String,
     /// Whether a remote shell runs it (its exit status 255 is then a
     /// failed connection or login).
     pub remote: bool,
+    /// Its hello line.
+    pub expect: Expect,
 }
 
 impl Launch {
@@ -406,10 +479,25 @@ impl Launch {
         force: bool,
         path: &str,
     ) -> Result<Launch, TransportError> {
+        Launch::remote_with(rsh, host, program, Expect::APPLY, |program_words| {
+            apply_words(program_words, create, force, path)
+        })
+    }
+
+    /// `rsh` (split into words) to `host`, running the words `words` makes
+    /// from `program` (split into words), every remote word quoted; the
+    /// program says hello as `expect` says.
+    pub fn remote_with(
+        rsh: &str,
+        host: &str,
+        program: &str,
+        expect: Expect,
+        words: impl FnOnce(&[String]) -> Vec<String>,
+    ) -> Result<Launch, TransportError> {
         let mut argv = split_words(rsh).map_err(|e| TransportError::BadRsh(rsh.into(), e))?;
         let program_words =
             split_words(program).map_err(|e| TransportError::BadRsh(program.into(), e))?;
-        let line = apply_words(&program_words, create, force, path)
+        let line = words(&program_words)
             .iter()
             .map(|w| shell_quote(w))
             .collect::<Vec<_>>()
@@ -421,6 +509,7 @@ impl Launch {
             name: host.to_string(),
             program: program.to_string(),
             remote: true,
+            expect,
         })
     }
 
@@ -431,6 +520,7 @@ impl Launch {
             name: "local apply".into(),
             program: program.to_string(),
             remote: false,
+            expect: Expect::APPLY,
         }
     }
 }
@@ -488,7 +578,10 @@ pub struct Connection {
     child: Child,
     name: String,
     stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
+    /// The program's stdout after its hello line.
+    stdout: Option<BufReader<ChildStdout>>,
+    /// What it is called in messages.
+    role: &'static str,
     heard: Arc<Mutex<Heard>>,
     stderr_done: mpsc::Receiver<()>,
     readers: Vec<JoinHandle<()>>,
@@ -534,10 +627,19 @@ impl Connection {
         let (line_tx, lines) = mpsc::channel();
         let (done_tx, stderr_done) = mpsc::channel();
         let mut readers = Vec::new();
+        let word = launch.expect.word;
         if let Some(out) = child.stdout.take() {
+            // Lines until the hello; then stdout goes back to the caller,
+            // with whatever was read after the hello still in its buffer.
             readers.push(std::thread::spawn(move || {
-                for line in lines_of(out) {
-                    if line_tx.send(line).is_err() {
+                let mut out = BufReader::new(out);
+                while let Some(line) = read_line(&mut out) {
+                    let hello = Hello::parse_as(&line, word);
+                    if line_tx.send(Heading::Line(line)).is_err() {
+                        return;
+                    }
+                    if let Some(hello) = hello {
+                        let _ = line_tx.send(Heading::Hello(Box::new(hello), out));
                         return;
                     }
                 }
@@ -566,7 +668,8 @@ impl Connection {
             child,
             name: launch.name.clone(),
             stdin: None,
-            lines,
+            stdout: None,
+            role: launch.expect.role,
             heard,
             stderr_done,
             readers,
@@ -577,20 +680,21 @@ impl Connection {
         let deadline = Instant::now() + hello_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match conn.lines.recv_timeout(left) {
-                Ok(line) => match Hello::parse(&line) {
-                    Some(hello) => {
-                        conn.hello = hello;
-                        break;
+            match lines.recv_timeout(left) {
+                Ok(Heading::Hello(hello, out)) => {
+                    conn.hello = *hello;
+                    conn.stdout = Some(out);
+                    break;
+                }
+                // The hello line itself is not kept.
+                Ok(Heading::Line(line)) if Hello::parse_as(&line, word).is_some() => {}
+                // Something the login printed: held with the stderr
+                // lines, to explain a failure or to be shown later.
+                Ok(Heading::Line(line)) => {
+                    if let Ok(mut h) = conn.heard.lock() {
+                        h.hold(line);
                     }
-                    // Something the login printed: held with the stderr
-                    // lines, to explain a failure or to be shown later.
-                    None => {
-                        if let Ok(mut h) = conn.heard.lock() {
-                            h.hold(line);
-                        }
-                    }
-                },
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     conn.stop();
                     return Err(TransportError::HelloTimeout {
@@ -604,12 +708,16 @@ impl Connection {
                 }
             }
         }
-        if conn.hello.protocol != PROTOCOL || conn.hello.format != crate::stream::VERSION {
+        let expect = launch.expect;
+        if conn.hello.protocol != expect.protocol || conn.hello.format != expect.format {
             conn.stop();
             return Err(TransportError::Mismatch {
                 host: launch.name.clone(),
+                what: expect.what,
                 protocol: conn.hello.protocol,
                 format: conn.hello.format,
+                ours_protocol: expect.protocol,
+                ours_format: expect.format,
             });
         }
         if let Ok(mut h) = conn.heard.lock() {
@@ -625,6 +733,17 @@ impl Connection {
     /// The apply's stdin, for the delta (once).
     pub fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.stdin.take()
+    }
+
+    /// The program's stdout after its hello line (once), for a far end
+    /// that answers in binary.
+    pub fn take_stdout(&mut self) -> Option<BufReader<ChildStdout>> {
+        self.stdout.take()
+    }
+
+    /// The name messages use for the far end.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// What the stderr said, once the program ended (or after a while).
@@ -647,7 +766,11 @@ impl Connection {
         let host = launch.name.clone();
         let shown = describe_status(status);
         match status.and_then(|s| s.code()) {
-            _ if error_line => TransportError::Refused { host, reason },
+            _ if error_line => TransportError::Refused {
+                host,
+                role: launch.expect.role,
+                reason,
+            },
             Some(255) if launch.remote => TransportError::Login {
                 host,
                 status: shown,
@@ -724,15 +847,34 @@ impl Connection {
         }
     }
 
-    /// After the whole delta was written and stdin closed: waits for the
-    /// report and the end of the apply, and checks the report against `sent`.
-    pub fn finish(mut self, sent: &Applied) -> Result<Applied, TransportError> {
+    /// When the far end stopped short (its stdout ended early, say):
+    /// waits for its end and gives the error, `what` happened with its
+    /// exit status and reason.
+    pub fn broken(mut self, what: String) -> TransportError {
+        let status = self.wind_down();
+        let reason = self.reason_for(status);
+        TransportError::Broken {
+            host: self.name.clone(),
+            what,
+            status: describe_status(status),
+            reason,
+        }
+    }
+
+    /// Waits for the program to end, echoing what else it says on stdout;
+    /// an error unless it exits 0. Returns the lines `keep` picks.
+    fn wait_for_end<T>(
+        &mut self,
+        mut keep: impl FnMut(&str) -> Option<T>,
+    ) -> Result<(Vec<T>, String), TransportError> {
         drop(self.stdin.take());
-        let mut report = None;
-        for line in self.lines.iter() {
-            match Applied::parse(&line) {
-                Some(r) => report = Some(r),
-                None => (self.echo)(&format!("{}: {line}", self.name)),
+        let mut kept = Vec::new();
+        if let Some(out) = self.stdout.take() {
+            for line in lines_of(out) {
+                match keep(&line) {
+                    Some(k) => kept.push(k),
+                    None => (self.echo)(&format!("{}: {line}", self.name)),
+                }
             }
         }
         let status = self.child.wait().ok();
@@ -740,10 +882,25 @@ impl Connection {
         if !status.is_some_and(|s| s.success()) {
             return Err(TransportError::Failed {
                 host: self.name.clone(),
+                role: self.role,
                 status: shown,
                 reason: self.reason_for(status),
             });
         }
+        Ok((kept, shown))
+    }
+
+    /// Once the far end's answer was read: waits for its end; an error
+    /// unless it exits 0.
+    pub fn end(mut self) -> Result<(), TransportError> {
+        self.wait_for_end(|_| None::<()>).map(|_| ())
+    }
+
+    /// After the whole delta was written and stdin closed: waits for the
+    /// report and the end of the apply, and checks the report against `sent`.
+    pub fn finish(mut self, sent: &Applied) -> Result<Applied, TransportError> {
+        let (reports, shown) = self.wait_for_end(Applied::parse)?;
+        let report = reports.into_iter().last();
         let Some(Some(applied)) = report else {
             return Err(TransportError::NoReport {
                 host: self.name.clone(),
@@ -848,21 +1005,31 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// What the stdout reader hands over before the hello.
+enum Heading {
+    Line(String),
+    /// The hello, and stdout after it.
+    Hello(Box<Hello>, BufReader<ChildStdout>),
+}
+
+/// The next line of `r`, without its line end, invalid UTF-8 replaced.
+fn read_line(r: &mut impl BufRead) -> Option<String> {
+    let mut buf = Vec::new();
+    match r.read_until(b'\n', &mut buf) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => {
+            while buf.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+                buf.pop();
+            }
+            Some(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }
+}
+
 /// The lines of `r`, without their line ends, invalid UTF-8 replaced.
 fn lines_of(r: impl Read) -> impl Iterator<Item = String> {
     let mut r = BufReader::new(r);
-    std::iter::from_fn(move || {
-        let mut buf = Vec::new();
-        match r.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => {
-                while buf.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
-                    buf.pop();
-                }
-                Some(String::from_utf8_lossy(&buf).into_owned())
-            }
-        }
-    })
+    std::iter::from_fn(move || read_line(&mut r))
 }
 
 #[cfg(test)]

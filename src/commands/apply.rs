@@ -116,6 +116,11 @@ pub fn describe(delta: &str, s: &Summary) -> String {
                 .unwrap_or_else(|| "nothing (created)".to_string()),
             s.header.origin_size
         ));
+    } else if let Some(before) = s.truncated_from {
+        text.push_str(&format!(
+            " {} was cut from {before} bytes to the origin's size, {} bytes, as the delta asks.",
+            s.dest, s.header.origin_size
+        ));
     } else if s.dest_size_before.is_some_and(|n| n > s.header.origin_size) {
         text.push_str(&format!(
             " {} is larger than the origin ({} bytes); its bytes past that were left as they were.",

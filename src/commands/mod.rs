@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod list;
 pub mod send;
 pub mod sync;
+pub mod verify;
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read};

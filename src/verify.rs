@@ -1,0 +1,430 @@
+//! Comparing two copies block by block: each side reads its copy in large
+//! sequential reads and hashes fixed-size blocks on several cores, and the
+//! hashes are compared in order as they come.
+//!
+//! [`HashStream`] is one side: a reader thread fills a few buffers
+//! ([`READ_LEN`] each for a file, [`READ_LEN_DIRECT`] with `O_DIRECT` for a
+//! block device, see [`crate::blockdev`]) one after the other, worker threads hash the
+//! blocks of a filled buffer with XXH3-128 and hand it back, and the
+//! hashes come out in order, one batch per buffer. Memory is bounded: a
+//! fixed number of buffers, and a bounded queue of finished batches.
+//!
+//! The far side of a remote comparison is `lvmsync-rs verify --remote-side`
+//! (launched like the apply of `sync`, see [`crate::transport`]). It opens
+//! its copy, says hello on stdout:
+//!
+//! ```text
+//! LVMSYNC-VERIFY <protocol> <hash version> <size> <block size> <file|device>
+//! ```
+//!
+//! and then writes the hash of every block of its first `min(SRC size, its
+//! size)` bytes, in order, [`HASH_LEN`] bytes each (XXH3-128,
+//! little-endian), as it computes them, and exits 0. Nothing goes back: the
+//! comparison needs no round trip per block, so the latency of the
+//! connection does not matter.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::sync::{mpsc, Arc, Mutex};
+
+use thiserror::Error;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::blockdev::{AlignedBuf, ReadAt, Source, DIRECT_ALIGN};
+use crate::extents::Extent;
+use crate::transport::Expect;
+
+/// The first word of the remote side's hello line.
+pub const HELLO: &str = "LVMSYNC-VERIFY";
+/// The version of the exchange: the command line, the hello line, the
+/// hashes after it.
+pub const PROTOCOL: u32 = 1;
+/// The version of the block hashes: XXH3-128 of each block's bytes.
+pub const HASH_VERSION: u32 = 1;
+/// How the remote side says hello, for [`crate::transport::Connection`].
+pub const EXPECT: Expect = Expect {
+    word: HELLO,
+    protocol: PROTOCOL,
+    format: HASH_VERSION,
+    what: "block hash version",
+    role: "verify",
+};
+/// Bytes of one block hash on the wire.
+pub const HASH_LEN: usize = 16;
+/// The block size when none is given.
+pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
+/// The smallest block size.
+pub const MIN_BLOCK_SIZE: u64 = 4096;
+/// The largest block size: each read buffer holds at least one block.
+pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
+/// Bytes read at a time from a file (a whole number of blocks, at least
+/// one): the page cache copies them into the buffer, and a buffer this
+/// small is still in the CPU's caches when it is hashed. The kernel's
+/// readahead keeps the disk busy between reads.
+pub const READ_LEN: u64 = 1 << 20;
+/// Bytes read at a time from a block device, with `O_DIRECT`: no copy and
+/// no readahead, so large reads keep the device busy.
+pub const READ_LEN_DIRECT: u64 = 8 << 20;
+/// Hashing threads per side, at most.
+pub const MAX_WORKERS: usize = 4;
+
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    #[error("{path}: read error at byte {offset}: {source}")]
+    Read {
+        path: String,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("{path}: a hashing thread stopped unexpectedly")]
+    Stopped { path: String },
+    #[error("{host}: the remote verify's hello line is not understood ({line:?}): install the same version on both hosts")]
+    BadHello { host: String, line: String },
+    #[error("{host}: the remote verify hashes blocks of {theirs} bytes, not {ours}: install the same version on both hosts")]
+    BlockSizeMismatch {
+        host: String,
+        ours: u64,
+        theirs: u64,
+    },
+    #[error("{dest}: the block device is {size} bytes, smaller than SRC ({src_size} bytes): --repair cannot make it a copy; extend it first (lvextend); nothing was written")]
+    DeviceTooSmall {
+        dest: String,
+        size: u64,
+        src_size: u64,
+    },
+    #[error("the local lvmsync-rs speaks verify protocol {theirs}, this one ({}) protocol {PROTOCOL}: install the same version on both hosts", crate::TOOL)]
+    ProtocolMismatch { theirs: u32 },
+}
+
+/// Checks a block size: a power of two from [`MIN_BLOCK_SIZE`] to
+/// [`MAX_BLOCK_SIZE`].
+pub fn check_block_size(n: u64) -> Result<u64, String> {
+    if !n.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&n) {
+        return Err(format!(
+            "{n} is not a power of two from {MIN_BLOCK_SIZE} (4k) to {MAX_BLOCK_SIZE} (64M)"
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses a block size as the command line gives it (`1M`, `65536`).
+pub fn parse_block_size(text: &str) -> Result<u64, String> {
+    crate::units::parse_size(text).and_then(check_block_size)
+}
+
+/// The number of blocks of `block_size` in `length` bytes, the last one
+/// perhaps partial.
+pub fn blocks_in(length: u64, block_size: u64) -> u64 {
+    length.div_ceil(block_size)
+}
+
+/// Bytes of one read buffer for `block_size`: a whole number of blocks.
+fn chunk_len(block_size: u64, direct: bool) -> u64 {
+    let read = if direct { READ_LEN_DIRECT } else { READ_LEN };
+    block_size * (read / block_size).max(1)
+}
+
+/// Adds the range at `offset` of `length` bytes to `ranges` (sorted,
+/// disjoint), joined with the last one when they touch.
+pub fn add_range(ranges: &mut Vec<Extent>, offset: u64, length: u64) {
+    if length == 0 {
+        return;
+    }
+    match ranges.last_mut() {
+        Some(last) if last.offset + last.length == offset => last.length += length,
+        _ => ranges.push(Extent { offset, length }),
+    }
+}
+
+/// The hashes of `blocks`, as they go on the wire.
+pub fn encode_hashes(hashes: &[u128], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(hashes.len() * HASH_LEN);
+    for h in hashes {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+}
+
+/// Hashes read off the wire.
+pub fn decode_hashes(bytes: &[u8]) -> Vec<u128> {
+    bytes
+        .chunks_exact(HASH_LEN)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("HASH_LEN bytes")))
+        .collect()
+}
+
+/// What the worker threads hand back: a batch number and its hashes.
+type Done = (u64, Result<Vec<u128>, VerifyError>);
+
+/// The block hashes of the first `length` bytes of a source, computed on
+/// threads of their own, coming out in order one batch (one read buffer)
+/// at a time. Dropping it stops the threads.
+pub struct HashStream {
+    done: mpsc::Receiver<Done>,
+    ready: BTreeMap<u64, Result<Vec<u128>, VerifyError>>,
+    next: u64,
+    batches: u64,
+    path: String,
+}
+
+impl HashStream {
+    /// Starts reading and hashing `length` bytes of `source` (no more than
+    /// its size) in blocks of `block_size`.
+    pub fn spawn(source: Arc<Source>, length: u64, block_size: u64) -> HashStream {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_WORKERS);
+        HashStream::spawn_with(source, length, block_size, workers)
+    }
+
+    /// [`HashStream::spawn`] with `workers` hashing threads.
+    pub fn spawn_with(
+        source: Arc<Source>,
+        length: u64,
+        block_size: u64,
+        workers: usize,
+    ) -> HashStream {
+        let length = length.min(source.size());
+        let chunk = chunk_len(block_size, source.is_block_device());
+        let batches = length.div_ceil(chunk);
+        let buffers = workers + 2;
+        let path = source.path().display().to_string();
+        let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
+        for _ in 0..buffers.min(batches as usize) {
+            let _ = free_tx.send(AlignedBuf::new(chunk as usize + DIRECT_ALIGN));
+        }
+        let (job_tx, job_rx) = mpsc::channel::<(u64, AlignedBuf, usize)>();
+        let (done_tx, done) = mpsc::sync_channel::<Done>(buffers);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for _ in 0..workers.min(batches.max(1) as usize) {
+            let (job_rx, free_tx, done_tx) = (job_rx.clone(), free_tx.clone(), done_tx.clone());
+            std::thread::spawn(move || loop {
+                let job = match job_rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok((seq, buf, len)) = job else { return };
+                let hashes: Vec<u128> = buf[..len]
+                    .chunks(block_size as usize)
+                    .map(xxh3_128)
+                    .collect();
+                let _ = free_tx.send(buf);
+                if done_tx.send((seq, Ok(hashes))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(free_tx);
+        let reader_path = path.clone();
+        std::thread::spawn(move || {
+            for seq in 0..batches {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let offset = seq * chunk;
+                let len = (length - offset).min(chunk);
+                // O_DIRECT wants whole aligned blocks: read up to the next
+                // alignment (within the source) and hash what was asked.
+                let want = len
+                    .div_ceil(DIRECT_ALIGN as u64)
+                    .saturating_mul(DIRECT_ALIGN as u64)
+                    .min(source.size() - offset);
+                if let Err(e) = source.read_exact_at(&mut buf[..want as usize], offset) {
+                    let _ = done_tx.send((
+                        seq,
+                        Err(VerifyError::Read {
+                            path: reader_path,
+                            offset,
+                            source: e,
+                        }),
+                    ));
+                    return;
+                }
+                if job_tx.send((seq, buf, len as usize)).is_err() {
+                    return;
+                }
+            }
+        });
+        HashStream {
+            done,
+            ready: BTreeMap::new(),
+            next: 0,
+            batches,
+            path,
+        }
+    }
+}
+
+impl Iterator for HashStream {
+    type Item = Result<Vec<u128>, VerifyError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.batches {
+            return None;
+        }
+        loop {
+            if let Some(batch) = self.ready.remove(&self.next) {
+                self.next += 1;
+                if batch.is_err() {
+                    // Nothing comes after an error.
+                    self.batches = self.next;
+                }
+                return Some(batch);
+            }
+            match self.done.recv() {
+                Ok((seq, batch)) => {
+                    self.ready.insert(seq, batch);
+                }
+                Err(_) => {
+                    self.batches = self.next;
+                    return Some(Err(VerifyError::Stopped {
+                        path: self.path.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// A [`HashStream`] read a given number of hashes at a time, whatever its
+/// batches: the two sides of a comparison may read in buffers of different
+/// sizes (a file and a block device).
+pub struct Hashes {
+    stream: HashStream,
+    pending: VecDeque<u128>,
+}
+
+impl Hashes {
+    pub fn new(stream: HashStream) -> Hashes {
+        Hashes {
+            stream,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The source's path, for messages.
+    pub fn path(&self) -> &str {
+        &self.stream.path
+    }
+
+    /// The next `n` hashes; an error when the stream fails or ends first.
+    pub fn take(&mut self, n: usize) -> Result<Vec<u128>, VerifyError> {
+        while self.pending.len() < n {
+            match self.stream.next() {
+                Some(batch) => self.pending.extend(batch?),
+                None => {
+                    return Err(VerifyError::Stopped {
+                        path: self.stream.path.clone(),
+                    })
+                }
+            }
+        }
+        Ok(self.pending.drain(..n).collect())
+    }
+}
+
+/// The words of the remote side's command: `program` (one or more words)
+/// `verify --remote-side ...`, options before `--`, so that a PATH
+/// starting with `-` is a path.
+pub fn remote_words(program: &[String], block_size: u64, src_size: u64, path: &str) -> Vec<String> {
+    let mut words = program.to_vec();
+    words.extend(
+        [
+            "verify",
+            "--remote-side",
+            "--protocol",
+            &PROTOCOL.to_string(),
+            "--block-size",
+            &block_size.to_string(),
+            "--src-size",
+            &src_size.to_string(),
+            "--",
+            path,
+        ]
+        .map(String::from),
+    );
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_are_powers_of_two_in_range() {
+        assert_eq!(parse_block_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_block_size("4k"), Ok(4096));
+        assert_eq!(parse_block_size("64M"), Ok(64 << 20));
+        assert!(parse_block_size("2k").is_err());
+        assert!(parse_block_size("12k").is_err());
+        assert!(parse_block_size("128M").is_err());
+        assert!(parse_block_size("x").is_err());
+    }
+
+    #[test]
+    fn ranges_join_when_they_touch() {
+        let mut r = Vec::new();
+        add_range(&mut r, 0, 10);
+        add_range(&mut r, 10, 5);
+        add_range(&mut r, 20, 1);
+        add_range(&mut r, 21, 0);
+        assert_eq!(
+            r,
+            [
+                Extent {
+                    offset: 0,
+                    length: 15
+                },
+                Extent {
+                    offset: 20,
+                    length: 1
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn hashes_read_back() {
+        let h = [1u128, u128::MAX, 0x0123_4567_89ab_cdef_0011_2233_4455_6677];
+        let mut out = Vec::new();
+        encode_hashes(&h, &mut out);
+        assert_eq!(out.len(), 3 * HASH_LEN);
+        assert_eq!(decode_hashes(&out), h);
+    }
+
+    #[test]
+    fn a_stream_hashes_every_block_in_order() {
+        let dir = std::env::temp_dir().join(format!("lvmsync-verify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.img");
+        // Several read buffers, and a partial last block.
+        let len = 3 * READ_LEN_DIRECT as usize + 5000;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 / 4096) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let source = Arc::new(Source::open(&path).unwrap());
+        for (length, bs, workers) in [(len as u64, 1 << 20, 3), (len as u64 - 7000, 4096, 1)] {
+            let got: Vec<u128> = HashStream::spawn_with(source.clone(), length, bs, workers)
+                .map(|b| b.unwrap())
+                .collect::<Vec<_>>()
+                .concat();
+            let want: Vec<u128> = data[..length as usize]
+                .chunks(bs as usize)
+                .map(xxh3_128)
+                .collect();
+            assert_eq!(got.len() as u64, blocks_in(length, bs));
+            assert!(got == want, "hashes of {length} bytes in blocks of {bs}");
+        }
+        // Taken in counts that cut across its batches.
+        let mut h = Hashes::new(HashStream::spawn(source.clone(), len as u64, 4096));
+        let mut got = Vec::new();
+        for n in [1, 300, 255, 1000] {
+            got.extend(h.take(n).unwrap());
+        }
+        let want: Vec<u128> = data.chunks(4096).take(got.len()).map(xxh3_128).collect();
+        assert!(got == want);
+        assert!(matches!(
+            h.take(blocks_in(len as u64, 4096) as usize),
+            Err(VerifyError::Stopped { .. })
+        ));
+        assert_eq!(HashStream::spawn(source, 0, 4096).count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

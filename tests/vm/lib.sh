@@ -61,6 +61,9 @@ fill_range() {
         oflag=direct,seek_bytes seek="$2" conv=fsync,notrunc status=none
 }
 
+# copy_dev SRC DST: a whole-device copy with O_DIRECT, synced.
+copy_dev() { dd if="$1" of="$2" bs=1M iflag=direct oflag=direct conv=fsync status=none; }
+
 # dm_name VG LV: the device-mapper name of an LV (dashes doubled).
 dm_name() { echo "${1//-/--}-${2//-/--}"; }
 

@@ -41,7 +41,6 @@ change() {
     fill_range "$dev" $((size - 4096)) 4096 random
 }
 
-copy() { dd if="$1" of="$2" bs=1M iflag=direct oflag=direct conv=fsync status=none; }
 
 make_vg "$VG" /dev/vda
 make_origin "$VG" origin "$SIZE" fill
@@ -54,8 +53,8 @@ done
 
 # ------------------------------------------------------ file and pipe
 scenario_begin file
-copy /dev/$VG/origin /dev/$VG/backup1
-copy /dev/$VG/origin /dev/$VG/backup2
+copy_dev /dev/$VG/origin /dev/$VG/backup1
+copy_dev /dev/$VG/origin /dev/$VG/backup2
 make_snapshot "$VG" origin snap1 16m 4k
 SNAP=snap1
 change /dev/$VG/origin
@@ -82,7 +81,7 @@ lvremove -q -y "$VG/snap1"
 
 # ------------------------------------------- a later snapshot as the source
 scenario_begin datasrc
-copy /dev/$VG/origin /dev/$VG/backup3
+copy_dev /dev/$VG/origin /dev/$VG/backup3
 make_snapshot "$VG" origin snapA 16m 4k
 SNAP=snapA
 change /dev/$VG/origin

@@ -35,17 +35,6 @@ set -eu -o pipefail
 VG=thintest
 SIZE=32m
 
-# run TAG CMD...: runs CMD, saving TAG.cmd, TAG.out, TAG.err and TAG.rc.
-run() {
-    local tag=$1 rc=0
-    shift
-    echo "$*" > "$SDIR/$tag.cmd"
-    timeout 300 "$@" > "$SDIR/$tag.out" 2> "$SDIR/$tag.err" < /dev/null || rc=$?
-    echo "$rc" > "$SDIR/$tag.rc"
-    log "$tag: rc=$rc"
-}
-
-sum() { echo "$1 $(sha256sum < "$2" | cut -d' ' -f1)" >> "$SDIR/sums.txt"; }
 fact() { echo "$1 $2" >> "$SDIR/facts.txt"; }
 
 # held POOL: the pool's held metadata root ("-" when none is held).
@@ -54,15 +43,6 @@ note_held() { echo "$1 $(held "$2")" >> "$SDIR/held.txt"; }
 
 thin_id() { lvs --noheadings -o thin_id "$VG/$1" | tr -d ' '; }
 
-# fill DEV OFFSET LENGTH random|zero: O_DIRECT write of random bytes or zeroes.
-fill() {
-    local src=/dev/urandom
-    [ "$4" = zero ] && src=/dev/zero
-    dd if=$src of="$1" bs=64k iflag=fullblock,count_bytes count="$3" \
-        oflag=direct,seek_bytes seek="$2" conv=fsync,notrunc status=none
-}
-
-copy() { dd if="$1" of="$2" bs=1M iflag=direct oflag=direct conv=fsync status=none; }
 
 # make_pool POOL CHUNK: a thin pool of 200 MiB.
 make_pool() {
@@ -77,7 +57,7 @@ make_thin() {
     bytes=$(blockdev --getsize64 "$dev")
     dd if="$(baseline_file "$bytes")" of="$dev" bs=1M count="$((bytes / MiB))" \
         iflag=fullblock oflag=direct conv=fsync,notrunc status=none
-    fill "$dev" $((2 * MiB)) $((3 * MiB)) random
+    fill_range "$dev" $((2 * MiB)) $((3 * MiB)) random
     blkdiscard -o $((24 * MiB)) -l $((4 * MiB)) "$dev"
 }
 
@@ -93,17 +73,17 @@ change() {
     local dev=$1 bs=$2 size
     size=$(blockdev --getsize64 "$dev")
     for i in 3 17 18 101 777 2048 5000; do
-        fill "$dev" $((i * 4096)) 4096 random
+        fill_range "$dev" $((i * 4096)) 4096 random
     done
-    fill "$dev" $((8 * MiB)) $((2 * MiB)) random
-    fill "$dev" $((4 * bs - 4096)) 8192 random
-    fill "$dev" $((12 * MiB - 512)) 1024 random
-    fill "$dev" $((25 * MiB)) $((64 * KiB)) random
-    fill "$dev" $((14 * MiB)) $((64 * KiB)) zero
+    fill_range "$dev" $((8 * MiB)) $((2 * MiB)) random
+    fill_range "$dev" $((4 * bs - 4096)) 8192 random
+    fill_range "$dev" $((12 * MiB - 512)) 1024 random
+    fill_range "$dev" $((25 * MiB)) $((64 * KiB)) random
+    fill_range "$dev" $((14 * MiB)) $((64 * KiB)) zero
     write_chunk "$dev" $((16 * MiB)) $((256 * KiB))
     blkdiscard -o $((18 * MiB)) -l $((2 * MiB)) "$dev"
-    fill "$dev" 0 4096 random
-    fill "$dev" $((size - 4096)) 4096 random
+    fill_range "$dev" 0 4096 random
+    fill_range "$dev" $((size - 4096)) 4096 random
 }
 
 make_vg "$VG" /dev/vda
@@ -115,81 +95,81 @@ done
 scenario_begin chunk64k
 make_pool pool64 64k
 make_thin pool64 origin
-copy /dev/$VG/origin /dev/$VG/backup1
-copy /dev/$VG/origin /dev/$VG/backup2
+copy_dev /dev/$VG/origin /dev/$VG/backup1
+copy_dev /dev/$VG/origin /dev/$VG/backup2
 snapshot origin snap1
 change /dev/$VG/origin $((64 * KiB))
 fact snap_id "$(thin_id snap1)"
 fact origin_id "$(thin_id origin)"
 fact origin_size "$(blockdev --getsize64 /dev/$VG/origin)"
-sum origin /dev/$VG/origin
-sum backup-before /dev/$VG/backup1
+record_sum origin /dev/$VG/origin
+record_sum backup-before /dev/$VG/backup1
 note_held before pool64
-run list "$LVMSYNC" list --json "$VG/snap1"
-run listtext "$LVMSYNC" list "$VG/snap1"
+step list "$LVMSYNC" list --json "$VG/snap1"
+step listtext "$LVMSYNC" list "$VG/snap1"
 note_held after-list pool64
-run send "$LVMSYNC" send "$VG/snap1" -o "$SDIR/d.lvd"
+step send "$LVMSYNC" send "$VG/snap1" -o "$SDIR/d.lvd"
 note_held after-send pool64
-run inspect "$LVMSYNC" inspect --json "$SDIR/d.lvd"
-run apply "$LVMSYNC" apply "$SDIR/d.lvd" /dev/$VG/backup1
-sum backup /dev/$VG/backup1
+step inspect "$LVMSYNC" inspect --json "$SDIR/d.lvd"
+step apply "$LVMSYNC" apply "$SDIR/d.lvd" /dev/$VG/backup1
+record_sum backup /dev/$VG/backup1
 
 # ---------------------------------------------------- the same through sync
 scenario_begin sync
-sum origin /dev/$VG/origin
-run sync "$LVMSYNC" "$VG/snap1" /dev/$VG/backup2
+record_sum origin /dev/$VG/origin
+step sync "$LVMSYNC" "$VG/snap1" /dev/$VG/backup2
 note_held after-sync pool64
-sum backup /dev/$VG/backup2
+record_sum backup /dev/$VG/backup2
 
 # ------------------------------------------- a later snapshot as the source
 scenario_begin datasrc
-copy /dev/$VG/origin /dev/$VG/backup3
+copy_dev /dev/$VG/origin /dev/$VG/backup3
 snapshot origin snapA
 change /dev/$VG/origin $((64 * KiB))
 snapshot origin snapB
 # Written after snapB: the backup must not get these.
-fill /dev/$VG/origin $((20 * MiB)) $((1 * MiB)) random
-fill /dev/$VG/origin $((9 * MiB)) $((64 * KiB)) random
+fill_range /dev/$VG/origin $((20 * MiB)) $((1 * MiB)) random
+fill_range /dev/$VG/origin $((9 * MiB)) $((64 * KiB)) random
 blkdiscard -o $((4 * MiB)) -l $((1 * MiB)) /dev/$VG/origin
 fact snapB_id "$(thin_id snapB)"
 fact snapA_id "$(thin_id snapA)"
-sum snapB /dev/$VG/snapB
-sum origin /dev/$VG/origin
-run send "$LVMSYNC" send "$VG/snapA" --data-source /dev/$VG/snapB -o "$SDIR/d.lvd"
+record_sum snapB /dev/$VG/snapB
+record_sum origin /dev/$VG/origin
+step send "$LVMSYNC" send "$VG/snapA" --data-source /dev/$VG/snapB -o "$SDIR/d.lvd"
 note_held after-send pool64
-run inspect "$LVMSYNC" inspect --json "$SDIR/d.lvd"
-run apply "$LVMSYNC" apply "$SDIR/d.lvd" /dev/$VG/backup3
-sum backup /dev/$VG/backup3
+step inspect "$LVMSYNC" inspect --json "$SDIR/d.lvd"
+step apply "$LVMSYNC" apply "$SDIR/d.lvd" /dev/$VG/backup3
+record_sum backup /dev/$VG/backup3
 # The origin named as the data source: compared with it, no point in time.
 fact origin_id "$(thin_id origin)"
-run sendorigin "$LVMSYNC" send "$VG/snapA" --data-source /dev/$VG/origin -o "$SDIR/o.lvd"
-run inspectorigin "$LVMSYNC" inspect --json "$SDIR/o.lvd"
+step sendorigin "$LVMSYNC" send "$VG/snapA" --data-source /dev/$VG/origin -o "$SDIR/o.lvd"
+step inspectorigin "$LVMSYNC" inspect --json "$SDIR/o.lvd"
 
 # ------------------------------------------------------------- 1 MiB blocks
 scenario_begin chunk1m
 make_pool pool1m 1m
 make_thin pool1m big
-copy /dev/$VG/big /dev/$VG/backup4
+copy_dev /dev/$VG/big /dev/$VG/backup4
 snapshot big bigsnap
 change /dev/$VG/big $((1 * MiB))
-sum origin /dev/$VG/big
-run list "$LVMSYNC" list --json "$VG/bigsnap"
-run pipe bash -c '"$1" send "$2" -o - | "$1" apply - "$3"' _ "$LVMSYNC" "$VG/bigsnap" /dev/$VG/backup4
+record_sum origin /dev/$VG/big
+step list "$LVMSYNC" list --json "$VG/bigsnap"
+step pipe bash -c '"$1" send "$2" -o - | "$1" apply - "$3"' _ "$LVMSYNC" "$VG/bigsnap" /dev/$VG/backup4
 note_held after-pipe pool1m
-sum backup /dev/$VG/backup4
+record_sum backup /dev/$VG/backup4
 
 # --------------------------------------------------- a snapshot of a snapshot
 scenario_begin snapsnap
 snapshot big s1
-copy /dev/$VG/s1 /dev/$VG/backup5
+copy_dev /dev/$VG/s1 /dev/$VG/backup5
 snapshot s1 s2
 change /dev/$VG/s1 $((1 * MiB))
-sum s1 /dev/$VG/s1
-sum big /dev/$VG/big
-run send "$LVMSYNC" send "$VG/s2" -o "$SDIR/d.lvd"
-run apply "$LVMSYNC" apply "$SDIR/d.lvd" /dev/$VG/backup5
+record_sum s1 /dev/$VG/s1
+record_sum big /dev/$VG/big
+step send "$LVMSYNC" send "$VG/s2" -o "$SDIR/d.lvd"
+step apply "$LVMSYNC" apply "$SDIR/d.lvd" /dev/$VG/backup5
 note_held after pool1m
-sum backup /dev/$VG/backup5
+record_sum backup /dev/$VG/backup5
 
 # ---------------------------------------------------------------- refusals
 scenario_begin errors
@@ -198,32 +178,32 @@ mkdir -p $fakebin
 # Someone else holds the metadata snapshot: refused, and left held.
 dmsetup message "$VG-pool64-tpool" 0 reserve_metadata_snap
 note_held others-before pool64
-run held "$LVMSYNC" list "$VG/snap1"
+step held "$LVMSYNC" list "$VG/snap1"
 note_held others-after pool64
 dmsetup message "$VG-pool64-tpool" 0 release_metadata_snap
 # thin_delta fails, or prints something else: released.
 printf '#!/bin/sh\necho "thin_delta: some detail" >&2\necho "fake failure: metadata is damaged" >&2\nexit 1\n' > $fakebin/thin_delta
 chmod 755 $fakebin/thin_delta
-run failing env PATH=$fakebin:$PATH "$LVMSYNC" send "$VG/snap1" -o "$SDIR/never.lvd"
+step failing env PATH=$fakebin:$PATH "$LVMSYNC" send "$VG/snap1" -o "$SDIR/never.lvd"
 note_held after-failing pool64
 printf '#!/bin/sh\necho "<superblock data_block_size=\\"128\\"><diff"\n' > $fakebin/thin_delta
-run garbage env PATH=$fakebin:$PATH "$LVMSYNC" list "$VG/snap1"
+step garbage env PATH=$fakebin:$PATH "$LVMSYNC" list "$VG/snap1"
 note_held after-garbage pool64
 # Not installed: a PATH with dmsetup and lvs but no thin_delta.
 nothin=/tmp/nothin
 mkdir -p $nothin
 ln -sf "$(command -v dmsetup)" $nothin/dmsetup
 ln -sf "$(command -v lvs)" $nothin/lvs
-run missing env PATH=$nothin "$LVMSYNC" list "$VG/snap1"
+step missing env PATH=$nothin "$LVMSYNC" list "$VG/snap1"
 note_held after-missing pool64
 # A plain thin LV, an inactive thin snapshot.
-run plain "$LVMSYNC" list "$VG/origin"
+step plain "$LVMSYNC" list "$VG/origin"
 lvcreate -q -y -s -n inactive "$VG/origin"
-run inactive "$LVMSYNC" list "$VG/inactive"
+step inactive "$LVMSYNC" list "$VG/inactive"
 # Data sources: a thin LV of another pool, an unrelated thin LV.
-run otherpool "$LVMSYNC" send "$VG/snap1" --data-source /dev/$VG/big -o "$SDIR/never.lvd"
+step otherpool "$LVMSYNC" send "$VG/snap1" --data-source /dev/$VG/big -o "$SDIR/never.lvd"
 lvcreate -q -y -V "$SIZE" --thinpool pool64 -n unrelated "$VG"
-run unrelated "$LVMSYNC" send "$VG/snap1" --data-source /dev/$VG/unrelated -o "$SDIR/never.lvd"
+step unrelated "$LVMSYNC" send "$VG/snap1" --data-source /dev/$VG/unrelated -o "$SDIR/never.lvd"
 note_held after-all pool64
 [ ! -e "$SDIR/never.lvd" ] || fact never-written present
 
@@ -249,5 +229,5 @@ for sig in INT TERM; do
     note_held $sig-after pool64
     log "$sig: rc=$rc"
 done
-# Clean up a reservation left behind, so the rest of the run is not affected.
+# Clean up a reservation left behind, so the rest of the step is not affected.
 [ "$(held pool64)" = - ] || dmsetup message "$VG-pool64-tpool" 0 release_metadata_snap

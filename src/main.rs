@@ -160,6 +160,11 @@ enum Command {
         /// [user@]host:PATH or a local PATH
         #[arg(value_name = "SNAPSHOT DEST", num_args = 1..=2, required = true)]
         args: Vec<String>,
+        /// Copy all of SNAPSHOT, which may then be any device or image,
+        /// instead of its changes: the first copy (the seed). Blocks of
+        /// zeroes go as ZERO records, without data
+        #[arg(long, conflicts_with_all = ["cow", "data_source", "origin_size"])]
+        full: bool,
         /// Read the table from this COW device or image instead, without LVM
         /// (needs --data-source)
         #[arg(long, value_name = "PATH")]
@@ -421,6 +426,7 @@ fn main() -> ExitCode {
         }),
         Command::Sync {
             args,
+            full,
             cow,
             data_source,
             origin_size,
@@ -433,7 +439,12 @@ fn main() -> ExitCode {
             json,
             force,
         } => {
+            let mut data_source = data_source;
             let (target, dest) = match (args.as_slice(), cow) {
+                ([src, dest], None) if full => {
+                    data_source = Some(PathBuf::from(src));
+                    (list::Target::Snapshot(src.clone()), dest.clone())
+                }
                 ([dest], Some(path)) if data_source.is_some() => {
                     (list::Target::Cow { path, origin_size }, dest.clone())
                 }
@@ -449,6 +460,7 @@ fn main() -> ExitCode {
             };
             sync::run(sync::Args {
                 target,
+                full,
                 data_source,
                 compression: match compress {
                     Compress::Lz4 => Compression::Lz4,
@@ -528,6 +540,7 @@ fn main() -> ExitCode {
                     remote_path,
                     hello_timeout: std::time::Duration::from_secs(timeout),
                     json,
+                    target: None,
                 }),
                 _ => usage_error("name SRC and DEST ([user@]host:PATH or a local PATH)"),
             };

@@ -524,3 +524,40 @@ fn the_remote_report_must_match_what_was_sent() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_full_copy_seeds_a_new_copy_with_holes_and_overwrites_an_old_one() {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new("ssh-sync-full");
+    // 8 MiB of data, 16 MiB of zeroes, 4 MiB of data.
+    let mut image = vec![0u8; 28 << 20];
+    Rng(7).fill(&mut image[..8 << 20]);
+    Rng(8).fill(&mut image[24 << 20..]);
+    let src = f.path("src.img");
+    fs::write(&src, &image).unwrap();
+    let full = |dest: &Path, extra: &[&str]| {
+        let mut args = vec!["sync", "--full", "--json", "-q", "-e"];
+        let rsh = f.sshd.rsh();
+        args.push(&rsh);
+        let program = bin();
+        args.extend(["--remote-path", s(&program)]);
+        args.extend_from_slice(extra);
+        let d = format!("{HOST}:{}", s(dest));
+        args.extend([s(&src), d.as_str()]);
+        run(&args)
+    };
+    // A new copy: equal, and the zeroes are holes, not sent as data.
+    let copy = f.path("seed.img");
+    let o = full(&copy, &["--create"]);
+    let doc = json(&o);
+    assert_eq!(fs::read(&copy).unwrap(), image);
+    assert_eq!(doc["zero_bytes"], 16u64 << 20);
+    assert!(doc["bytes_on_wire"].as_u64().unwrap() < 13 << 20, "{doc}");
+    let allocated = fs::metadata(&copy).unwrap().blocks() * 512;
+    assert!(allocated < 14 << 20, "{allocated} bytes allocated");
+    // An old copy full of other data: every byte is overwritten.
+    let old = f.copy_of_old("old.img");
+    let o = full(&old, &[]);
+    json(&o);
+    assert_eq!(fs::read(&old).unwrap(), image);
+}

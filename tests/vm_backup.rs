@@ -176,8 +176,9 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
     f.check(s.get("forced") != s.get("before"), || {
         "wrongbase: --force wrote nothing".into()
     });
+    // DEST no longer holds a known point in time: compared and repaired.
     let doc = f.ok(&wrong, "after");
-    f.check(doc["kind"] == "seed", || {
+    f.check(doc["kind"] == "repair", || {
         format!("wrongbase: after --force the next run is a {}", doc["kind"])
     });
     f.same(&wrong, "copy", "snap");
@@ -222,23 +223,51 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         format!("seedkill: the copy is not sparse (apparent, allocated KiB): {du:?}")
     });
 
-    // An overflowed base: the run says so; --reseed copies all again.
+    // An overflowed base, then a base that is gone: compared and repaired,
+    // not copied whole; --reseed copies all again.
     let over = results.join("overflow");
-    let (rc, _) = outcome(&over, "backup");
-    let err = read(&over, "backup.err");
-    f.check(
-        rc == "1" && err.contains("invalidated") && err.contains("--reseed"),
-        || format!("overflow: backup exit {rc}: {err}"),
-    );
+    for (tag, copy, snap) in [
+        ("backup", "copy", "snap"),
+        ("gone", "copy-gone", "snap-gone"),
+    ] {
+        let doc = f.ok(&over, tag);
+        f.check(doc["kind"] == "repair", || format!("overflow {tag}: {doc}"));
+        let err = read(&over, &format!("{tag}.err"));
+        f.check(err.contains("sending what differs"), || {
+            format!("overflow {tag}: the fallback is not explained: {err}")
+        });
+        // Much less than the volume went over: the differences only.
+        let sent = doc["bytes_on_wire"].as_u64().unwrap_or(u64::MAX);
+        f.check(sent < 46 << 20, || format!("overflow {tag}: sent {sent}"));
+        f.same(&over, copy, snap);
+    }
+    f.check(read(&over, "backup.err").contains("invalidated"), || {
+        format!("overflow: {}", read(&over, "backup.err"))
+    });
     let doc = f.ok(&over, "reseed");
     f.check(doc["kind"] == "seed", || format!("overflow: {doc}"));
-    f.same(&over, "copy", "snap");
-    f.check(lines(&over, "owned-after.txt").len() == 1, || {
+    f.same(&over, "copy-reseed", "snap-reseed");
+    f.check(lines(&over, "owned-reseed.txt").len() == 1, || {
         format!(
             "overflow: owned after {:?}",
-            lines(&over, "owned-after.txt")
+            lines(&over, "owned-reseed.txt")
         )
     });
+
+    // A thin origin through the same rounds, to a thin LV.
+    let thin = results.join("thin");
+    for r in 1..=3 {
+        let doc = f.ok(&thin, &format!("backup{r}"));
+        let kind = if r == 1 { "seed" } else { "incremental" };
+        f.check(doc["kind"] == kind, || format!("thin round {r}: {doc}"));
+        f.same(&thin, &format!("copy{r}"), &format!("snap{r}"));
+        f.check(lines(&thin, &format!("owned{r}.txt")).len() == 1, || {
+            format!(
+                "thin round {r}: owned {:?}",
+                lines(&thin, &format!("owned{r}.txt"))
+            )
+        });
+    }
 
     assert!(f.0.is_empty(), "{}\nguest log:\n{log}", f.0.join("\n"));
 }

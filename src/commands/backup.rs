@@ -21,8 +21,8 @@ use crate::blockdev::Source;
 use crate::commands::list::Target;
 use crate::commands::send::Prepared;
 use crate::commands::sync::{clip, Link, Report, Session};
+use crate::commands::verify;
 use crate::extents::Extent;
-use crate::lvm::LvmError;
 use crate::send::Changes;
 use crate::snapshots::{self, SnapshotSize, Volume};
 use crate::state::State;
@@ -129,6 +129,9 @@ enum Plan {
         new: Volume,
         resume: u64,
     },
+    /// Compare DEST with `new` and send the blocks that differ (DEST has a
+    /// recorded state, but no base to send changes from).
+    Repair { new: Volume },
 }
 
 fn note(summary: &mut Summary, quiet: bool, text: String) {
@@ -162,7 +165,7 @@ fn backup(args: &Args, summary: &mut Summary) -> Result<(), Error> {
     };
     // Every tagged snapshot but the ones the plan uses is a leftover.
     let keep: Vec<&str> = match &plan {
-        Plan::Seed { new, .. } => vec![new.lv_uuid.as_str()],
+        Plan::Seed { new, .. } | Plan::Repair { new } => vec![new.lv_uuid.as_str()],
         Plan::Incremental { base, new, .. } => vec![base.lv_uuid.as_str(), new.lv_uuid.as_str()],
     };
     for lv in owned
@@ -173,6 +176,39 @@ fn backup(args: &Args, summary: &mut Summary) -> Result<(), Error> {
         summary.removed.push(lv.full_name());
     }
     let (header, source, extents, new) = match plan {
+        Plan::Repair { new } => {
+            session.stop();
+            summary.kind = Some("repair".into());
+            summary.snapshot = Some(new.full_name());
+            let outcome = verify::compare(&verify::Args {
+                src: new.device(),
+                dest: args.dest.clone(),
+                block_size: crate::verify::DEFAULT_BLOCK_SIZE,
+                repair: true,
+                rsh: args.rsh.clone(),
+                remote_path: args.remote_path.clone(),
+                hello_timeout: args.hello_timeout,
+                json: false,
+                target: Some(new.point_in_time(&origin)),
+            })?;
+            let t = &mut summary.transfer;
+            t.bytes_read = outcome.bytes_read;
+            t.data_bytes = outcome.differing_bytes;
+            t.bytes_on_wire = outcome.delta_bytes;
+            note(
+                summary,
+                args.quiet,
+                format!(
+                    "compared {} with {}: {} differed and were sent ({} bytes of delta)",
+                    args.dest,
+                    new.full_name(),
+                    human(outcome.differing_bytes),
+                    outcome.delta_bytes
+                ),
+            );
+            remove_all_but(&origin, &tag, &new, summary)?;
+            return Ok(());
+        }
         Plan::Seed { new, resume } => {
             summary.kind = Some(if resume > 0 { "resumed seed" } else { "seed" }.into());
             let (mut header, source, extents) = full_copy(&origin, &new, args.compression)?;
@@ -216,9 +252,19 @@ fn backup(args: &Args, summary: &mut Summary) -> Result<(), Error> {
     };
     session.ship(&header, &source, changes, &mut summary.transfer)?;
     // DEST holds `new` now, and its state says so: the old base goes.
-    for lv in snapshots::owned(&origin, &tag)? {
-        if lv.lv_uuid != new.lv_uuid {
-            snapshots::remove(&lv, &tag)?;
+    remove_all_but(&origin, &tag, &new, summary)
+}
+
+/// Removes the snapshots tagged `tag` other than `keep`.
+fn remove_all_but(
+    origin: &Volume,
+    tag: &str,
+    keep: &Volume,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    for lv in snapshots::owned(origin, tag)? {
+        if lv.lv_uuid != keep.lv_uuid {
+            snapshots::remove(&lv, tag)?;
             summary.removed.push(lv.full_name());
         }
     }
@@ -303,13 +349,10 @@ fn plan(
             }
             _ => {
                 note(summary, args.quiet, format!(
-                    "{} is partway through a transfer to {} whose snapshots are gone: copying the whole volume",
+                    "{} is partway through a transfer to {} whose snapshots are gone: comparing it with a new snapshot and sending what differs, instead of copying everything",
                     args.dest, a.target
                 ));
-                return Ok(Plan::Seed {
-                    new: create()?,
-                    resume: 0,
-                });
+                return Ok(Plan::Repair { new: create()? });
             }
         }
     }
@@ -320,10 +363,11 @@ fn plan(
                 summary,
                 args.quiet,
                 format!(
-                    "what {} holds is not known: copying the whole volume",
+                    "what {} holds is not known: comparing it with a new snapshot and sending what differs, instead of copying everything",
                     args.dest
                 ),
             );
+            return Ok(Plan::Repair { new: create()? });
         }
         return Ok(Plan::Seed {
             new: create()?,
@@ -337,17 +381,15 @@ fn plan(
         )));
     }
     match by_uuid(&holds.snapshot_uuid) {
-        Some(base) if base.is_invalid() => Err(LvmError::ToolFailed {
-            tool: "backup".into(),
-            message: format!(
-                "the base snapshot {} was invalidated (its COW space ran out), so it cannot say what changed since {} was brought to it; run `lvmsync-rs backup --reseed {} {}` to copy the whole volume again, with a larger --snapshot-size",
+        Some(base) if base.is_invalid() => {
+            note(summary, args.quiet, format!(
+                "the base snapshot {} was invalidated (its COW space ran out), so it cannot say what changed since {} was brought to it: comparing {} with a new snapshot and sending what differs instead; give a larger --snapshot-size",
                 base.full_name(),
                 args.dest,
-                args.origin,
                 args.dest
-            ),
+            ));
+            Ok(Plan::Repair { new: create()? })
         }
-        .into()),
         Some(base) => Ok(Plan::Incremental {
             base,
             new: create()?,
@@ -355,19 +397,16 @@ fn plan(
         }),
         None => {
             note(summary, args.quiet, format!(
-                "{} holds {}, but that snapshot is gone: copying the whole volume",
-                args.dest, holds
+                "{} holds {}, but that snapshot is gone: comparing {} with a new snapshot and sending what differs, instead of copying everything",
+                args.dest, holds, args.dest
             ));
-            Ok(Plan::Seed {
-                new: create()?,
-                resume: 0,
-            })
+            Ok(Plan::Repair { new: create()? })
         }
     }
 }
 
-/// The delta of a full copy of `snap`: every extent, all-zero blocks as
-/// ZERO records.
+/// The delta of a full copy of `snap`, a snapshot of `origin`: every
+/// extent, all-zero blocks as ZERO records.
 fn full_copy(
     origin: &Volume,
     snap: &Volume,
@@ -378,37 +417,18 @@ fn full_copy(
         path: path.display().to_string(),
         source,
     })?;
-    let size = origin.size().min(source.size());
-    let header = Header {
-        origin_size: size,
-        chunk_size: crate::send::READ_LEN as u64,
-        source: SourceInfo {
-            kind: SourceKind::Full,
-            vg: Some(origin.vg_name.clone()),
-            snapshot: Some(snap.lv_name.clone()),
-            snapshot_uuid: Some(snap.lv_uuid.clone()),
-            snapshot_time: Some(snap.lv_time.clone()),
-            origin: Some(origin.lv_name.clone()),
-            origin_uuid: Some(origin.lv_uuid.clone()),
-            thin: None,
-        },
-        compression,
-        tool: crate::TOOL.to_string(),
-        base: None,
-        target: Some(snap.point_in_time(origin)),
-        resume_from: 0,
-        properties: [("data-source".to_string(), path.display().to_string())]
-            .into_iter()
-            .collect(),
+    let (mut header, extents) = crate::commands::send::full_copy(&source, compression);
+    header.source = SourceInfo {
+        kind: SourceKind::Full,
+        vg: Some(origin.vg_name.clone()),
+        snapshot: Some(snap.lv_name.clone()),
+        snapshot_uuid: Some(snap.lv_uuid.clone()),
+        snapshot_time: Some(snap.lv_time.clone()),
+        origin: Some(origin.lv_name.clone()),
+        origin_uuid: Some(origin.lv_uuid.clone()),
+        thin: None,
     };
-    let extents = if size > 0 {
-        vec![Extent {
-            offset: 0,
-            length: size,
-        }]
-    } else {
-        Vec::new()
-    };
+    header.target = Some(snap.point_in_time(origin));
     Ok((header, source, extents))
 }
 

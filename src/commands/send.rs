@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::blockdev::Source;
 use crate::commands::list::{self, Listing, Target};
+use crate::extents::Extent;
 use crate::lvm;
 use crate::send::{check_source_size, send_changes, SendError};
 use crate::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, ThinSource, Writer};
@@ -226,6 +227,43 @@ fn open_source(path: &Path) -> Result<Source, Error> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// The delta of a full copy of `source` (a seed): one extent over all of
+/// it, all-zero blocks becoming ZERO records as they are read. No base (it
+/// applies to any content) and no target; `backup` sets the target.
+pub fn full_copy(source: &Source, compression: Compression) -> (Header, Vec<Extent>) {
+    let size = source.size();
+    let path = source.path().display().to_string();
+    let header = Header {
+        origin_size: size,
+        chunk_size: crate::send::READ_LEN as u64,
+        source: SourceInfo {
+            kind: SourceKind::Full,
+            vg: None,
+            snapshot: None,
+            snapshot_uuid: None,
+            snapshot_time: None,
+            origin: Some(path.clone()),
+            origin_uuid: None,
+            thin: None,
+        },
+        compression,
+        tool: crate::TOOL.to_string(),
+        base: None,
+        target: None,
+        resume_from: 0,
+        properties: BTreeMap::from([("data-source".to_string(), path)]),
+    };
+    let extents = if size > 0 {
+        vec![Extent {
+            offset: 0,
+            length: size,
+        }]
+    } else {
+        Vec::new()
+    };
+    (header, extents)
 }
 
 /// The point in time the data source froze, when it is a classic snapshot

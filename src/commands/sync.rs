@@ -3,7 +3,7 @@
 //! through ssh, and checks its report; no file is written on either side.
 
 use std::io::{self, BufWriter, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,11 @@ use crate::Error;
 pub const SHIP_BUF: usize = 1 << 20;
 
 pub struct Args {
+    /// The change table, or, with `full`, nothing: then `data_source` is
+    /// copied whole.
     pub target: Target,
+    /// Copy all of `data_source` (a seed) instead of a snapshot's changes.
+    pub full: bool,
     pub data_source: Option<PathBuf>,
     pub compression: Compression,
     /// `[user@]host:PATH`, or a local path.
@@ -111,6 +115,18 @@ pub fn run(args: Args) -> Result<(), Error> {
 fn sync(args: &Args, report: &mut Report) -> Result<(), Error> {
     report.dest = args.dest.clone();
     let dest = Dest::parse(&args.dest)?;
+    if args.full {
+        let path = args.data_source.as_deref().unwrap_or(Path::new(""));
+        let source = Source::open(path).map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        report.source = Some(path.display().to_string());
+        let (header, extents) = crate::commands::send::full_copy(&source, args.compression);
+        let mut session = Session::connect(&dest, &args.link(), args.quiet, report)?;
+        session.check_base(&args.dest, &header, args.force)?;
+        return session.ship(&header, &source, Changes::read(&extents), report);
+    }
     // Local inputs first: a missing snapshot needs no connection.
     let mut prepared = Prepared::new(&args.target, args.data_source.as_deref(), args.compression)?;
     report.source = Some(prepared.name());

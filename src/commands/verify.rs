@@ -20,6 +20,7 @@ use crate::commands::sync::{self, Link, Session};
 use crate::extents::Extent;
 use crate::send::Changes;
 use crate::send::{send_extents, SendError};
+use crate::stream::PointInTime;
 use crate::stream::{Compression, Header, SourceInfo, SourceKind, Writer};
 use crate::transport::{Connection, Dest, Echo, Hello, Launch};
 use crate::units::human;
@@ -42,6 +43,30 @@ pub struct Args {
     /// How long to wait for the remote's hello.
     pub hello_timeout: Duration,
     pub json: bool,
+    /// The point in time a repair brings DEST to (when `backup` repairs a
+    /// copy against its new snapshot); its state then records it.
+    pub target: Option<PointInTime>,
+}
+
+/// What a comparison (and repair) found and did, for `backup`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outcome {
+    pub differing_bytes: u64,
+    /// Bytes read on each side.
+    pub bytes_read: u64,
+    /// The repair delta's length, 0 without a repair.
+    pub delta_bytes: u64,
+}
+
+/// Compares (and with `repair`, repairs) without printing anything.
+pub fn compare(args: &Args) -> Result<Outcome, Error> {
+    let mut report = Report::default();
+    verify(args, &mut report)?;
+    Ok(Outcome {
+        differing_bytes: report.differing_bytes,
+        bytes_read: report.src_bytes_read,
+        delta_bytes: report.repaired.as_ref().map_or(0, |r| r.delta_bytes),
+    })
 }
 
 /// The far side: hashes PATH's first `min(src_size, size)` bytes.
@@ -298,7 +323,9 @@ fn verify(args: &Args, report: &mut Report) -> Result<(), Error> {
     report.identical = ranges.is_empty();
     report.identical_now = report.identical;
     report.differences = ranges;
-    if args.repair && !report.identical {
+    // With a target, the repair also records in DEST's state that DEST
+    // holds that point in time, so it is sent even when nothing differs.
+    if args.repair && (!report.identical || args.target.is_some()) {
         let repaired = repair(args, &dest, dest_is_device, &src, report)?;
         // A block device larger than SRC keeps its tail.
         report.identical_now = repaired.dest_size_after == src_size;
@@ -374,7 +401,7 @@ fn repair_header(args: &Args, src: &Source) -> Header {
         compression: Compression::Lz4,
         tool: crate::TOOL.to_string(),
         base: None,
-        target: None,
+        target: args.target.clone(),
         resume_from: 0,
         properties: BTreeMap::from([
             ("compare-src".to_string(), src_path),

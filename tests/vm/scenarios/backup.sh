@@ -17,8 +17,10 @@
 #             killed midway; the next run resumes (sends less than the
 #             whole) and the file equals the snapshot.
 #   inckill   the same for an incremental backup.
-#   overflow  the base snapshot overflows: backup says so and --reseed
-#             copies the whole volume again.
+#   overflow  the base snapshot overflows: backup compares the copy with a
+#             new snapshot and repairs it; the same when the snapshot the
+#             copy holds was removed; --reseed copies the whole volume.
+#   thin      three backups of a thin origin (with discards) to a thin LV.
 #
 # Each case's directory holds the commands' rc/out/err, sums.txt ("NAME
 # SHA256"), and owned.txt (tool-owned snapshots, one per line).
@@ -171,7 +173,8 @@ step force "$LVMSYNC" apply --force "$SDIR/other.lvd" /dev/$VG/copy
 record_sum forced /dev/$VG/copy
 record_sum origin /dev/$VG/origin
 lvremove -q -y "$VG/other"
-# The copy no longer holds a known point in time: the next run copies all.
+# The copy no longer holds a known point in time: the next run compares
+# it with a new snapshot and repairs it.
 step after "$LVMSYNC" backup --json --snapshot-size 32m "$VG/origin" /dev/$VG/copy
 record_sum snap "/dev/$VG/$(newest_owned)"
 record_sum copy /dev/$VG/copy
@@ -218,8 +221,38 @@ scenario_begin overflow
 # The copy's base has 32 MiB of COW space: writing 40 MiB overflows it.
 fill_range /dev/$VG/origin $((4 * MiB)) $((40 * MiB)) random
 lvs --noheadings -o lv_name,lv_attr,lv_tags "$VG" > "$SDIR/lvs-overflowed.txt"
-step backup "$LVMSYNC" backup --json --snapshot-size 32m "$VG/origin" /dev/$VG/copy
-step reseed "$LVMSYNC" backup --json --reseed --snapshot-size 16m "$VG/origin" /dev/$VG/copy
+step backup "$LVMSYNC" backup --json --snapshot-size 48m "$VG/origin" /dev/$VG/copy
 owned -after
 record_sum snap "/dev/$VG/$(newest_owned)"
 record_sum copy /dev/$VG/copy
+# The snapshot the copy holds is gone (removed by hand): compared and
+# repaired again.
+lvremove -q -y "$VG/$(newest_owned)"
+fill_range /dev/$VG/origin $((10 * MiB)) $((1 * MiB)) random
+step gone "$LVMSYNC" backup --json --snapshot-size 48m "$VG/origin" /dev/$VG/copy
+record_sum snap-gone "/dev/$VG/$(newest_owned)"
+record_sum copy-gone /dev/$VG/copy
+step reseed "$LVMSYNC" backup --json --reseed --snapshot-size 48m "$VG/origin" /dev/$VG/copy
+owned -reseed
+record_sum snap-reseed "/dev/$VG/$(newest_owned)"
+record_sum copy-reseed /dev/$VG/copy
+
+# -------------------------------------------------------------------- thin
+scenario_begin thin
+lvcreate -q -y --type thin-pool -L 160m -c 64k --poolmetadatasize 4m -n pool "$VG"
+lvcreate -q -y -V 32m --thinpool pool -n tdata "$VG"
+lvcreate -q -y -V 32m --thinpool pool -n tcopy "$VG"
+fill_range /dev/$VG/tdata 0 $((24 * MiB)) random
+# The copy starts as garbage over all of it.
+fill_range /dev/$VG/tcopy 0 $((32 * MiB)) random
+for r in 1 2 3; do
+    if [ "$r" -gt 1 ]; then
+        change /dev/$VG/tdata "$r"
+        blkdiscard -o $((r * 2 * MiB)) -l $((1 * MiB)) /dev/$VG/tdata
+    fi
+    step "backup$r" "$LVMSYNC" backup --json "$VG/tdata" /dev/$VG/tcopy
+    owned "$r" tdata
+    record_sum "snap$r" "/dev/$VG/$(newest_owned tdata)"
+    record_sum "copy$r" /dev/$VG/tcopy
+done
+lvs --noheadings -o lv_name,data_percent "$VG/tcopy" > "$SDIR/tcopy-usage.txt"

@@ -13,7 +13,8 @@
 //! Run: `cargo bench --bench ssh` (as root: sshd lets root in with the
 //! generated key; needs openssh-server). Environment: `BENCH_GIB` (changed
 //! data in GiB, default 1), `BENCH_ROUNDS` (default 3, the median is
-//! reported), `BENCH_DIR` (where the images go), `BENCH_KEEP`.
+//! reported), `BENCH_DIR` (where the images go), `BENCH_KEEP`,
+//! `BENCH_CIPHER` (an ssh cipher for both, such as aes128-gcm@openssh.com).
 
 #[path = "common/workload.rs"]
 mod workload;
@@ -131,8 +132,13 @@ fn main() {
     fs::create_dir_all(&dir).unwrap();
     let work = Workload::make(&dir, gib);
     let server = sshd::Sshd::start(&dir.join("sshd"));
-    let rsh = server.rsh();
-    let ssh = server.ssh_words();
+    // BENCH_CIPHER: the ssh cipher for both the sync and the baseline.
+    let cipher = std::env::var("BENCH_CIPHER").ok();
+    let rsh = match &cipher {
+        Some(c) => format!("{} -c {c}", server.rsh()),
+        None => server.rsh(),
+    };
+    let ssh: Vec<String> = rsh.split(' ').map(String::from).collect();
     let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
 
     // The deltas, written once (not timed), for the baseline and the sizes.

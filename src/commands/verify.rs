@@ -677,6 +677,7 @@ mod tests {
             remote_path: "lvmsync-rs".into(),
             hello_timeout: Duration::from_secs(1),
             json: false,
+            target: None,
         };
         let h = repair_header(&args, &src);
         assert_eq!(h.source.kind, SourceKind::Compare);

@@ -64,7 +64,7 @@ fn text(rng: &mut Rng, b: &mut [u8]) {
 /// and of zeroes (written, as on a device), alternating.
 fn make_image(path: &Path, size: u64) {
     let mut f = File::create(path).unwrap();
-    let mut rng = Rng(0x5eed_0f_da7a);
+    let mut rng = Rng(0x005e_ed0f_da7a);
     let mut data = vec![0u8; RUN];
     let zeroes = vec![0u8; RUN];
     let mut at = 0u64;
@@ -90,7 +90,7 @@ fn make_image(path: &Path, size: u64) {
 fn make_change(dir: &Path, size: u64, share: f64) -> (PathBuf, PathBuf, u64) {
     let chunks = size / CHUNK;
     let target = (chunks as f64 * share) as u64;
-    let mut rng = Rng(0xc4a7_9e);
+    let mut rng = Rng(0x00c4_a79e);
     let mut cow = CowImage::new(CHUNK);
     let new = dir.join("new.img");
     let f = File::create(&new).unwrap();

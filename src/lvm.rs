@@ -77,6 +77,8 @@ pub enum LvmError {
         what: &'static str,
         text: String,
     },
+    #[error("{spec}: {why}")]
+    Volume { spec: String, why: String },
     #[error("{tool} not found: install the {package} package")]
     ToolMissing {
         tool: &'static str,

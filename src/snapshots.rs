@@ -122,15 +122,20 @@ pub fn volumes(name: &str) -> Result<Vec<Volume>, LvmError> {
 /// The origin named `vg/lv`, refused when it is not an LV that can be
 /// backed up (a snapshot, or inactive).
 pub fn origin(spec: &str) -> Result<Volume, LvmError> {
-    let bad = |why: String| LvmError::ToolFailed {
-        tool: "backup".into(),
-        message: format!("{spec}: {why}"),
+    let bad = |why: String| LvmError::Volume {
+        spec: spec.to_string(),
+        why,
     };
     let name = spec.trim_start_matches("/dev/");
     if name.split('/').count() != 2 {
         return Err(bad("name the origin as VG/LV".into()));
     }
-    let found = volumes(name)?;
+    let found = volumes(name).map_err(|e| match e {
+        LvmError::ToolFailed { message, .. } => {
+            bad(format!("lvm2 knows no such LV (lvs: {message})"))
+        }
+        other => other,
+    })?;
     let Some(lv) = found.into_iter().next() else {
         return Err(bad("lvm2 knows no such LV".into()));
     };
@@ -281,9 +286,9 @@ pub fn remove(snap: &Volume, tag: &str) -> Result<(), LvmError> {
             let os: Vec<&OsStr> = ["-y", name.as_str()].map(OsStr::new).to_vec();
             lvm::run("lvremove", "lvm2", &os).map(|_| ())
         }
-        Some(_) => Err(LvmError::ToolFailed {
-            tool: "backup".into(),
-            message: format!("{name} no longer carries the tag {tag}: left alone"),
+        Some(_) => Err(LvmError::Volume {
+            spec: name.clone(),
+            why: format!("no longer carries the tag {tag}, so backup leaves it alone"),
         }),
         None => Ok(()),
     }

@@ -7,21 +7,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-
-fn sums(dir: &Path) -> BTreeMap<String, String> {
-    fs::read_to_string(dir.join("sums.txt"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
 
 fn read(dir: &Path, name: &str) -> String {
     fs::read_to_string(dir.join(name)).unwrap_or_default()
@@ -75,20 +64,7 @@ impl Failures {
 
 #[test]
 fn backups_rotate_snapshots_check_bases_and_resume() {
-    let results = scratch("vm-backup");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .arg(repo.join("tests/vm/run-in-guest.sh"))
-        .arg(repo.join("tests/vm/scenarios/backup.sh"))
-        .arg(&results)
-        .env("LVMSYNC", bin())
-        .status()
-        .expect("run the guest");
-    let log = fs::read_to_string(results.join("guest.log")).unwrap_or_default();
-    assert!(
-        status.success(),
-        "guest run failed ({status}); guest log:\n{log}"
-    );
+    let (results, log) = run_scenario("vm-backup", "backup.sh");
     let mut f = Failures(Vec::new());
 
     // Five rounds: each ends with the copy equal to the round's snapshot,

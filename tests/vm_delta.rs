@@ -7,21 +7,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-
-fn sums(dir: &Path) -> BTreeMap<String, String> {
-    fs::read_to_string(dir.join("sums.txt"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
 
 fn step(dir: &Path, tag: &str) -> Result<String, String> {
     let read = |ext: &str| fs::read_to_string(dir.join(format!("{tag}.{ext}"))).unwrap_or_default();
@@ -37,20 +26,7 @@ fn step(dir: &Path, tag: &str) -> Result<String, String> {
 
 #[test]
 fn a_backup_updated_through_a_delta_equals_its_source() {
-    let results = scratch("vm-delta");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .arg(repo.join("tests/vm/run-in-guest.sh"))
-        .arg(repo.join("tests/vm/scenarios/delta.sh"))
-        .arg(&results)
-        .env("LVMSYNC", bin())
-        .status()
-        .expect("run the guest");
-    let log = fs::read_to_string(results.join("guest.log")).unwrap_or_default();
-    assert!(
-        status.success(),
-        "guest run failed ({status}); guest log:\n{log}"
-    );
+    let (results, log) = run_scenario("vm-delta", "delta.sh");
 
     let mut failures = Vec::new();
     fn check(failures: &mut Vec<String>, r: Result<String, String>) -> Option<String> {

@@ -10,8 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use common::*;
 
@@ -72,20 +71,7 @@ impl Scenario {
 
 #[test]
 fn list_agrees_with_the_real_kernel() {
-    let results = scratch("vm-list");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .arg(repo.join("tests/vm/run-in-guest.sh"))
-        .arg(repo.join("tests/vm/scenarios/list.sh"))
-        .arg(&results)
-        .env("LVMSYNC", bin())
-        .status()
-        .expect("run the guest");
-    let guest_log = fs::read_to_string(results.join("guest.log")).unwrap_or_default();
-    assert!(
-        status.success(),
-        "guest run failed ({status}); guest log:\n{guest_log}"
-    );
+    let (results, guest_log) = run_scenario("vm-list", "list.sh");
 
     let mut failures = Vec::new();
     let mut seen = Vec::new();

@@ -14,7 +14,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -111,20 +110,7 @@ impl Checks {
 
 #[test]
 fn backups_updated_from_thin_snapshots_equal_their_source() {
-    let results = scratch("vm-thin");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .arg(repo.join("tests/vm/run-in-guest.sh"))
-        .arg(repo.join("tests/vm/scenarios/thin.sh"))
-        .arg(&results)
-        .env("LVMSYNC", bin())
-        .status()
-        .expect("run the guest");
-    let log = fs::read_to_string(results.join("guest.log")).unwrap_or_default();
-    assert!(
-        status.success(),
-        "guest run failed ({status}); guest log:\n{log}"
-    );
+    let (results, log) = run_scenario("vm-thin", "thin.sh");
     let mut c = Checks {
         failures: Vec::new(),
     };

@@ -112,3 +112,35 @@ pub fn read_writes(path: &Path) -> Vec<(u64, u64)> {
         })
         .collect()
 }
+
+/// Runs `tests/vm/scenarios/SCRIPT` in the real-kernel guest
+/// (`tests/vm/run-in-guest.sh`) with its results in a fresh directory for
+/// `name`; fails the test if the guest run fails. Returns the results
+/// directory and the guest's log.
+pub fn run_scenario(name: &str, script: &str) -> (PathBuf, String) {
+    let results = scratch(name);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("bash")
+        .arg(repo.join("tests/vm/run-in-guest.sh"))
+        .arg(repo.join("tests/vm/scenarios").join(script))
+        .arg(&results)
+        .env("LVMSYNC", bin())
+        .status()
+        .expect("run the guest");
+    let log = std::fs::read_to_string(results.join("guest.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "guest run failed ({status}); guest log:\n{log}"
+    );
+    (results, log)
+}
+
+/// The `NAME SHA256` lines a scenario wrote to DIR/sums.txt.
+pub fn sums(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(dir.join("sums.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}

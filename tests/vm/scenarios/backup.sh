@@ -186,15 +186,23 @@ DEST="backuphost:$IMG"
 # A second origin, so its snapshots are apart from the copy's.
 make_origin "$VG" data "$SIZE"
 fill_range /dev/$VG/data 0 $((40 * MiB)) random
-"$LVMSYNC" backup --json --create -e $SLOW --remote-path "$LVMSYNC" --snapshot-size 100%ORIGIN "$VG/data" "$DEST" \
-    > "$SDIR/killed.out" 2> "$SDIR/killed.err" < /dev/null &
-pid=$!
-kill_midway "$pid"
-wait "$pid" || true
-sleep 1
-cp "$IMG.lvmsync-state" "$SDIR/state-killed.json" || true
+# The backups of data to the file, over the slow remote shell.
+SLOW_BACKUP=("$LVMSYNC" backup --json --create -e $SLOW --remote-path "$LVMSYNC"
+    --snapshot-size 100%ORIGIN "$VG/data" "$DEST")
+# killed_backup: one of them, killed once its transfer is under way; keeps
+# the file's state as the kill left it.
+killed_backup() {
+    local pid
+    "${SLOW_BACKUP[@]}" > "$SDIR/killed.out" 2> "$SDIR/killed.err" < /dev/null &
+    pid=$!
+    kill_midway "$pid"
+    wait "$pid" || true
+    sleep 1
+    cp "$IMG.lvmsync-state" "$SDIR/state-killed.json" || true
+}
+killed_backup
 owned -killed data
-step resume "$LVMSYNC" backup --json --create -e $SLOW --remote-path "$LVMSYNC" --snapshot-size 100%ORIGIN "$VG/data" "$DEST"
+step resume "${SLOW_BACKUP[@]}"
 owned -after data
 record_sum snap "/dev/$VG/$(newest_owned data)"
 record_sum copy "$IMG"
@@ -204,14 +212,8 @@ du -k "$IMG" >> "$SDIR/du.txt"
 # ----------------------------------------------------------------- inckill
 scenario_begin inckill
 fill_range /dev/$VG/data $((4 * MiB)) $((36 * MiB)) random
-"$LVMSYNC" backup --json -e $SLOW --remote-path "$LVMSYNC" --snapshot-size 100%ORIGIN "$VG/data" "$DEST" \
-    > "$SDIR/killed.out" 2> "$SDIR/killed.err" < /dev/null &
-pid=$!
-kill_midway "$pid"
-wait "$pid" || true
-sleep 1
-cp "$IMG.lvmsync-state" "$SDIR/state-killed.json" || true
-step resume "$LVMSYNC" backup --json -e $SLOW --remote-path "$LVMSYNC" --snapshot-size 100%ORIGIN "$VG/data" "$DEST"
+killed_backup
+step resume "${SLOW_BACKUP[@]}"
 owned -after data
 record_sum snap "/dev/$VG/$(newest_owned data)"
 record_sum copy "$IMG"

@@ -17,23 +17,20 @@
 //!   a tmpfs such as /dev/shm takes the disk out of the figures);
 //! - `BENCH_KEEP`: keep the images afterwards (to profile by hand).
 
+use measure::{env_f64, median};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+#[path = "common/measure.rs"]
+mod measure;
+
 #[path = "common/workload.rs"]
 mod workload;
 
-use workload::{make_copy, Content, Extent, Workload, PIECE};
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use workload::{make_copy, same_extents, Content, Extent, Workload, PIECE};
 
 /// The baseline: read each extent from `src` and write it into `dst`.
 fn copy_extents(src: &Path, dst: &Path, extents: &[Extent]) -> f64 {
@@ -80,29 +77,6 @@ fn pipeline(cow: &Path, new: &Path, copy: &Path, compress: &str) -> (f64, String
     let report = String::from_utf8_lossy(&apply.stderr).into_owned();
     assert!(sent.success() && apply.status.success(), "{report}");
     (secs, report)
-}
-
-fn same_extents(a: &Path, b: &Path, extents: &[Extent]) -> bool {
-    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
-    let (mut x, mut y) = (vec![0u8; PIECE], vec![0u8; PIECE]);
-    extents.iter().all(|e| {
-        let mut done = 0;
-        while done < e.length {
-            let n = (e.length - done).min(PIECE as u64) as usize;
-            fa.read_exact_at(&mut x[..n], e.offset + done).unwrap();
-            fb.read_exact_at(&mut y[..n], e.offset + done).unwrap();
-            if x[..n] != y[..n] {
-                return false;
-            }
-            done += n as u64;
-        }
-        true
-    })
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -18,47 +18,28 @@
 //! (image size, default 4), `BENCH_ROUNDS` (default 3, medians),
 //! `BENCH_DIR` (where the images go), `BENCH_KEEP`.
 
+#[path = "common/measure.rs"]
+mod measure;
+
+#[path = "common/workload.rs"]
+mod workload;
+
 #[path = "../tests/common/sshd.rs"]
 mod sshd;
 
+use measure::{drop_cache, env_f64, median};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use workload::text;
 
 use lvmsync::cowgen::{CowImage, Rng};
 
 const RUN: usize = 4 << 20;
 const CHUNK: u64 = 4096;
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn text(rng: &mut Rng, b: &mut [u8]) {
-    const WORDS: &[&[u8]] = &[
-        b"the ", b"backup ", b"volume ", b"of ", b"data\n", b"0x1f ", b"= ",
-    ];
-    let mut i = 0;
-    while i < b.len() {
-        for &c in WORDS[rng.below(WORDS.len() as u64) as usize] {
-            if i < b.len() {
-                b[i] = c;
-                i += 1;
-            }
-        }
-    }
-}
 
 /// An image of `size` bytes: 4 MiB runs of data (half text, half random)
 /// and of zeroes (written, as on a device), alternating.
@@ -119,17 +100,6 @@ fn make_change(dir: &Path, size: u64, share: f64) -> (PathBuf, PathBuf, u64) {
     (cow_path, new, changed * CHUNK)
 }
 
-fn drop_cache(path: &Path) {
-    if let Ok(f) = File::open(path) {
-        let _ = nix::fcntl::posix_fadvise(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
-    }
-}
-
 /// `lvmsync-rs sync ARGS`: seconds and the summary.
 fn lvmsync(args: &[&str]) -> (f64, serde_json::Value) {
     let t = Instant::now();
@@ -181,7 +151,7 @@ fn main() {
     let (mut seed_wire, mut inc_wire) = (0, 0);
     for round in 0..rounds {
         let _ = fs::remove_file(&copy);
-        drop_cache(&image);
+        drop_cache(&[&image]);
         let t = Instant::now();
         let status = Command::new("sh")
             .arg("-c")
@@ -197,7 +167,7 @@ fn main() {
 
         let _ = fs::remove_file(&copy);
         let _ = fs::remove_file(format!("{}.lvmsync-state", copy.display()));
-        drop_cache(&image);
+        drop_cache(&[&image]);
         let (secs, doc) = lvmsync(&[
             "-e",
             &rsh,
@@ -220,7 +190,7 @@ fn main() {
             assert!(same, "the seeded copy differs from the image");
         }
 
-        drop_cache(&new);
+        drop_cache(&[&new]);
         let (secs, doc) = lvmsync(&[
             "-e",
             &rsh,

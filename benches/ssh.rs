@@ -16,26 +16,22 @@
 //! reported), `BENCH_DIR` (where the images go), `BENCH_KEEP`,
 //! `BENCH_CIPHER` (an ssh cipher for both, such as aes128-gcm@openssh.com).
 
+#[path = "common/measure.rs"]
+mod measure;
+
 #[path = "common/workload.rs"]
 mod workload;
 
 #[path = "../tests/common/sshd.rs"]
 mod sshd;
 
+use measure::{env_f64, median};
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use workload::{make_copy, Extent, Workload, PIECE};
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use workload::{make_copy, same_extents, Workload};
 
 /// Busy and total CPU time of the machine so far, in clock ticks
 /// (`/proc/stat`): to tell a run limited by the CPUs from one that waits.
@@ -65,11 +61,6 @@ fn busy<T>(f: impl FnOnce() -> T) -> (f64, T) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let share = (b1 - b0) as f64 / ((t1 - t0).max(1)) as f64;
     (share * cores, out)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// `ssh ... host 'cat > /dev/null' < delta`: seconds.
@@ -102,24 +93,6 @@ fn sync(rsh: &str, work: &Workload, copy: &Path, compress: &str) -> (f64, serde_
     let secs = t.elapsed().as_secs_f64();
     assert!(out.status.success(), "sync failed");
     (secs, serde_json::from_slice(&out.stdout).unwrap())
-}
-
-fn same_extents(a: &Path, b: &Path, extents: &[Extent]) -> bool {
-    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
-    let (mut x, mut y) = (vec![0u8; PIECE], vec![0u8; PIECE]);
-    extents.iter().all(|e| {
-        let mut done = 0;
-        while done < e.length {
-            let n = (e.length - done).min(PIECE as u64) as usize;
-            fa.read_exact_at(&mut x[..n], e.offset + done).unwrap();
-            fb.read_exact_at(&mut y[..n], e.offset + done).unwrap();
-            if x[..n] != y[..n] {
-                return false;
-            }
-            done += n as u64;
-        }
-        true
-    })
 }
 
 fn main() {

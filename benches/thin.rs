@@ -15,6 +15,10 @@
 //!
 //! Run: `cargo bench --bench thin` (CHANGED=N, BLOCKS=N, ROUNDS=N to change it).
 
+#[path = "common/measure.rs"]
+mod measure;
+
+use measure::{env_f64, median};
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -22,22 +26,10 @@ use std::time::Instant;
 use lvmsync::cowgen::Rng;
 use lvmsync::thingen::ThinPair;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
-    let changed = env("CHANGED", 100_000);
-    let blocks = env("BLOCKS", 4 * changed);
-    let rounds = env("ROUNDS", 5).max(1) as usize;
+    let changed = env_f64("CHANGED", 100_000.0) as u64;
+    let blocks = env_f64("BLOCKS", (4 * changed) as f64) as u64;
+    let rounds = (env_f64("ROUNDS", 5.0) as u64).max(1) as usize;
     let block_sectors = 128; // 64 KiB
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let meta = dir.join("bench-thin.meta");
@@ -148,11 +140,11 @@ fn main() {
         cli.push(t.elapsed().as_secs_f64());
     }
     let (null, pipe, lib, cli, parse) = (
-        median(null),
-        median(pipe),
-        median(lib),
-        median(cli),
-        median(parse),
+        median(&mut null),
+        median(&mut pipe),
+        median(&mut lib),
+        median(&mut cli),
+        median(&mut parse),
     );
     let pct = |x: f64| (x / null - 1.0) * 100.0;
     println!("median of {rounds} rounds:");

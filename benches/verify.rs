@@ -19,30 +19,20 @@
 //! (default 3, the median is reported), `BENCH_DIR` (where the images go),
 //! `BENCH_KEEP`.
 
+#[path = "common/measure.rs"]
+mod measure;
+
 #[path = "../tests/common/sshd.rs"]
 mod sshd;
 
+use measure::{drop_cache, env_f64, median};
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use lvmsync::cowgen::Rng;
-use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Free bytes of the file system holding `dir`.
 fn free_bytes(dir: &Path) -> u64 {
@@ -72,15 +62,6 @@ fn make_images(src: &Path, dest: &Path, size: u64) {
         size as f64 / (1u64 << 30) as f64,
         t.elapsed().as_secs_f64()
     );
-}
-
-/// Drops `paths` from the page cache (they are clean: synced after
-/// writing, and only read since).
-fn drop_cache(paths: &[&Path]) {
-    for p in paths {
-        let f = File::open(p).unwrap();
-        posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
-    }
 }
 
 /// `cat FILE > /dev/null` for each of `paths`, all at once: seconds.

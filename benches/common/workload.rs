@@ -220,3 +220,23 @@ pub fn make_copy(path: &Path, size: u64, extents: &[Extent]) {
     }
     f.sync_all().unwrap();
 }
+
+/// Whether `a` and `b` hold the same bytes over `extents`.
+pub fn same_extents(a: &Path, b: &Path, extents: &[Extent]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    let (mut x, mut y) = (vec![0u8; PIECE], vec![0u8; PIECE]);
+    extents.iter().all(|e| {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            fa.read_exact_at(&mut x[..n], e.offset + done).unwrap();
+            fb.read_exact_at(&mut y[..n], e.offset + done).unwrap();
+            if x[..n] != y[..n] {
+                return false;
+            }
+            done += n as u64;
+        }
+        true
+    })
+}

@@ -183,16 +183,8 @@ enum Command {
         /// Create DEST as a regular file when it does not exist
         #[arg(long)]
         create: bool,
-        /// The remote shell, split into words like a shell does
-        #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
-        rsh: String,
-        /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
-        #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
-        remote_path: String,
-        /// Seconds to wait for the remote to log in, open DEST and answer,
-        /// and then for it to take more data
-        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        #[command(flatten)]
+        remote: RemoteShell,
         /// No progress and no summary; errors only
         #[arg(short, long)]
         quiet: bool,
@@ -234,16 +226,8 @@ enum Command {
         /// Create DEST as a regular file when it does not exist
         #[arg(long)]
         create: bool,
-        /// The remote shell, split into words like a shell does
-        #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
-        rsh: String,
-        /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
-        #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
-        remote_path: String,
-        /// Seconds to wait for the remote to log in, open DEST and answer,
-        /// and then for it to take more data
-        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        #[command(flatten)]
+        remote: RemoteShell,
         /// No progress and no summary; errors only
         #[arg(short, long)]
         quiet: bool,
@@ -280,15 +264,8 @@ enum Command {
         /// extended, a longer one cut to SRC's size
         #[arg(long)]
         repair: bool,
-        /// The remote shell, split into words like a shell does
-        #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
-        rsh: String,
-        /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
-        #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
-        remote_path: String,
-        /// Seconds to wait for the remote to log in, open DEST and answer
-        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        #[command(flatten)]
+        remote: RemoteShell,
         /// Print one JSON object instead of text
         #[arg(long)]
         json: bool,
@@ -317,10 +294,34 @@ enum Command {
     },
 }
 
+/// How to reach a remote DEST: the options of sync, backup and verify.
+#[derive(clap::Args)]
+struct RemoteShell {
+    /// The remote shell, split into words like a shell does
+    #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
+    rsh: String,
+    /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
+    #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
+    remote_path: String,
+    /// Seconds to wait for the remote to log in, open DEST and answer, and
+    /// then, while a delta is sent, for it to take more data
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Compress {
     Lz4,
     None,
+}
+
+impl From<Compress> for Compression {
+    fn from(c: Compress) -> Compression {
+        match c {
+            Compress::Lz4 => Compression::Lz4,
+            Compress::None => Compression::None,
+        }
+    }
 }
 
 /// Subcommands; any other first argument (a snapshot, or an option) means
@@ -402,10 +403,7 @@ fn main() -> ExitCode {
                 target,
                 data_source,
                 output,
-                compression: match compress {
-                    Compress::Lz4 => Compression::Lz4,
-                    Compress::None => Compression::None,
-                },
+                compression: compress.into(),
             })
         }
         Command::Apply {
@@ -432,9 +430,7 @@ fn main() -> ExitCode {
             origin_size,
             compress,
             create,
-            rsh,
-            remote_path,
-            timeout,
+            remote,
             quiet,
             json,
             force,
@@ -462,15 +458,12 @@ fn main() -> ExitCode {
                 target,
                 full,
                 data_source,
-                compression: match compress {
-                    Compress::Lz4 => Compression::Lz4,
-                    Compress::None => Compression::None,
-                },
+                compression: compress.into(),
                 dest,
                 create,
-                rsh,
-                remote_path,
-                hello_timeout: std::time::Duration::from_secs(timeout),
+                rsh: remote.rsh,
+                remote_path: remote.remote_path,
+                hello_timeout: std::time::Duration::from_secs(remote.timeout),
                 quiet,
                 json,
                 force,
@@ -483,23 +476,18 @@ fn main() -> ExitCode {
             reseed,
             compress,
             create,
-            rsh,
-            remote_path,
-            timeout,
+            remote,
             quiet,
             json,
         } => backup::run(backup::Args {
             origin,
             dest,
             snapshot_size,
-            compression: match compress {
-                Compress::Lz4 => Compression::Lz4,
-                Compress::None => Compression::None,
-            },
+            compression: compress.into(),
             create,
-            rsh,
-            remote_path,
-            hello_timeout: std::time::Duration::from_secs(timeout),
+            rsh: remote.rsh,
+            remote_path: remote.remote_path,
+            hello_timeout: std::time::Duration::from_secs(remote.timeout),
             reseed,
             quiet,
             json,
@@ -512,9 +500,7 @@ fn main() -> ExitCode {
             args,
             block_size,
             repair,
-            rsh,
-            remote_path,
-            timeout,
+            remote,
             json,
             remote_side,
             protocol,
@@ -536,9 +522,9 @@ fn main() -> ExitCode {
                     dest: dest.clone(),
                     block_size,
                     repair,
-                    rsh,
-                    remote_path,
-                    hello_timeout: std::time::Duration::from_secs(timeout),
+                    rsh: remote.rsh,
+                    remote_path: remote.remote_path,
+                    hello_timeout: std::time::Duration::from_secs(remote.timeout),
                     json,
                     target: None,
                 }),

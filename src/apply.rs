@@ -310,14 +310,8 @@ impl Snapback {
             origin_size: delta.origin_size,
             chunk_size: delta.chunk_size,
             source: SourceInfo {
-                kind: SourceKind::Image,
-                vg: None,
-                snapshot: None,
-                snapshot_uuid: None,
-                snapshot_time: None,
                 origin: Some(dest.path().display().to_string()),
-                origin_uuid: None,
-                thin: None,
+                ..SourceInfo::of_kind(SourceKind::Image)
             },
             compression: Compression::Lz4,
             tool: crate::TOOL.to_string(),
@@ -1086,14 +1080,8 @@ mod tests {
             origin_size: size,
             chunk_size: 4096,
             source: SourceInfo {
-                kind: SourceKind::Compare,
-                vg: None,
-                snapshot: None,
-                snapshot_uuid: None,
-                snapshot_time: None,
                 origin: Some("src.img".into()),
-                origin_uuid: None,
-                thin: None,
+                ..SourceInfo::of_kind(SourceKind::Compare)
             },
             compression: Compression::None,
             tool: crate::TOOL.into(),

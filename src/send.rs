@@ -282,16 +282,7 @@ mod tests {
         let header = Header {
             origin_size: size,
             chunk_size: 65536,
-            source: SourceInfo {
-                kind: SourceKind::Thin,
-                vg: None,
-                snapshot: None,
-                snapshot_uuid: None,
-                snapshot_time: None,
-                origin: None,
-                origin_uuid: None,
-                thin: None,
-            },
+            source: SourceInfo::of_kind(SourceKind::Thin),
             compression: Compression::None,
             tool: crate::TOOL.into(),
             base: None,

@@ -284,16 +284,7 @@ mod tests {
         Header {
             origin_size: 1 << 20,
             chunk_size: 4096,
-            source: SourceInfo {
-                kind: SourceKind::Classic,
-                vg: None,
-                snapshot: None,
-                snapshot_uuid: None,
-                snapshot_time: None,
-                origin: None,
-                origin_uuid: None,
-                thin: None,
-            },
+            source: SourceInfo::of_kind(SourceKind::Classic),
             compression: Compression::Lz4,
             tool: "test".into(),
             base: base.map(pit),

@@ -73,6 +73,22 @@ pub struct SourceInfo {
     pub thin: Option<ThinSource>,
 }
 
+impl SourceInfo {
+    /// A source of `kind` of which nothing else is known (yet).
+    pub fn of_kind(kind: SourceKind) -> SourceInfo {
+        SourceInfo {
+            kind,
+            vg: None,
+            snapshot: None,
+            snapshot_uuid: None,
+            snapshot_time: None,
+            origin: None,
+            origin_uuid: None,
+            thin: None,
+        }
+    }
+}
+
 /// Where the changes of a thin snapshot came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThinSource {
@@ -1163,14 +1179,9 @@ mod tests {
             origin_size,
             chunk_size: 4096,
             source: SourceInfo {
-                kind: SourceKind::Image,
-                vg: None,
                 snapshot: Some("a.cow".into()),
-                snapshot_uuid: None,
-                snapshot_time: None,
                 origin: Some("new.img".into()),
-                origin_uuid: None,
-                thin: None,
+                ..SourceInfo::of_kind(SourceKind::Image)
             },
             compression,
             tool: "lvmsync-rs test".into(),

@@ -635,16 +635,7 @@ fn header(origin_size: u64) -> Header {
     Header {
         origin_size,
         chunk_size: CHUNK,
-        source: SourceInfo {
-            kind: SourceKind::Image,
-            vg: None,
-            snapshot: None,
-            snapshot_uuid: None,
-            snapshot_time: None,
-            origin: None,
-            origin_uuid: None,
-            thin: None,
-        },
+        source: SourceInfo::of_kind(SourceKind::Image),
         compression: Compression::Lz4,
         tool: "test".into(),
         base: None,

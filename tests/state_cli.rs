@@ -34,14 +34,11 @@ fn header(base: Option<&str>, target: Option<&str>, resume_from: u64) -> Header 
         origin_size: SIZE as u64,
         chunk_size: BLOCK as u64,
         source: SourceInfo {
-            kind: SourceKind::Classic,
             vg: Some("vg".into()),
             snapshot: base.map(String::from),
-            snapshot_uuid: None,
-            snapshot_time: None,
             origin: Some("origin".into()),
             origin_uuid: Some("origin-uuid".into()),
-            thin: None,
+            ..SourceInfo::of_kind(SourceKind::Classic)
         },
         compression: Compression::Lz4,
         tool: "test".into(),

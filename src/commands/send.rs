@@ -239,14 +239,8 @@ pub fn full_copy(source: &Source, compression: Compression) -> (Header, Vec<Exte
         origin_size: size,
         chunk_size: crate::send::READ_LEN as u64,
         source: SourceInfo {
-            kind: SourceKind::Full,
-            vg: None,
-            snapshot: None,
-            snapshot_uuid: None,
-            snapshot_time: None,
             origin: Some(path.clone()),
-            origin_uuid: None,
-            thin: None,
+            ..SourceInfo::of_kind(SourceKind::Full)
         },
         compression,
         tool: crate::TOOL.to_string(),
@@ -343,14 +337,9 @@ fn source_info(listing: &Listing, data: &Source) -> SourceInfo {
                 }
             }
             None => SourceInfo {
-                kind: SourceKind::Image,
-                vg: None,
                 snapshot: Some(l.cow_path.display().to_string()),
-                snapshot_uuid: None,
-                snapshot_time: None,
                 origin: Some(data.path().display().to_string()),
-                origin_uuid: None,
-                thin: None,
+                ..SourceInfo::of_kind(SourceKind::Image)
             },
         },
         Listing::Thin(l) => {

@@ -389,14 +389,8 @@ fn repair_header(args: &Args, src: &Source) -> Header {
         origin_size: src.size(),
         chunk_size: args.block_size,
         source: SourceInfo {
-            kind: SourceKind::Compare,
-            vg: None,
-            snapshot: None,
-            snapshot_uuid: None,
-            snapshot_time: None,
             origin: Some(src_path.clone()),
-            origin_uuid: None,
-            thin: None,
+            ..SourceInfo::of_kind(SourceKind::Compare)
         },
         compression: Compression::Lz4,
         tool: crate::TOOL.to_string(),

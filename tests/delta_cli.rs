@@ -21,7 +21,7 @@ use lvmsync::cowgen::Rng;
 
 /// An old image, a new one, and the COW image listing the chunks that differ.
 struct Fixture {
-    dir: PathBuf,
+    dir: Scratch,
     old: Vec<u8>,
     new: Vec<u8>,
     new_path: PathBuf,

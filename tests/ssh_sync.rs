@@ -28,7 +28,7 @@ use lvmsync::cowgen::Rng;
 /// An sshd, an old image, a new one, and the COW image of their difference.
 struct Fixture {
     sshd: Sshd,
-    dir: PathBuf,
+    dir: Scratch,
     old: Vec<u8>,
     new: Vec<u8>,
     new_path: PathBuf,

@@ -73,7 +73,7 @@ fn state_of(dest: &Path) -> Option<State> {
 }
 
 struct Case {
-    dir: PathBuf,
+    dir: Scratch,
     dest: PathBuf,
 }
 

@@ -9,7 +9,7 @@ mod sshd;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use common::*;
@@ -345,7 +345,7 @@ fn an_unreadable_dest_is_an_error_for_a_user_without_rights() {
 /// An sshd and a directory.
 struct Remote {
     sshd: Sshd,
-    dir: PathBuf,
+    dir: Scratch,
 }
 
 impl Remote {

@@ -18,11 +18,45 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 /// A fresh directory for one test.
-pub fn scratch(name: &str) -> PathBuf {
+pub fn scratch(name: &str) -> Scratch {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
+}
+
+/// A test's directory under the target directory: removed when the test
+/// passes, kept (and named on stderr) when it fails, so that what it left
+/// can be looked at. `LVMSYNC_TEST_KEEP=1` keeps it in any case.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("LVMSYNC_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Asserts that the command failed the way a user should see it: exit status
@@ -117,7 +151,7 @@ pub fn read_writes(path: &Path) -> Vec<(u64, u64)> {
 /// (`tests/vm/run-in-guest.sh`) with its results in a fresh directory for
 /// `name`; fails the test if the guest run fails. Returns the results
 /// directory and the guest's log.
-pub fn run_scenario(name: &str, script: &str) -> (PathBuf, String) {
+pub fn run_scenario(name: &str, script: &str) -> (Scratch, String) {
     let results = scratch(name);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("bash")

@@ -7,7 +7,9 @@
 //! the damage applied and nothing from it on. One thread reads and checks
 //! the stream; a second one writes the records that passed, in order, so
 //! that checking the next record overlaps writing this one; a third starts
-//! writeback every [`WRITEBACK_BYTES`], so that the disk works meanwhile. Records are idempotent (each
+//! writeback every [`WRITEBACK_BYTES`] and flushes the disk's cache every
+//! [`FLUSH_BYTES`], so that the disk works meanwhile and the final sync
+//! has little left to do. Records are idempotent (each
 //! sets an extent to given bytes), so applying an intact copy of the whole
 //! delta afterwards completes the job.
 //!
@@ -24,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use thiserror::Error;
 
@@ -53,6 +55,11 @@ pub const WRITE_QUEUE: usize = 4;
 /// Bytes written between two requests to start writeback, so that the disk
 /// works while the stream is still being read.
 pub const WRITEBACK_BYTES: u64 = 32 << 20;
+/// Bytes written between two flushes of the destination by the writeback
+/// thread (written back and out of the device's cache), so that the final
+/// sync waits for the last of them only. Unlike a confirmation, nothing
+/// waits for them.
+pub const FLUSH_BYTES: u64 = 128 << 20;
 /// Bytes written between two confirmations in the destination's state (a
 /// sync of the destination, then of the state), for a delta that can be
 /// resumed.
@@ -403,12 +410,78 @@ struct Applier {
     zero_records: u64,
     /// Bytes written since writeback was last requested.
     unflushed: u64,
-    /// Asks the writeback thread to start writeback.
-    writeback: Option<mpsc::SyncSender<()>>,
+    /// Bytes of data written in all.
+    written: u64,
+    /// Asks the writeback thread to start writeback or to confirm.
+    writeback: Option<mpsc::SyncSender<Ask>>,
+    /// Why the writeback thread could not confirm, once it could not.
+    confirm_failed: Arc<Mutex<Option<ConfirmError>>>,
     /// What the state confirmed when the apply stopped.
     confirmed: Option<String>,
-    /// Keeps the destination's state.
-    tracker: Tracker,
+    /// Keeps the destination's state (shared with the writeback thread,
+    /// which confirms).
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+/// What the writer asks of the writeback thread.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    /// This many bytes of data were written in all: start writeback, or
+    /// flush when [`FLUSH_BYTES`] were written since the last flush.
+    Written(u64),
+    /// Flush, then record in the state that the bytes before `end` are
+    /// applied (`written` bytes of data were written in all).
+    Confirm { end: u64, written: u64 },
+}
+
+/// Why a confirmation failed in the writeback thread.
+#[derive(Debug)]
+enum ConfirmError {
+    Sync(io::Error),
+    State(StateError),
+}
+
+/// The writeback thread: serves `asked` until the writer hangs up. A
+/// failed confirmation is left in `failed` and ends it.
+fn writeback_thread(
+    wb: crate::blockdev::Writeback,
+    asked: mpsc::Receiver<Ask>,
+    tracker: &Mutex<Tracker>,
+    failed: &Mutex<Option<ConfirmError>>,
+) {
+    let mut flushed = 0;
+    for ask in asked {
+        match ask {
+            // Errors are left to the final sync, which reports them (this
+            // is another open file: see Destination::writeback).
+            Ask::Written(written) if written - flushed >= FLUSH_BYTES => {
+                flushed = written;
+                let _ = wb.flush();
+            }
+            Ask::Written(_) => {
+                let _ = wb.start();
+            }
+            Ask::Confirm { end, written } => {
+                flushed = written;
+                let result = wb.flush().map_err(ConfirmError::Sync).and_then(|()| {
+                    lock(tracker)
+                        .confirm_at(end)
+                        .map(|_| ())
+                        .map_err(ConfirmError::State)
+                });
+                if let Err(e) = result {
+                    *lock(failed) = Some(e);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Locks `m`, also after a thread panicked while holding it (what it
+/// guards stays consistent: every change is a single assignment).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Keeps the destination's state while a delta is applied: which transfer
@@ -467,7 +540,8 @@ impl Tracker {
         )
     }
 
-    /// Whether enough was written since the last confirmation.
+    /// Whether enough was written since the last confirmation was asked
+    /// for.
     fn wrote(&mut self, end: u64, length: u64) -> bool {
         self.last_end = end;
         self.unconfirmed += length;
@@ -478,13 +552,21 @@ impl Tracker {
     /// (the caller synced the destination).
     fn confirm(&mut self) -> Result<Option<u64>, StateError> {
         self.unconfirmed = 0;
+        self.confirm_at(self.last_end)
+    }
+
+    /// Records that everything before `end` is on disk (the caller synced
+    /// the destination after the record that ends there was written).
+    fn confirm_at(&mut self, end: u64) -> Result<Option<u64>, StateError> {
         let Some(a) = self.applying.as_mut() else {
             return Ok(None);
         };
-        a.confirmed = self.last_end;
-        let confirmed = a.confirmed;
+        if end <= a.confirmed {
+            return Ok(Some(a.confirmed));
+        }
+        a.confirmed = end;
         self.save_applying()?;
-        Ok(Some(confirmed))
+        Ok(Some(end))
     }
 
     /// Records that the whole delta is applied and synced.
@@ -615,6 +697,9 @@ impl Applier {
         length: u64,
         content: Option<&[u8]>,
     ) -> Result<(), ApplyError> {
+        if let Some(e) = self.confirm_failure() {
+            return Err(e);
+        }
         if self.extend {
             self.extend_now()?;
         }
@@ -636,36 +721,65 @@ impl Applier {
             Some(c) if !c.is_empty() => {
                 self.data_records += 1;
                 self.unflushed += length;
+                self.written += length;
             }
             _ => self.zero_records += 1,
         }
-        if self.tracker.wrote(offset + length, length) {
-            let confirmed = self
-                .dest
-                .sync()
-                .map_err(|source| ApplyError::DestSync {
-                    path: self.shown.clone(),
-                    source,
-                })
-                .and_then(|()| {
-                    self.tracker
-                        .confirm()
-                        .map_err(|source| ApplyError::StateUpdate {
-                            source,
-                            progress: Box::new(self.progress()),
-                        })
-                });
-            confirmed?;
-        }
-        if self.unflushed >= WRITEBACK_BYTES {
+        let end = offset + length;
+        let due = lock(&self.tracker).wrote(end, length);
+        if due {
+            self.confirm(end)?;
+        } else if self.unflushed >= WRITEBACK_BYTES {
             self.unflushed = 0;
             // Only a head start for the final sync: when the writeback
             // thread is still busy, nothing is lost by skipping.
             if let Some(wb) = &self.writeback {
-                let _ = wb.try_send(());
+                let _ = wb.try_send(Ask::Written(self.written));
             }
         }
         Ok(())
+    }
+
+    /// Has the bytes before `end` confirmed in the state: by the writeback
+    /// thread, without waiting for it, when there is one (when it is busy,
+    /// the next record asks again); else here and now.
+    fn confirm(&mut self, end: u64) -> Result<(), ApplyError> {
+        if let Some(wb) = &self.writeback {
+            let ask = Ask::Confirm {
+                end,
+                written: self.written,
+            };
+            if wb.try_send(ask).is_ok() {
+                self.unflushed = 0;
+                lock(&self.tracker).unconfirmed = 0;
+            }
+            return Ok(());
+        }
+        self.dest.sync().map_err(|source| ApplyError::DestSync {
+            path: self.shown.clone(),
+            source,
+        })?;
+        let confirmed = lock(&self.tracker).confirm();
+        confirmed.map_err(|source| ApplyError::StateUpdate {
+            source,
+            progress: Box::new(self.progress()),
+        })?;
+        Ok(())
+    }
+
+    /// The error of a confirmation that failed in the writeback thread.
+    fn confirm_failure(&self) -> Option<ApplyError> {
+        let failed = lock(&self.confirm_failed).take()?;
+        Some(match failed {
+            ConfirmError::Sync(source) => ApplyError::DestSync {
+                path: self.shown.clone(),
+                source,
+            },
+            ConfirmError::State(source) => ApplyError::StateUpdate {
+                source,
+                progress: Box::new(self.progress()),
+            },
+        })
     }
 
     fn extend_now(&mut self) -> Result<(), ApplyError> {
@@ -700,7 +814,8 @@ impl Applier {
             }
         });
         if self.dest.sync().is_ok() {
-            if let Ok(Some(at)) = self.tracker.confirm() {
+            let confirmed = lock(&self.tracker).confirm();
+            if let Ok(Some(at)) = confirmed {
                 self.confirmed = Some(format!(
                     "the destination's state records that the bytes before {at} are applied, so the same sync or backup resumes from there"
                 ));
@@ -913,23 +1028,22 @@ pub fn apply_to<R: Read>(
         data_records: 0,
         zero_records: 0,
         unflushed: 0,
+        written: 0,
         writeback: None,
+        confirm_failed: Arc::default(),
         confirmed: None,
-        tracker,
+        tracker: Arc::new(Mutex::new(tracker)),
     };
     // This thread reads and checks; a writer thread writes what passed.
     let (to_writer, records) = mpsc::sync_channel::<Verified>(WRITE_QUEUE);
     let (spent, from_writer) = mpsc::channel::<Vec<u8>>();
     let writeback = a.dest.writeback().ok();
-    let (ask_writeback, writeback_asked) = mpsc::sync_channel::<()>(1);
+    let (ask_writeback, writeback_asked) = mpsc::sync_channel::<Ask>(1);
     a.writeback = writeback.as_ref().map(|_| ask_writeback);
+    let (tracker, confirm_failed) = (a.tracker.clone(), a.confirm_failed.clone());
     let (read_result, write_result) = std::thread::scope(|scope| {
         if let Some(wb) = writeback {
-            scope.spawn(move || {
-                for () in writeback_asked {
-                    let _ = wb.start();
-                }
-            });
+            scope.spawn(move || writeback_thread(wb, writeback_asked, &tracker, &confirm_failed));
         }
         let writer = scope.spawn(|| a.run(records, spent));
         let read_result = loop {
@@ -969,6 +1083,9 @@ pub fn apply_to<R: Read>(
     });
     // A write error comes first: it stopped the reading.
     if let Err(e) = write_result {
+        return Err(a.fail(e));
+    }
+    if let Some(e) = a.confirm_failure() {
         return Err(a.fail(e));
     }
     if let Err(source) = read_result {
@@ -1039,7 +1156,7 @@ pub fn apply_to<R: Read>(
     if !existed {
         let _ = sync_parent(dest);
     }
-    a.tracker.finish()?;
+    lock(&a.tracker).finish()?;
     Ok(Summary {
         header,
         totals: end.totals,

@@ -304,8 +304,13 @@ impl Destination {
 
     /// A handle that starts writeback of this destination from another
     /// thread (see [`Writeback`]).
+    ///
+    /// It opens the destination again (through `/proc/self/fd`), rather
+    /// than sharing this open file: a write error that a flush of its own
+    /// reports is then still reported to this one's final sync.
     pub fn writeback(&self) -> io::Result<Writeback> {
-        Ok(Writeback(self.file.try_clone()?))
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        Ok(Writeback(File::open(format!("/proc/self/fd/{fd}"))?))
     }
 
     /// Flushes what was written to stable storage.
@@ -322,6 +327,7 @@ impl Destination {
 pub struct Writeback(File);
 
 impl Writeback {
+    /// Starts writeback of the dirty pages, without waiting for it.
     pub fn start(&self) -> io::Result<()> {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0);
         // SAFETY: a plain system call on a descriptor this value owns; no
@@ -332,6 +338,14 @@ impl Writeback {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    /// Writes back the dirty pages and flushes the device's write cache,
+    /// waiting for both: a device that caches writes (a disk, or the host
+    /// of a virtual machine) then empties its cache a piece at a time
+    /// rather than all at the final sync.
+    pub fn flush(&self) -> io::Result<()> {
+        self.0.sync_data()
     }
 }
 

@@ -228,3 +228,106 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
     );
     assert_eq!(fs::read(&c.dest).unwrap(), b);
 }
+
+/// A long apply confirms as it goes (every 256 MiB), without waiting for
+/// the end: killed with SIGKILL, so that it cannot confirm on its way out,
+/// it leaves a state that confirms a record boundary it had reached, and
+/// the delta resumed from there completes the copy.
+#[test]
+fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    const MIB: u64 = 1 << 20;
+    const ORIGIN: u64 = 1024 * MIB;
+    let dir = scratch("state-long");
+    let dest = dir.join("copy.img");
+    fs::File::create(&dest).unwrap().set_len(ORIGIN).unwrap();
+    let head = |resume_from| Header {
+        origin_size: ORIGIN,
+        ..header(None, Some("a"), resume_from)
+    };
+    // 1 MiB records: 640 of zeroes (cheap to apply on a sparse file, but
+    // counted towards confirmation like any other), then 8 of data.
+    let block = vec![0x5au8; MIB as usize];
+    let records = |w: &mut Writer<Vec<u8>>, from: u64, ends: &mut Vec<(u64, u64)>| {
+        for i in from / MIB..648 {
+            if i < 640 {
+                w.zero(i * MIB, MIB).unwrap();
+            } else {
+                w.data(i * MIB, &block).unwrap();
+            }
+            ends.push(((i + 1) * MIB, w.position()));
+        }
+    };
+    let mut w = Writer::new(Vec::new(), &head(0)).unwrap();
+    let mut ends = Vec::new();
+    records(&mut w, 0, &mut ends);
+    let (whole, _, _) = w.finish().unwrap();
+
+    // Feed the records up to 600 MiB, then wait for a confirmation past
+    // 512 MiB while the apply waits for more.
+    let fed = ends.iter().find(|(end, _)| *end == 600 * MIB).unwrap().1 as usize;
+    let mut apply = Command::new(bin())
+        .args(["apply", "-"])
+        .arg(&dest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = apply.stdin.take().unwrap();
+    stdin.write_all(&whole[..fed]).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let confirmed = loop {
+        let c = state_of(&dest)
+            .and_then(|s| s.applying)
+            .map_or(0, |a| a.confirmed);
+        if c >= 512 * MIB {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no confirmation past 512 MiB while the apply ran (confirmed {c})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    apply.kill().unwrap();
+    apply.wait().unwrap();
+    drop(stdin);
+    let st = state_of(&dest).unwrap();
+    assert_eq!(st.holds, None);
+    let partway = st.applying.unwrap();
+    assert_eq!(partway.target, pit("a"));
+    assert!(partway.confirmed >= confirmed && partway.confirmed <= 600 * MIB);
+    assert_eq!(partway.confirmed % MIB, 0, "a record boundary");
+
+    // The delta resumed from there completes the copy.
+    let mut w = Writer::new(Vec::new(), &head(partway.confirmed)).unwrap();
+    records(&mut w, partway.confirmed, &mut Vec::new());
+    let (rest, _, _) = w.finish().unwrap();
+    assert!(rest.len() < whole.len());
+    fs::write(dir.join("rest.lvd"), rest).unwrap();
+    let out = run(&["apply", s(&dir.join("rest.lvd")), s(&dest)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = state_of(&dest).unwrap();
+    assert_eq!((st.holds, st.applying), (Some(pit("a")), None));
+    let copy = fs::File::open(&dest).unwrap();
+    let at = |offset: u64| {
+        let mut b = vec![0u8; MIB as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&copy, &mut b, offset).unwrap();
+        b
+    };
+    for mib in [0, 599, 600, 639] {
+        assert!(at(mib * MIB).iter().all(|&b| b == 0), "MiB {mib}");
+    }
+    for mib in 640..648 {
+        assert_eq!(at(mib * MIB), block, "MiB {mib}");
+    }
+}

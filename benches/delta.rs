@@ -18,8 +18,7 @@
 //! - `BENCH_KEEP`: keep the images afterwards (to profile by hand).
 
 use measure::{env_f64, median};
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -30,26 +29,7 @@ mod measure;
 #[path = "common/workload.rs"]
 mod workload;
 
-use workload::{make_copy, same_extents, Content, Extent, Workload, PIECE};
-
-/// The baseline: read each extent from `src` and write it into `dst`.
-fn copy_extents(src: &Path, dst: &Path, extents: &[Extent]) -> f64 {
-    let t = Instant::now();
-    let s = File::open(src).unwrap();
-    let d = OpenOptions::new().write(true).open(dst).unwrap();
-    let mut buf = vec![0u8; PIECE];
-    for e in extents {
-        let mut done = 0;
-        while done < e.length {
-            let n = (e.length - done).min(PIECE as u64) as usize;
-            s.read_exact_at(&mut buf[..n], e.offset + done).unwrap();
-            d.write_all_at(&buf[..n], e.offset + done).unwrap();
-            done += n as u64;
-        }
-    }
-    d.sync_all().unwrap();
-    t.elapsed().as_secs_f64()
-}
+use workload::{copy_extents, make_copy, same_extents, Content, Workload};
 
 /// `send ... -o - | apply - copy`; returns the wall time and apply's report.
 fn pipeline(cow: &Path, new: &Path, copy: &Path, compress: &str) -> (f64, String) {

@@ -10,10 +10,20 @@
 //! and syncs the copy), so the ratio shows what is left of the connection's
 //! speed. Also the bytes on the wire against the changed bytes.
 //!
+//! Two more figures say what this machine allows, whatever the tool does:
+//! the time to copy the changed data into the copy with a pread/pwrite loop
+//! and sync it (`disk floor`, the baseline of `benches/delta.rs` without
+//! the zero extents), and the CPU time the sync took on all cores together. On a
+//! machine where ssh and sshd already keep every core busy for the `cat`,
+//! the sync cannot take less than its CPU time divided by the number of
+//! cores (`cpu floor`); the best ratio this machine allows is the cat's
+//! time over the larger of the two floors (`ceiling`).
+//!
 //! Run: `cargo bench --bench ssh` (as root: sshd lets root in with the
 //! generated key; needs openssh-server). Environment: `BENCH_GIB` (changed
 //! data in GiB, default 1), `BENCH_ROUNDS` (default 3, the median is
-//! reported), `BENCH_DIR` (where the images go), `BENCH_KEEP`,
+//! reported), `BENCH_DIR` (where the images go), `BENCH_DEST_DIR` (where
+//! the copy goes, such as /dev/shm to take the disk out), `BENCH_KEEP`,
 //! `BENCH_CIPHER` (an ssh cipher for both, such as aes128-gcm@openssh.com).
 
 #[path = "common/measure.rs"]
@@ -31,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use workload::{make_copy, same_extents, Workload};
+use workload::{copy_extents, make_copy, same_extents, Content, Workload};
 
 /// Busy and total CPU time of the machine so far, in clock ticks
 /// (`/proc/stat`): to tell a run limited by the CPUs from one that waits.
@@ -132,10 +142,30 @@ fn main() {
         deltas.push((compress, delta));
     }
 
-    let copy = dir.join("copy.img");
-    let mut times: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let dest_dir = std::env::var_os("BENCH_DEST_DIR")
+        .map(|d| PathBuf::from(d).join(format!("bench-ssh-{}", std::process::id())))
+        .unwrap_or_else(|| dir.clone());
+    fs::create_dir_all(&dest_dir).unwrap();
+    let copy = dest_dir.join("copy.img");
+    let data_extents: Vec<_> = work
+        .extents
+        .iter()
+        .filter(|e| e.content != Content::Zero)
+        .cloned()
+        .collect();
+    let ncores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Per compression: cat seconds, sync seconds, sync core-seconds.
+    let mut times: Vec<[Vec<f64>; 3]> = vec![Default::default(), Default::default()];
+    let mut disk = Vec::new();
     let mut wire = [0u64; 2];
     for round in 0..rounds {
+        make_copy(&copy, work.origin_size, &work.extents);
+        let d = copy_extents(&work.new, &copy, &data_extents);
+        println!(
+            "round {}: copying the changed data (not the zeroes) into the copy with pread/pwrite and syncing it: {d:.2} s",
+            round + 1
+        );
+        disk.push(d);
         for (i, (compress, delta)) in deltas.iter().enumerate() {
             let (cat_cores, cat) = busy(|| cat_through(&ssh, delta));
             make_copy(&copy, work.origin_size, &work.extents);
@@ -155,17 +185,20 @@ fn main() {
             );
             times[i][0].push(cat);
             times[i][1].push(secs);
+            times[i][2].push(sync_cores * secs);
         }
     }
     let usage =
         nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
     if std::env::var_os("BENCH_KEEP").is_none() {
         fs::remove_dir_all(&dir).unwrap();
+        let _ = fs::remove_dir_all(&dest_dir);
     }
     drop(server);
 
     let mbs = |bytes: u64, secs: f64| bytes as f64 / 1e6 / secs;
-    println!("median of {rounds} rounds:");
+    let disk = median(&mut disk);
+    println!("median of {rounds} rounds ({ncores} cores; the copy's disk takes {disk:.2} s for the changed data):");
     for (i, (compress, _)) in deltas.iter().enumerate() {
         let c = median(&mut times[i][0]);
         let s = median(&mut times[i][1]);
@@ -179,6 +212,14 @@ fn main() {
             mbs(work.changed, s),
             mbs(wire[i], s),
             if ratio >= 0.8 { "met" } else { "NOT met" }
+        );
+        let cpu = median(&mut times[i][2]);
+        let floor = (cpu / ncores).max(disk);
+        println!(
+            "        the sync used {cpu:.1} core-seconds: cpu floor {:.2} s, disk floor {disk:.2} s; ceiling on this machine {:.2} of the cat, the sync reached {:.0}% of it",
+            cpu / ncores,
+            c / floor,
+            100.0 * ratio / (c / floor)
         );
     }
     println!(

@@ -26,6 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use thiserror::Error;
@@ -191,6 +192,10 @@ pub struct Options {
     pub snapback: Option<PathBuf>,
     /// Apply even when the destination's state names another base.
     pub force: bool,
+    /// Set once the END record has been read and checked: what is left is
+    /// to cut DEST if asked, complete the snapback, sync DEST and record
+    /// its state.
+    pub finishing: Option<Arc<AtomicBool>>,
 }
 
 /// What an apply did.
@@ -1113,6 +1118,9 @@ pub fn apply_to<R: Read>(
             progress: Box::new(a.progress()),
         }));
     };
+    if let Some(f) = &options.finishing {
+        f.store(true, Ordering::SeqCst);
+    }
     // Cut only once the END record has been checked: a damaged delta
     // never shortens the copy.
     let mut truncated_from = None;

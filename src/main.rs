@@ -303,8 +303,9 @@ struct RemoteShell {
     /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
     #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
     remote_path: String,
-    /// Seconds to wait for the remote to log in, open DEST and answer, and
-    /// then, while a delta is sent, for it to take more data
+    /// Seconds to wait for the remote to log in, open DEST and answer; then,
+    /// while a delta is sent, for it to take more data; then, while it
+    /// syncs DEST, for it to say it is alive
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
 }

@@ -40,8 +40,15 @@ use serde::{Deserialize, Serialize};
 use crate::state::State;
 use thiserror::Error;
 
-/// The version of the exchange around the delta (hello and report lines).
-pub const PROTOCOL: u32 = 2;
+/// The version of the exchange around the delta (hello, keepalive and
+/// report lines).
+pub const PROTOCOL: u32 = 3;
+/// The line the remote apply says every [`ALIVE_EVERY`] once it has read
+/// the END record, while it syncs DEST before its report.
+pub const ALIVE: &str = "LVMSYNC-ALIVE";
+/// How often the remote apply says [`ALIVE`]: well within the shortest
+/// `--timeout` (1 s).
+pub const ALIVE_EVERY: Duration = Duration::from_millis(250);
 /// The first word of the remote's hello line.
 pub const HELLO: &str = "LVMSYNC-APPLY";
 /// The first word of the remote's report line.
@@ -116,6 +123,8 @@ pub enum TransportError {
         sent: u64,
         after: Duration,
     },
+    #[error("{host}: the remote said nothing for {} s after the whole delta was sent, while it should have been syncing DEST: a hung disk or connection; stopped it. DEST's state keeps what was confirmed: run the same command again to complete the sync", .after.as_secs())]
+    Unfinished { host: String, after: Duration },
     #[error("{host}: the {role} failed ({status}): {reason}")]
     Failed {
         host: String,
@@ -898,9 +907,35 @@ impl Connection {
 
     /// After the whole delta was written and stdin closed: waits for the
     /// report and the end of the apply, and checks the report against `sent`.
-    pub fn finish(mut self, sent: &Applied) -> Result<Applied, TransportError> {
-        let (reports, shown) = self.wait_for_end(Applied::parse)?;
-        let report = reports.into_iter().last();
+    /// The apply says [`ALIVE`] while it finishes; when it says nothing for
+    /// `quiet`, it is stopped.
+    pub fn finish(mut self, sent: &Applied, quiet: Duration) -> Result<Applied, TransportError> {
+        enum Said {
+            Alive,
+            Report(Option<Applied>),
+        }
+        let watchdog = Watchdog::start(self.child.id(), quiet);
+        let ended = self.wait_for_end(|line| {
+            watchdog.tick();
+            if line == ALIVE {
+                Some(Said::Alive)
+            } else {
+                Applied::parse(line).map(Said::Report)
+            }
+        });
+        let hung = watchdog.fired();
+        drop(watchdog);
+        if hung {
+            return Err(TransportError::Unfinished {
+                host: self.name.clone(),
+                after: quiet,
+            });
+        }
+        let (said, shown) = ended?;
+        let report = said.into_iter().rev().find_map(|s| match s {
+            Said::Alive => None,
+            Said::Report(r) => Some(r),
+        });
         let Some(Some(applied)) = report else {
             return Err(TransportError::NoReport {
                 host: self.name.clone(),
@@ -1104,7 +1139,7 @@ mod tests {
     #[test]
     fn hello_and_report_lines_read_back() {
         let h = Hello::ours(4096, None);
-        assert_eq!(h.line(), "LVMSYNC-APPLY 2 2 4096 -");
+        assert_eq!(h.line(), "LVMSYNC-APPLY 3 2 4096 -");
         assert_eq!(Hello::parse(&h.line()), Some(h));
         let state = State {
             holds: Some(crate::stream::PointInTime {

@@ -439,6 +439,36 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
         f.sync_with(&f.sshd.rsh(), s(&stuck), &["--timeout", "2"], &dest)
     });
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // A remote that takes the whole delta, then says nothing: the wait
+    // for its report ends. One that says it is alive while it finishes is
+    // waited for past the timeout, and its own failure is the reason.
+    let hello = format!(
+        "echo 'LVMSYNC-APPLY {} {} 0 -'",
+        lvmsync::transport::PROTOCOL,
+        lvmsync::stream::VERSION
+    );
+    let hangs = f.script(
+        "hangs-at-the-end",
+        &format!("{hello}\ncat >/dev/null\nexec sleep 600"),
+    );
+    let t = Instant::now();
+    fails_quickly(
+        "the remote said nothing for 2 s after the whole delta was sent",
+        || f.sync_with(&f.sshd.rsh(), s(&hangs), &["--timeout", "2"], &dest),
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let slow = f.script(
+        "slow-at-the-end",
+        &format!(
+            "{hello}\ncat >/dev/null\nfor i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do echo {}; sleep 0.25; done\necho 'lvmsync-rs: error: DEST: the disk is on fire' >&2\nexit 1",
+            lvmsync::transport::ALIVE
+        ),
+    );
+    let t = Instant::now();
+    fails_quickly("the disk is on fire", || {
+        f.sync_with(&f.sshd.rsh(), s(&slow), &["--timeout", "2"], &dest)
+    });
+    assert!(t.elapsed() >= Duration::from_secs(4), "{:?}", t.elapsed());
     let other = f.script(
         "other-protocol",
         "echo 'LVMSYNC-APPLY 7 1 0'\ncat >/dev/null",

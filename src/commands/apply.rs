@@ -3,10 +3,12 @@
 
 use std::io::{self, BufReader, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use crate::apply::{self, check_distinct, describe_source, Summary};
 use crate::commands::{DeltaInput, DELTA_READ_BUF};
-use crate::transport::{Applied, Hello};
+use crate::transport::{Applied, Hello, ALIVE, ALIVE_EVERY};
 use crate::units::human;
 use crate::Error;
 
@@ -36,6 +38,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         create: args.create,
         snapback: args.snapback,
         force: args.force,
+        finishing: None,
     };
     let summary = apply::apply(input, &args.delta.name(), &args.dest, &options)?;
     eprintln!("{}", describe(&args.delta.name(), &summary));
@@ -53,29 +56,42 @@ fn run_remote(args: &Args, format: u32) -> Result<(), Error> {
         )));
     }
     let target = apply::Target::open(&args.dest, args.create, None, args.force)?;
-    let mut out = io::stdout().lock();
-    let said = |out: &mut io::StdoutLock, line: String| {
+    let said = |line: String| {
+        let mut out = io::stdout().lock();
         writeln!(out, "{line}")
             .and_then(|()| out.flush())
             .map_err(Error::Output)
     };
-    said(
-        &mut out,
-        Hello::ours(target.size(), target.state.clone()).line(),
-    )?;
+    said(Hello::ours(target.size(), target.state.clone()).line())?;
     let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
+    let finishing = Arc::new(AtomicBool::new(false));
     let name = args.delta.name();
-    let reader = apply::open_stream(input, &name, &args.dest)?;
     let options = apply::Options {
         create: args.create,
         snapback: args.snapback.clone(),
         force: args.force,
+        finishing: Some(finishing.clone()),
     };
-    let s = apply::apply_to(reader, &name, target, &options)?;
-    said(
-        &mut out,
-        Applied::new(&s.totals, s.stream_len, s.digest).line(),
-    )
+    let (stop, stopped) = mpsc::channel::<()>();
+    let s = std::thread::scope(|scope| {
+        // After the last byte, the sender waits for the report while this
+        // side finishes (syncs DEST): it says it is alive meanwhile, so
+        // that the sender can tell a slow end from a hung one.
+        scope.spawn(move || loop {
+            match stopped.recv_timeout(ALIVE_EVERY) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            if finishing.load(Ordering::SeqCst) && said(ALIVE.to_string()).is_err() {
+                return;
+            }
+        });
+        let result = apply::open_stream(input, &name, &args.dest)
+            .and_then(|reader| apply::apply_to(reader, &name, target, &options));
+        drop(stop);
+        result
+    })?;
+    said(Applied::new(&s.totals, s.stream_len, s.digest).line())
 }
 
 /// The paragraph printed after a successful apply.

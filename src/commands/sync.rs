@@ -336,7 +336,8 @@ impl Session {
         report.zero_bytes = totals.zero_bytes;
         report.records = totals.records;
         report.bytes_on_wire = len;
-        self.conn.finish(&Applied::new(&totals, len, digest))?;
+        self.conn
+            .finish(&Applied::new(&totals, len, digest), self.stall)?;
         Ok(())
     }
 

@@ -142,6 +142,12 @@ impl LvInfo {
     pub fn full_name(&self) -> String {
         format!("{}/{}", self.vg_name, self.lv_name)
     }
+
+    /// `vg/lv` when lvm2 knows the device (`lv`), else `other`.
+    pub fn name_or(lv: &Option<LvInfo>, other: &str) -> String {
+        lv.as_ref()
+            .map_or_else(|| other.to_string(), LvInfo::full_name)
+    }
 }
 
 /// A classic snapshot, ready to have its COW table read.
@@ -163,10 +169,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The name to show: `vg/lv` when LVM knows it, else what was typed.
     pub fn display_name(&self) -> String {
-        self.lv
-            .as_ref()
-            .map(LvInfo::full_name)
-            .unwrap_or_else(|| self.spec.clone())
+        LvInfo::name_or(&self.lv, &self.spec)
     }
 }
 
@@ -194,10 +197,7 @@ pub struct ThinPool {
 impl ThinPool {
     /// `VG/POOL` when lvm2 knows it, else the pool device's dm name.
     pub fn display_name(&self) -> String {
-        self.lv
-            .as_ref()
-            .map(LvInfo::full_name)
-            .unwrap_or_else(|| self.device.name.clone())
+        LvInfo::name_or(&self.lv, &self.device.name)
     }
 }
 
@@ -217,10 +217,7 @@ pub struct ThinVolume {
 impl ThinVolume {
     /// `vg/lv` when LVM knows it, else the dm name.
     pub fn display_name(&self) -> String {
-        self.lv
-            .as_ref()
-            .map(LvInfo::full_name)
-            .unwrap_or_else(|| self.device.name.clone())
+        LvInfo::name_or(&self.lv, &self.device.name)
     }
 }
 
@@ -236,10 +233,7 @@ pub struct ThinSnapshot {
 
 impl ThinSnapshot {
     pub fn display_name(&self) -> String {
-        match &self.snapshot.lv {
-            Some(lv) => lv.full_name(),
-            None => self.spec.clone(),
-        }
+        LvInfo::name_or(&self.snapshot.lv, &self.spec)
     }
 }
 

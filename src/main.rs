@@ -177,20 +177,8 @@ enum Command {
         /// source's size when not given
         #[arg(long, value_name = "BYTES", value_parser = parse_size)]
         origin_size: Option<u64>,
-        /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
-        #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
-        compress: Compress,
-        /// Create DEST as a regular file when it does not exist
-        #[arg(long)]
-        create: bool,
         #[command(flatten)]
-        remote: RemoteShell,
-        /// No progress and no summary; errors only
-        #[arg(short, long)]
-        quiet: bool,
-        /// Print a summary object on stdout at the end (on failure too)
-        #[arg(long)]
-        json: bool,
+        ship: Shipping,
         /// Apply even when DEST's recorded state says it holds another point
         /// in time than the one the delta applies to
         #[arg(long)]
@@ -220,20 +208,8 @@ enum Command {
         /// Copy the whole volume, whatever DEST holds
         #[arg(long)]
         reseed: bool,
-        /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
-        #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
-        compress: Compress,
-        /// Create DEST as a regular file when it does not exist
-        #[arg(long)]
-        create: bool,
         #[command(flatten)]
-        remote: RemoteShell,
-        /// No progress and no summary; errors only
-        #[arg(short, long)]
-        quiet: bool,
-        /// Print a summary object on stdout at the end (on failure too)
-        #[arg(long)]
-        json: bool,
+        ship: Shipping,
     },
     /// Compare SRC and DEST block by block (DEST here or over ssh); with
     /// --repair, send the blocks that differ
@@ -292,6 +268,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How a delta is shipped to DEST and what is said: the options of sync
+/// and backup.
+#[derive(clap::Args)]
+struct Shipping {
+    /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
+    compress: Compress,
+    /// Create DEST as a regular file when it does not exist
+    #[arg(long)]
+    create: bool,
+    #[command(flatten)]
+    remote: RemoteShell,
+    /// No progress and no summary; errors only
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print a summary object on stdout at the end (on failure too)
+    #[arg(long)]
+    json: bool,
 }
 
 /// How to reach a remote DEST: the options of sync, backup and verify.
@@ -429,11 +425,7 @@ fn main() -> ExitCode {
             cow,
             data_source,
             origin_size,
-            compress,
-            create,
-            remote,
-            quiet,
-            json,
+            ship,
             force,
         } => {
             let mut data_source = data_source;
@@ -459,14 +451,14 @@ fn main() -> ExitCode {
                 target,
                 full,
                 data_source,
-                compression: compress.into(),
+                compression: ship.compress.into(),
                 dest,
-                create,
-                rsh: remote.rsh,
-                remote_path: remote.remote_path,
-                hello_timeout: std::time::Duration::from_secs(remote.timeout),
-                quiet,
-                json,
+                create: ship.create,
+                rsh: ship.remote.rsh,
+                remote_path: ship.remote.remote_path,
+                hello_timeout: std::time::Duration::from_secs(ship.remote.timeout),
+                quiet: ship.quiet,
+                json: ship.json,
                 force,
             })
         }
@@ -475,23 +467,19 @@ fn main() -> ExitCode {
             dest,
             snapshot_size,
             reseed,
-            compress,
-            create,
-            remote,
-            quiet,
-            json,
+            ship,
         } => backup::run(backup::Args {
             origin,
             dest,
             snapshot_size,
-            compression: compress.into(),
-            create,
-            rsh: remote.rsh,
-            remote_path: remote.remote_path,
-            hello_timeout: std::time::Duration::from_secs(remote.timeout),
+            compression: ship.compress.into(),
+            create: ship.create,
+            rsh: ship.remote.rsh,
+            remote_path: ship.remote.remote_path,
+            hello_timeout: std::time::Duration::from_secs(ship.remote.timeout),
             reseed,
-            quiet,
-            json,
+            quiet: ship.quiet,
+            json: ship.json,
         }),
         Command::Inspect { delta, json } => inspect::run(inspect::Args {
             delta: DeltaInput::from_arg(&delta),

@@ -209,6 +209,20 @@ fn show(bytes: &[u8]) -> String {
     format!("{s:?}")
 }
 
+/// What `input` has buffered, read if it is empty (empty at the end);
+/// retried when interrupted by a signal.
+fn fill<R: BufRead>(input: &mut R) -> Result<&[u8], ThinError> {
+    loop {
+        match input.fill_buf() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ThinError::Read(e)),
+            Ok(_) => break,
+        }
+    }
+    // Buffered now (or at the end): this returns it without reading.
+    input.fill_buf().map_err(ThinError::Read)
+}
+
 impl<R: BufRead> Tokenizer<R> {
     fn new(input: R) -> Self {
         Tokenizer {
@@ -222,11 +236,7 @@ impl<R: BufRead> Tokenizer<R> {
     /// Skips whitespace up to the next `<`; false at the end of input.
     fn skip_space(&mut self) -> Result<bool, ThinError> {
         loop {
-            let chunk = match self.input.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ThinError::Read(e)),
-            };
+            let chunk = fill(&mut self.input)?;
             if chunk.is_empty() {
                 return Ok(false);
             }
@@ -260,11 +270,7 @@ impl<R: BufRead> Tokenizer<R> {
     /// memory stays bounded whatever the input.
     fn read_to_gt(&mut self) -> Result<bool, ThinError> {
         loop {
-            let chunk = match self.input.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ThinError::Read(e)),
-            };
+            let chunk = fill(&mut self.input)?;
             if chunk.is_empty() {
                 return Ok(false);
             }

@@ -405,13 +405,7 @@ fn write_thin_text(l: &ThinListing, out: &mut impl Write) -> io::Result<()> {
     )?;
     let all = l.data.union(&l.zero);
     let changed = all.total_bytes();
-    let share = match l.origin_size {
-        Some(size) if size > 0 => format!(
-            ", {:.2}% of the origin",
-            changed as f64 * 100.0 / size as f64
-        ),
-        _ => String::new(),
-    };
+    let share = share_of_origin(changed, l.origin_size);
     writeln!(
         out,
         "changed:     {} bytes ({}{share}) in {} extent{}; {} bytes of it read as zeroes now",
@@ -468,13 +462,7 @@ fn write_text(l: &CowListing, out: &mut impl Write) -> io::Result<()> {
         if t.areas == 1 { "" } else { "s" }
     )?;
     let changed = t.extents.total_bytes();
-    let share = match l.origin_size {
-        Some(size) if size > 0 => format!(
-            ", {:.2}% of the origin",
-            changed as f64 * 100.0 / size as f64
-        ),
-        _ => String::new(),
-    };
+    let share = share_of_origin(changed, l.origin_size);
     writeln!(
         out,
         "changed:     {} bytes ({}{share}) in {} extent{}",
@@ -491,4 +479,15 @@ fn write_text(l: &CowListing, out: &mut impl Write) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `, N.NN% of the origin` when the origin's size is known, else nothing.
+fn share_of_origin(changed: u64, origin_size: Option<u64>) -> String {
+    match origin_size {
+        Some(size) if size > 0 => format!(
+            ", {:.2}% of the origin",
+            changed as f64 * 100.0 / size as f64
+        ),
+        _ => String::new(),
+    }
 }

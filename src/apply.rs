@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufReader, BufWriter, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +32,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use thiserror::Error;
 
 use crate::blockdev::Destination;
-use crate::state::{self, Applying, State, StateError};
+use crate::files::{self, DeltaInput, DELTA_READ_BUF};
+use crate::state::{self, State, StateError, Tracker};
 use crate::stream::{
     Compression, Header, Reader, RecordKind, SourceInfo, SourceKind, StreamError, Totals, Writer,
     MAX_RECORD_LEN,
@@ -200,7 +201,7 @@ pub struct Options {
 
 /// What an apply did.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub struct Applied {
     pub header: Header,
     pub totals: Totals,
     pub data_records: u64,
@@ -345,7 +346,7 @@ impl Snapback {
         let writer =
             Writer::new(BufWriter::with_capacity(256 << 10, file), &header).map_err(create_err)?;
         // The new name must survive a crash too.
-        sync_parent(path).map_err(create_err)?;
+        files::sync_parent(path).map_err(create_err)?;
         Ok(Snapback {
             path: path.to_path_buf(),
             writer,
@@ -373,14 +374,6 @@ pub fn describe_source(s: &SourceInfo) -> Option<String> {
         Some(t) => format!("{name} ({t})"),
         None => name,
     })
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)?.sync_all()
 }
 
 /// A verified record on its way to the destination.
@@ -418,7 +411,7 @@ struct Applier {
     /// Bytes of data written in all.
     written: u64,
     /// Asks the writeback thread to start writeback or to confirm.
-    writeback: Option<mpsc::SyncSender<Ask>>,
+    writeback: Option<mpsc::SyncSender<WritebackRequest>>,
     /// Why the writeback thread could not confirm, once it could not.
     confirm_failed: Arc<Mutex<Option<ConfirmError>>>,
     /// What the state confirmed when the apply stopped.
@@ -430,7 +423,7 @@ struct Applier {
 
 /// What the writer asks of the writeback thread.
 #[derive(Debug, Clone, Copy)]
-enum Ask {
+enum WritebackRequest {
     /// This many bytes of data were written in all: start writeback, or
     /// flush when [`FLUSH_BYTES`] were written since the last flush.
     Written(u64),
@@ -450,23 +443,23 @@ enum ConfirmError {
 /// failed confirmation is left in `failed` and ends it.
 fn writeback_thread(
     wb: crate::blockdev::Writeback,
-    asked: mpsc::Receiver<Ask>,
+    asked: mpsc::Receiver<WritebackRequest>,
     tracker: &Mutex<Tracker>,
     failed: &Mutex<Option<ConfirmError>>,
 ) {
     let mut flushed = 0;
-    for ask in asked {
-        match ask {
+    for request in asked {
+        match request {
             // Errors are left to the final sync, which reports them (this
             // is another open file: see Destination::writeback).
-            Ask::Written(written) if written - flushed >= FLUSH_BYTES => {
+            WritebackRequest::Written(written) if written - flushed >= FLUSH_BYTES => {
                 flushed = written;
                 let _ = wb.flush();
             }
-            Ask::Written(_) => {
+            WritebackRequest::Written(_) => {
                 let _ = wb.start();
             }
-            Ask::Confirm { end, written } => {
+            WritebackRequest::Confirm { end, written } => {
                 flushed = written;
                 let result = wb.flush().map_err(ConfirmError::Sync).and_then(|()| {
                     lock(tracker)
@@ -487,107 +480,6 @@ fn writeback_thread(
 /// guards stays consistent: every change is a single assignment).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Keeps the destination's state while a delta is applied: which transfer
-/// is under way and how far it is confirmed.
-struct Tracker {
-    path: PathBuf,
-    dest: PathBuf,
-    /// The transfer, for a delta that produces a point in time.
-    applying: Option<Applying>,
-    /// The end of the last record written.
-    last_end: u64,
-    /// Bytes written since the last confirmation.
-    unconfirmed: u64,
-    /// Whether a state file is kept for this destination.
-    kept: bool,
-}
-
-impl Tracker {
-    /// Records, before anything is written, that the delta of `header` is
-    /// being applied (or, for a delta that produces no point in time, that
-    /// the destination's content is no longer known).
-    fn begin(
-        path: PathBuf,
-        dest: &Path,
-        had_state: bool,
-        header: &Header,
-    ) -> Result<Tracker, StateError> {
-        let applying = header.target.clone().map(|target| Applying {
-            base: header.base.clone(),
-            target,
-            confirmed: header.resume_from,
-        });
-        let kept = had_state || applying.is_some();
-        let t = Tracker {
-            path,
-            dest: dest.to_path_buf(),
-            applying,
-            last_end: header.resume_from,
-            unconfirmed: 0,
-            kept,
-        };
-        if kept {
-            t.save_applying()?;
-        }
-        Ok(t)
-    }
-
-    fn save_applying(&self) -> Result<(), StateError> {
-        state::save(
-            &self.path,
-            &self.dest,
-            &State {
-                holds: None,
-                applying: self.applying.clone(),
-            },
-        )
-    }
-
-    /// Whether enough was written since the last confirmation was asked
-    /// for.
-    fn wrote(&mut self, end: u64, length: u64) -> bool {
-        self.last_end = end;
-        self.unconfirmed += length;
-        self.applying.is_some() && self.unconfirmed >= CONFIRM_BYTES
-    }
-
-    /// Records that everything before the last record's end is on disk
-    /// (the caller synced the destination).
-    fn confirm(&mut self) -> Result<Option<u64>, StateError> {
-        self.unconfirmed = 0;
-        self.confirm_at(self.last_end)
-    }
-
-    /// Records that everything before `end` is on disk (the caller synced
-    /// the destination after the record that ends there was written).
-    fn confirm_at(&mut self, end: u64) -> Result<Option<u64>, StateError> {
-        let Some(a) = self.applying.as_mut() else {
-            return Ok(None);
-        };
-        if end <= a.confirmed {
-            return Ok(Some(a.confirmed));
-        }
-        a.confirmed = end;
-        self.save_applying()?;
-        Ok(Some(end))
-    }
-
-    /// Records that the whole delta is applied and synced.
-    fn finish(&self) -> Result<(), StateError> {
-        if !self.kept {
-            return Ok(());
-        }
-        state::save(
-            &self.path,
-            &self.dest,
-            &State {
-                holds: self.applying.as_ref().map(|a| a.target.clone()),
-                applying: None,
-            },
-        )
-    }
 }
 
 impl Applier {
@@ -739,7 +631,7 @@ impl Applier {
             // Only a head start for the final sync: when the writeback
             // thread is still busy, nothing is lost by skipping.
             if let Some(wb) = &self.writeback {
-                let _ = wb.try_send(Ask::Written(self.written));
+                let _ = wb.try_send(WritebackRequest::Written(self.written));
             }
         }
         Ok(())
@@ -750,11 +642,11 @@ impl Applier {
     /// the next record asks again); else here and now.
     fn confirm(&mut self, end: u64) -> Result<(), ApplyError> {
         if let Some(wb) = &self.writeback {
-            let ask = Ask::Confirm {
+            let request = WritebackRequest::Confirm {
                 end,
                 written: self.written,
             };
-            if wb.try_send(ask).is_ok() {
+            if wb.try_send(request).is_ok() {
                 self.unflushed = 0;
                 lock(&self.tracker).unconfirmed = 0;
             }
@@ -908,7 +800,7 @@ impl Applier {
 /// The destination, opened (or created) and checked before any record
 /// is read.
 #[derive(Debug)]
-pub struct Target {
+pub struct OpenDest {
     path: PathBuf,
     destination: Destination,
     existed: bool,
@@ -917,7 +809,7 @@ pub struct Target {
     pub state: Option<State>,
 }
 
-impl Target {
+impl OpenDest {
     /// Opens `path` for writing: an existing regular file or block device,
     /// or, with `create`, a new regular file. `origin_size`, when known,
     /// makes the refusal of a missing file say how large it would be.
@@ -929,7 +821,7 @@ impl Target {
         create: bool,
         origin_size: Option<u64>,
         force: bool,
-    ) -> Result<Target, ApplyError> {
+    ) -> Result<OpenDest, ApplyError> {
         let existed = path.exists();
         let destination = open_dest(path, create, origin_size)?;
         let state_path = state::location(path).map_err(|source| ApplyError::DestOpen {
@@ -941,7 +833,7 @@ impl Target {
             Err(StateError::Damaged { .. }) if force => None,
             Err(e) => return Err(e.into()),
         };
-        Ok(Target {
+        Ok(OpenDest {
             path: path.to_path_buf(),
             destination,
             existed,
@@ -956,6 +848,19 @@ impl Target {
     }
 }
 
+/// Applies the delta that `input` names (a file, or stdin) to `dest`.
+pub fn apply_delta(
+    input: &DeltaInput,
+    dest: &Path,
+    options: &Options,
+) -> Result<Applied, crate::Error> {
+    if let DeltaInput::File(path) = input {
+        check_distinct(path, dest)?;
+    }
+    let reader = BufReader::with_capacity(DELTA_READ_BUF, input.open()?);
+    Ok(apply(reader, &input.name(), dest, options)?)
+}
+
 /// Reads the delta from `input` (shown as `delta` in messages) and applies
 /// it to `dest`.
 pub fn apply<R: Read>(
@@ -963,9 +868,9 @@ pub fn apply<R: Read>(
     delta: &str,
     dest: &Path,
     options: &Options,
-) -> Result<Summary, ApplyError> {
+) -> Result<Applied, ApplyError> {
     let reader = open_stream(input, delta, dest)?;
-    let target = Target::open(
+    let target = OpenDest::open(
         dest,
         options.create,
         Some(reader.header().origin_size),
@@ -991,10 +896,10 @@ pub fn open_stream<R: Read>(input: R, delta: &str, dest: &Path) -> Result<Reader
 pub fn apply_to<R: Read>(
     mut reader: Reader<R>,
     delta: &str,
-    target: Target,
+    target: OpenDest,
     options: &Options,
-) -> Result<Summary, ApplyError> {
-    let Target {
+) -> Result<Applied, ApplyError> {
+    let OpenDest {
         path,
         destination,
         existed,
@@ -1043,7 +948,7 @@ pub fn apply_to<R: Read>(
     let (to_writer, records) = mpsc::sync_channel::<Verified>(WRITE_QUEUE);
     let (spent, from_writer) = mpsc::channel::<Vec<u8>>();
     let writeback = a.dest.writeback().ok();
-    let (ask_writeback, writeback_asked) = mpsc::sync_channel::<Ask>(1);
+    let (ask_writeback, writeback_asked) = mpsc::sync_channel::<WritebackRequest>(1);
     a.writeback = writeback.as_ref().map(|_| ask_writeback);
     let (tracker, confirm_failed) = (a.tracker.clone(), a.confirm_failed.clone());
     let (read_result, write_result) = std::thread::scope(|scope| {
@@ -1162,10 +1067,10 @@ pub fn apply_to<R: Read>(
         source,
     })?;
     if !existed {
-        let _ = sync_parent(dest);
+        let _ = files::sync_parent(dest);
     }
     lock(&a.tracker).finish()?;
-    Ok(Summary {
+    Ok(Applied {
         header,
         totals: end.totals,
         data_records: a.data_records,

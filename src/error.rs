@@ -6,7 +6,9 @@ use std::io;
 use thiserror::Error;
 
 use crate::apply::ApplyError;
+use crate::backup::BackupError;
 use crate::cow::CowError;
+use crate::files::DeltaInputError;
 use crate::lvm::LvmError;
 use crate::send::SendError;
 use crate::stream::StreamError;
@@ -38,6 +40,10 @@ pub enum Error {
     Thin(#[from] ThinError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Input(#[from] DeltaInputError),
     #[error("{0}")]
     Usage(String),
     #[error("writing output: {0}")]

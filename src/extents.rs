@@ -69,12 +69,32 @@ impl ExtentSet {
         ExtentSet { extents: out }
     }
 
+    /// The parts of the ranges at or after `from` (what is left to send
+    /// when a transfer resumes there).
+    pub fn from_offset(&self, from: u64) -> ExtentSet {
+        let start = self.extents.partition_point(|e| e.end() <= from);
+        let mut extents = self.extents[start..].to_vec();
+        if let Some(first) = extents.first_mut() {
+            if first.offset < from {
+                first.length = first.end() - from;
+                first.offset = from;
+            }
+        }
+        ExtentSet { extents }
+    }
+
     /// The ranges in `self` or in `other`.
     pub fn union(&self, other: &ExtentSet) -> ExtentSet {
         let mut all = Vec::with_capacity(self.len() + other.len());
         all.extend_from_slice(&self.extents);
         all.extend_from_slice(&other.extents);
         ExtentSet::from_extents(all)
+    }
+}
+
+impl From<Vec<Extent>> for ExtentSet {
+    fn from(extents: Vec<Extent>) -> ExtentSet {
+        ExtentSet::from_extents(extents)
     }
 }
 
@@ -235,6 +255,20 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_set_cut_at_an_offset_keeps_what_lies_after_it() {
+        let e = |offset, length| Extent { offset, length };
+        let set = ExtentSet::from_extents(vec![e(0, 10), e(20, 10), e(40, 5)]);
+        assert_eq!(set.from_offset(0), set);
+        assert_eq!(
+            set.from_offset(5).as_slice(),
+            [e(5, 5), e(20, 10), e(40, 5)]
+        );
+        assert_eq!(set.from_offset(10).as_slice(), [e(20, 10), e(40, 5)]);
+        assert_eq!(set.from_offset(25).as_slice(), [e(25, 5), e(40, 5)]);
+        assert!(set.from_offset(45).is_empty());
     }
 
     fn collect(chunks: &[u64], cs: u64) -> Vec<Extent> {

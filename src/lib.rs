@@ -1,23 +1,42 @@
 //! lvmsync-rs: ship the chunks that changed on an LVM origin since a snapshot
 //! was taken, read from the kernel's own change table, to a backup copy.
 //!
-//! The library holds the logic; the `lvmsync-rs` binary parses arguments and
-//! calls [`commands`].
+//! The library holds the logic, one module per concept; the `lvmsync-rs`
+//! binary parses arguments, calls one entry point of it per command, and
+//! prints.
+//!
+//! From what the user names to the backup copy:
+//!
+//! - finding devices and LVs: [`lvm`], [`snapshots`], [`tool`];
+//! - the change table: [`cow`] (classic snapshots), [`thin`] (thin pools),
+//!   [`changes`] (either, as extents), [`extents`];
+//! - the delta stream: [`stream`] (the format), [`send`] (making one),
+//!   [`apply`] (replaying one), [`state`] (what a copy holds);
+//! - the far end: [`transport`] (the remote shell), [`ship`] (both halves
+//!   of shipping a delta), [`sync`], [`backup`], [`verify`];
+//! - around them: [`blockdev`], [`files`], [`units`], [`error`].
 
 pub mod apply;
+pub mod backup;
 pub mod blockdev;
-pub mod commands;
+pub mod changes;
 pub mod cow;
+#[cfg(any(test, feature = "devtools"))]
 pub mod cowgen;
 pub mod error;
 pub mod extents;
+pub mod files;
 pub mod lvm;
 pub mod send;
+pub mod ship;
 pub mod snapshots;
 pub mod state;
 pub mod stream;
+pub mod sync;
 pub mod thin;
+#[cfg(any(test, feature = "devtools"))]
 pub mod thingen;
+pub mod tool;
 pub mod transport;
 pub mod units;
 pub mod verify;

@@ -6,17 +6,17 @@
 //! (`dmsetup table`) names the COW and origin devices by number, and `lvs`
 //! reports the LVM view (names, UUIDs, attributes) for the same number.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::cow::SECTOR_SIZE;
+use crate::stream::PointInTime;
+use crate::tool::{self, ToolError};
 
 #[derive(Debug, Error)]
 pub enum LvmError {
@@ -79,13 +79,8 @@ pub enum LvmError {
     },
     #[error("{spec}: {why}")]
     Volume { spec: String, why: String },
-    #[error("{tool} not found: install the {package} package")]
-    ToolMissing {
-        tool: &'static str,
-        package: &'static str,
-    },
-    #[error("{tool} failed: {message}")]
-    ToolFailed { tool: String, message: String },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
 }
 
 /// A device-mapper device, by kernel name and number.
@@ -112,41 +107,115 @@ impl DmDevice {
     }
 }
 
-/// The LVM view of a logical volume, from `lvs`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct LvInfo {
+/// A logical volume as lvm2 reports it (`lvs`): the one model of an LV,
+/// whatever it is used for (finding a snapshot's names, the snapshots
+/// `backup` owns).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Lv {
     pub vg_name: String,
     pub lv_name: String,
+    /// lvm2's ten attribute characters, decoded by the methods below.
     pub lv_attr: String,
-    #[serde(default)]
+    /// The origin's LV name, for a snapshot.
     pub origin: String,
-    #[serde(default)]
     pub lv_uuid: String,
-    #[serde(default)]
     pub lv_kernel_major: String,
-    #[serde(default)]
     pub lv_kernel_minor: String,
     /// Creation time, as lvs prints it: `2024-05-01 10:11:12 +0000`.
-    #[serde(default)]
     pub lv_time: String,
     /// For a thin volume: its pool's LV name.
-    #[serde(default)]
     pub pool_lv: String,
     /// For a thin volume: its thin device id in the pool.
-    #[serde(default)]
     pub thin_id: String,
+    /// Comma-separated.
+    pub lv_tags: String,
+    /// In bytes (`--units b --nosuffix`).
+    pub lv_size: String,
+    /// `thin` for a thin LV.
+    pub segtype: String,
+    /// For a classic snapshot: how full its COW space is, in percent.
+    pub snap_percent: String,
 }
 
-impl LvInfo {
+impl Lv {
     /// `vg/lv`.
     pub fn full_name(&self) -> String {
         format!("{}/{}", self.vg_name, self.lv_name)
     }
 
     /// `vg/lv` when lvm2 knows the device (`lv`), else `other`.
-    pub fn name_or(lv: &Option<LvInfo>, other: &str) -> String {
-        lv.as_ref()
-            .map_or_else(|| other.to_string(), LvInfo::full_name)
+    pub fn name_or(lv: &Option<Lv>, other: &str) -> String {
+        lv.as_ref().map_or_else(|| other.to_string(), Lv::full_name)
+    }
+
+    /// `/dev/vg/lv`.
+    pub fn device(&self) -> PathBuf {
+        Path::new("/dev").join(&self.vg_name).join(&self.lv_name)
+    }
+
+    /// Size in bytes (0 when lvs did not say).
+    pub fn size(&self) -> u64 {
+        self.lv_size.trim().parse().unwrap_or(0)
+    }
+
+    /// The origin's `vg/lv`, for a snapshot.
+    pub fn origin_name(&self) -> Option<String> {
+        (!self.origin.is_empty()).then(|| format!("{}/{}", self.vg_name, self.origin))
+    }
+
+    fn attr(&self, i: usize) -> Option<char> {
+        self.lv_attr.chars().nth(i)
+    }
+
+    pub fn is_thin(&self) -> bool {
+        self.segtype == "thin"
+    }
+
+    /// `lv_attr` character 1 is `s` or `S` for a classic snapshot.
+    pub fn is_classic_snapshot(&self) -> bool {
+        matches!(self.attr(0), Some('s' | 'S'))
+    }
+
+    /// A classic snapshot, or a thin LV with an origin.
+    pub fn is_snapshot(&self) -> bool {
+        self.is_classic_snapshot() || (self.is_thin() && !self.origin.is_empty())
+    }
+
+    /// `lv_attr` character 1 `S`: a merge into the origin is pending (the
+    /// only sign of a deferred merge while the table still says
+    /// `snapshot`).
+    pub fn is_merging(&self) -> bool {
+        self.attr(0) == Some('S')
+    }
+
+    /// `lv_attr` character 5 `I`: a snapshot the kernel invalidated.
+    pub fn is_invalid(&self) -> bool {
+        self.attr(4) == Some('I')
+    }
+
+    /// `lv_attr` character 5 `a`: active.
+    pub fn is_active(&self) -> bool {
+        self.attr(4) == Some('a')
+    }
+
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.lv_tags.split(',').any(|t| t == tag)
+    }
+
+    /// How full a classic snapshot's COW space is, in percent.
+    pub fn cow_percent(&self) -> Option<f64> {
+        self.snap_percent.trim().parse().ok()
+    }
+
+    /// The point in time this snapshot froze, of `origin`.
+    pub fn point_in_time(&self, origin: &Lv) -> PointInTime {
+        PointInTime {
+            origin_uuid: origin.lv_uuid.clone(),
+            snapshot_uuid: self.lv_uuid.clone(),
+            snapshot: self.full_name(),
+            time: self.lv_time.clone(),
+        }
     }
 }
 
@@ -163,13 +232,13 @@ pub struct Snapshot {
     /// Chunk size in bytes, as the dm table gives it.
     pub chunk_size: u64,
     /// The LVM names, when lvm2 knows the device.
-    pub lv: Option<LvInfo>,
+    pub lv: Option<Lv>,
 }
 
 impl Snapshot {
     /// The name to show: `vg/lv` when LVM knows it, else what was typed.
     pub fn display_name(&self) -> String {
-        LvInfo::name_or(&self.lv, &self.spec)
+        Lv::name_or(&self.lv, &self.spec)
     }
 }
 
@@ -191,13 +260,13 @@ pub struct ThinPool {
     /// The data block size in bytes.
     pub block_size: u64,
     /// The pool LV, when lvm2 knows it.
-    pub lv: Option<LvInfo>,
+    pub lv: Option<Lv>,
 }
 
 impl ThinPool {
     /// `VG/POOL` when lvm2 knows it, else the pool device's dm name.
     pub fn display_name(&self) -> String {
-        LvInfo::name_or(&self.lv, &self.device.name)
+        Lv::name_or(&self.lv, &self.device.name)
     }
 }
 
@@ -211,13 +280,13 @@ pub struct ThinVolume {
     pub thin_id: u64,
     /// Size in bytes.
     pub size: u64,
-    pub lv: Option<LvInfo>,
+    pub lv: Option<Lv>,
 }
 
 impl ThinVolume {
     /// `vg/lv` when LVM knows it, else the dm name.
     pub fn display_name(&self) -> String {
-        LvInfo::name_or(&self.lv, &self.device.name)
+        Lv::name_or(&self.lv, &self.device.name)
     }
 }
 
@@ -233,7 +302,7 @@ pub struct ThinSnapshot {
 
 impl ThinSnapshot {
     pub fn display_name(&self) -> String {
-        LvInfo::name_or(&self.snapshot.lv, &self.spec)
+        Lv::name_or(&self.snapshot.lv, &self.spec)
     }
 }
 
@@ -290,8 +359,7 @@ pub fn find(spec: &str) -> Result<Found, LvmError> {
         }
     }
     if let Some(lv) = &lv {
-        let attr: Vec<char> = lv.lv_attr.chars().collect();
-        if attr.first() == Some(&'S') {
+        if lv.is_merging() {
             return Err(LvmError::Merging { spec: spec.into() });
         }
     }
@@ -334,7 +402,7 @@ pub fn find(spec: &str) -> Result<Found, LvmError> {
         });
     }
     if let Some(lv) = &lv {
-        if lv.lv_attr.chars().nth(4) == Some('I') {
+        if lv.is_invalid() {
             return Err(LvmError::Invalid {
                 spec: spec.into(),
                 status: format!("lv_attr {}", lv.lv_attr),
@@ -356,7 +424,7 @@ pub fn find(spec: &str) -> Result<Found, LvmError> {
 fn thin_volume_of(
     spec: &str,
     device: DmDevice,
-    lv: Option<LvInfo>,
+    lv: Option<Lv>,
     line: &str,
 ) -> Result<ThinVolume, LvmError> {
     let unexpected = || LvmError::Unexpected {
@@ -400,7 +468,7 @@ pub fn thin_volume(spec: &str) -> Result<Option<ThinVolume>, LvmError> {
 
 /// The thin pool behind pool device `dev`, from its table
 /// `0 LEN thin-pool META_MAJ:MIN DATA_MAJ:MIN BLOCK_SECTORS LOW_WATER ...`.
-pub fn thin_pool(spec: &str, dev: (u32, u32), lv: Option<&LvInfo>) -> Result<ThinPool, LvmError> {
+pub fn thin_pool(spec: &str, dev: (u32, u32), lv: Option<&Lv>) -> Result<ThinPool, LvmError> {
     let device = dm_device(dev.0, dev.1);
     let table = dmsetup("table", &device.name)?;
     let line = table.lines().next().unwrap_or("").to_string();
@@ -513,8 +581,8 @@ pub fn origin_device(snap: &Snapshot) -> PathBuf {
             return path;
         }
     }
-    let args = ["table", "--target", "snapshot-origin"].map(OsStr::new);
-    if let Ok(text) = run("dmsetup", "dmsetup", &args) {
+    let args = ["table", "--target", "snapshot-origin"];
+    if let Ok(text) = tool::run_str("dmsetup", "dmsetup", &args) {
         if let Some(name) = snapshot_origin_on(&text, (snap.origin.major, snap.origin.minor)) {
             let path = Path::new("/dev/mapper").join(name);
             if device_number(&path).is_some() {
@@ -538,7 +606,7 @@ fn snapshot_origin_on(text: &str, dev: (u32, u32)) -> Option<&str> {
 }
 
 /// The LVM view of the snapshot's origin LV, when lvm2 knows it.
-pub fn origin_lv(snap: &Snapshot) -> Option<LvInfo> {
+pub fn origin_lv(snap: &Snapshot) -> Option<Lv> {
     let lv = snap.lv.as_ref().filter(|lv| !lv.origin.is_empty())?;
     lvs(&[&format!("{}/{}", lv.vg_name, lv.origin)])
         .ok()?
@@ -638,48 +706,8 @@ fn parse_dev(text: &str) -> Option<(u32, u32)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-pub(crate) fn run(
-    tool: &'static str,
-    package: &'static str,
-    args: &[&OsStr],
-) -> Result<String, LvmError> {
-    let out = Command::new(tool)
-        .args(args)
-        .env("LC_ALL", "C")
-        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
-        .output()
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                LvmError::ToolMissing { tool, package }
-            } else {
-                LvmError::ToolFailed {
-                    tool: tool.into(),
-                    message: e.to_string(),
-                }
-            }
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let msg = err
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or("no message")
-            .to_string();
-        return Err(LvmError::ToolFailed {
-            tool: format!("{tool} {}", args[0].to_string_lossy()),
-            message: format!("{msg} ({})", out.status),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn dmsetup(command: &str, name: &str) -> Result<String, LvmError> {
-    run(
-        "dmsetup",
-        "dmsetup",
-        &[OsStr::new(command), OsStr::new(name)],
-    )
+    Ok(tool::run_str("dmsetup", "dmsetup", &[command, name])?)
 }
 
 #[derive(Deserialize)]
@@ -690,24 +718,27 @@ struct LvsReport {
 #[derive(Deserialize)]
 struct LvsSection {
     #[serde(default)]
-    lv: Vec<LvInfo>,
+    lv: Vec<Lv>,
 }
 
+/// The fields of [`Lv`], as `lvs -o` names them.
+const LVS_FIELDS: &str = "vg_name,lv_name,lv_attr,origin,lv_uuid,lv_kernel_major,lv_kernel_minor,lv_time,pool_lv,thin_id,lv_tags,lv_size,segtype,snap_percent";
+
 /// `lvs -a` for the given VGs or LVs (all when empty).
-pub fn lvs(names: &[&str]) -> Result<Vec<LvInfo>, LvmError> {
-    let mut args: Vec<&OsStr> = [
+pub fn lvs(names: &[&str]) -> Result<Vec<Lv>, LvmError> {
+    let mut args: Vec<&str> = vec![
         "--reportformat",
         "json",
         "-a",
+        "--units",
+        "b",
+        "--nosuffix",
         "-o",
-        "vg_name,lv_name,lv_attr,origin,lv_uuid,lv_kernel_major,lv_kernel_minor,lv_time,pool_lv,thin_id",
-    ]
-    .iter()
-    .map(OsStr::new)
-    .collect();
-    args.extend(names.iter().map(OsStr::new));
-    let text = run("lvs", "lvm2", &args)?;
-    let report: LvsReport = serde_json::from_str(&text).map_err(|e| LvmError::ToolFailed {
+        LVS_FIELDS,
+    ];
+    args.extend(names);
+    let text = tool::run_str("lvs", "lvm2", &args)?;
+    let report: LvsReport = serde_json::from_str(&text).map_err(|e| ToolError::Failed {
         tool: "lvs".into(),
         message: format!("unreadable report: {e}"),
     })?;
@@ -716,13 +747,13 @@ pub fn lvs(names: &[&str]) -> Result<Vec<LvInfo>, LvmError> {
 
 /// The LV whose device `path` is (any spelling: /dev/vg/lv,
 /// /dev/mapper/vg-lv, /dev/dm-N), if lvm2 knows it.
-pub fn lv_at(path: &Path) -> Option<LvInfo> {
+pub fn lv_at(path: &Path) -> Option<Lv> {
     let (major, minor) = device_number(path)?;
     lv_for_device(&dm_device(major, minor))
 }
 
 /// The LV that is this device, if lvm2 is installed and knows it.
-fn lv_for_device(device: &DmDevice) -> Option<LvInfo> {
+fn lv_for_device(device: &DmDevice) -> Option<Lv> {
     let uuid = sysfs(device.major, device.minor, "dm/uuid")?;
     if !uuid.starts_with("LVM-") {
         return None;
@@ -733,7 +764,7 @@ fn lv_for_device(device: &DmDevice) -> Option<LvInfo> {
     })
 }
 
-fn snapshot_names_of(origin: Option<&LvInfo>) -> String {
+fn snapshot_names_of(origin: Option<&Lv>) -> String {
     let Some(origin) = origin else {
         return String::new();
     };

@@ -1,5 +1,8 @@
-//! Sending: reading the data of each changed extent from the device or image
-//! that holds the origin's new contents, and writing it as delta records.
+//! Sending: what a delta is made of (the changes, the data source they are
+//! read from, and the header that names them: source, base and target
+//! points in time), and writing it: reading the data of each changed
+//! extent from the device or image that holds the origin's new contents,
+//! as delta records, to a file, stdout or any writer.
 //!
 //! The data source is read piece by piece ([`READ_LEN`] at most), so memory
 //! stays bounded whatever the size of the extents; pieces are read and
@@ -9,14 +12,24 @@
 //! sliced out of it.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
-use std::sync::{mpsc, Mutex};
+use std::fs;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 
 use thiserror::Error;
 
 use crate::blockdev::{AlignedBuf, ReadAt, Source, DIRECT_ALIGN};
-use crate::extents::Extent;
-use crate::stream::{Encoded, Encoder, Writer, MAX_RECORD_LEN};
+use crate::changes::{self, ChangeSet, ChangeSource, Changes, Listing};
+use crate::extents::{Extent, ExtentSet};
+use crate::files::{self, NewFile};
+use crate::lvm;
+use crate::stream::{
+    Compression, Encoded, Encoder, Header, PointInTime, SourceInfo, SourceKind, ThinSource, Totals,
+    Writer, MAX_RECORD_LEN,
+};
+use crate::Error;
 
 /// Bytes of the data source read at a time.
 pub const READ_LEN: usize = MAX_RECORD_LEN as usize;
@@ -42,6 +55,409 @@ pub enum SendError {
     Write(#[source] io::Error),
 }
 
+/// What a delta is made of: its header, the data source its records are
+/// read from, and the changes to send.
+#[derive(Debug)]
+pub struct Delta {
+    pub header: Header,
+    pub source: Arc<Source>,
+    pub changes: ChangeSet,
+    /// The snapshot, image or device the changes come from, as messages
+    /// name it.
+    pub name: String,
+}
+
+impl Delta {
+    /// The changes that `source` lists, with their data read from
+    /// `data_source` (for a snapshot, its origin when none is given).
+    pub fn of_changes(
+        source: &ChangeSource,
+        data_source: Option<&Path>,
+        compression: Compression,
+    ) -> Result<Delta, Error> {
+        let (listing, data) = read_inputs(source, data_source)?;
+        let origin_size = listing.origin_size().unwrap_or(data.size());
+        check_source_size(&data, origin_size)?;
+        let source_info = source_info(&listing, &data);
+        // The delta applies to a copy of the origin as it was when the
+        // snapshot was taken.
+        let base = point_in_time(&source_info);
+        let (table_key, table_path) = match &listing {
+            Listing::Cow(l) => ("cow", l.cow_path.display().to_string()),
+            Listing::Thin(l) => ("thin-metadata", l.metadata.display().to_string()),
+        };
+        let header = Header {
+            origin_size,
+            chunk_size: listing.chunk_size(),
+            target: target_point_in_time(&listing, &source_info)
+                .or_else(|| data_source.and_then(|p| later_snapshot(&source_info, p))),
+            source: source_info,
+            compression,
+            tool: crate::TOOL.to_string(),
+            base,
+            resume_from: 0,
+            properties: BTreeMap::from([
+                (table_key.to_string(), table_path),
+                ("data-source".to_string(), data.path().display().to_string()),
+            ]),
+        };
+        let name = listing.name();
+        Ok(Delta {
+            header,
+            source: Arc::new(data),
+            changes: listing.into_change_set(),
+            name,
+        })
+    }
+
+    /// A full copy of `source` (a seed): one extent over all of it, all-zero
+    /// blocks becoming ZERO records as they are read. No base (it applies to
+    /// any content) and no target (the caller sets one when it knows it).
+    pub fn full_copy(source: Source, compression: Compression) -> Delta {
+        let size = source.size();
+        let path = source.path().display().to_string();
+        let header = Header {
+            origin_size: size,
+            chunk_size: READ_LEN as u64,
+            source: SourceInfo {
+                origin: Some(path.clone()),
+                ..SourceInfo::of_kind(SourceKind::Full)
+            },
+            compression,
+            tool: crate::TOOL.to_string(),
+            base: None,
+            target: None,
+            resume_from: 0,
+            properties: BTreeMap::from([("data-source".to_string(), path.clone())]),
+        };
+        let extents = if size > 0 {
+            vec![Extent {
+                offset: 0,
+                length: size,
+            }]
+        } else {
+            Vec::new()
+        };
+        Delta {
+            header,
+            source: Arc::new(source),
+            changes: ChangeSet::read(ExtentSet::from_extents(extents)),
+            name: path,
+        }
+    }
+
+    /// Makes the delta start at `offset`: the part of a transfer that the
+    /// destination did not confirm.
+    pub fn resume_from(&mut self, offset: u64) {
+        self.header.resume_from = offset;
+        self.changes = self.changes.from_offset(offset);
+    }
+
+    /// A stream writer on `out` that has written the delta's header.
+    pub fn writer<W: Write>(&self, out: W) -> Result<Writer<W>, SendError> {
+        Writer::new(out, &self.header).map_err(SendError::Write)
+    }
+
+    /// Writes the delta's records to `w` (made by [`Delta::writer`]),
+    /// calling `progress` after each piece is appended; the caller ends
+    /// the stream ([`Writer::finish`]).
+    pub fn send<W: Write>(
+        &self,
+        w: &mut Writer<W>,
+        progress: impl FnMut(&Writer<W>),
+    ) -> Result<(), SendError> {
+        send_changes(&self.source, self.changes.as_changes(), w, progress)
+    }
+
+    /// Writes the whole delta to `out`; returns the output, the totals and
+    /// the delta's length.
+    pub fn write_all<W: Write>(&self, out: W) -> Result<(W, Totals, u64), SendError> {
+        let mut w = self.writer(out)?;
+        self.send(&mut w, |_| {})?;
+        w.finish().map_err(SendError::Write)
+    }
+}
+
+/// The change table and the opened data source.
+fn read_inputs(
+    source: &ChangeSource,
+    data_source: Option<&Path>,
+) -> Result<(Listing, Source), Error> {
+    if let ChangeSource::Snapshot(_) = source {
+        let listing = changes::read(source, data_source)?;
+        let path = match (data_source, &listing) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, Listing::Cow(l)) => match &l.snapshot {
+                Some(snap) => lvm::origin_device(snap),
+                None => return Err(need_data_source()),
+            },
+            (None, Listing::Thin(l)) => match &l.snapshot {
+                Some(snap) => snap.origin.device.path(),
+                None => return Err(need_data_source()),
+            },
+        };
+        let data = open_source(&path)?;
+        return Ok((listing, data));
+    }
+    // An image of a table: the data source says how large the origin is.
+    let Some(data_path) = data_source else {
+        let what = match source {
+            ChangeSource::ThinMetadata { .. } => "--thin-metadata",
+            _ => "--cow",
+        };
+        return Err(Error::Usage(format!(
+            "{what} needs --data-source PATH: the device or image holding the origin's new contents"
+        )));
+    };
+    let data = open_source(data_path)?;
+    let source = source.with_origin_size(data.size());
+    if let Some(size) = match &source {
+        ChangeSource::CowImage { origin_size, .. }
+        | ChangeSource::ThinMetadata { origin_size, .. } => *origin_size,
+        ChangeSource::Snapshot(_) => None,
+    } {
+        check_source_size(&data, size)?;
+    }
+    let listing = changes::read(&source, None)?;
+    Ok((listing, data))
+}
+
+fn need_data_source() -> Error {
+    Error::Usage(
+        "give --data-source PATH: the device or image holding the origin's new contents".into(),
+    )
+}
+
+fn open_source(path: &Path) -> Result<Source, Error> {
+    Source::open(path).map_err(|source| Error::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The point in time the data source froze, when it is a classic snapshot
+/// of the same origin (a later one): applying the delta then brings a copy
+/// to exactly that snapshot.
+fn later_snapshot(s: &SourceInfo, data_source: &Path) -> Option<PointInTime> {
+    if s.kind != SourceKind::Classic {
+        return None;
+    }
+    let lv = lvm::lv_at(data_source)?;
+    let same_origin = s.vg.as_deref() == Some(lv.vg_name.as_str())
+        && s.origin.as_deref() == Some(lv.origin.as_str());
+    (lv.is_classic_snapshot() && same_origin && !lv.lv_uuid.is_empty())
+        .then(|| PointInTime {
+            origin_uuid: s.origin_uuid.clone().unwrap_or_default(),
+            snapshot_uuid: lv.lv_uuid.clone(),
+            snapshot: lv.full_name(),
+            time: lv.lv_time.clone(),
+        })
+        .filter(|p| !p.origin_uuid.is_empty())
+}
+
+/// The point in time a snapshot froze, when LVM names both volumes.
+pub fn point_in_time(s: &SourceInfo) -> Option<PointInTime> {
+    let vg = s.vg.as_deref()?;
+    Some(PointInTime {
+        origin_uuid: s.origin_uuid.clone()?,
+        snapshot_uuid: s.snapshot_uuid.clone()?,
+        snapshot: format!("{vg}/{}", s.snapshot.as_deref()?),
+        time: s.snapshot_time.clone().unwrap_or_default(),
+    })
+}
+
+/// The point in time the data source holds, when it is a later snapshot of
+/// the same origin in the same thin pool (compared with the snapshot
+/// directly): a copy holds exactly that snapshot once the delta is applied.
+fn target_point_in_time(listing: &Listing, s: &SourceInfo) -> Option<PointInTime> {
+    let Listing::Thin(l) = listing else {
+        return None;
+    };
+    let later = l.compared.as_ref()?.lv.as_ref()?;
+    let snap = l.snapshot.as_ref()?;
+    // The origin itself is live, no point in time.
+    if l.thin2 == snap.origin.thin_id || later.origin.is_empty() || later.lv_uuid.is_empty() {
+        return None;
+    }
+    Some(PointInTime {
+        origin_uuid: s.origin_uuid.clone()?,
+        snapshot_uuid: later.lv_uuid.clone(),
+        snapshot: later.full_name(),
+        time: later.lv_time.clone(),
+    })
+}
+
+/// What the header says of where the changes come from.
+fn source_info(listing: &Listing, data: &Source) -> SourceInfo {
+    let known = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    match listing {
+        Listing::Cow(l) => match &l.snapshot {
+            Some(snap) => {
+                let lv = snap.lv.as_ref();
+                let origin_lv = lvm::origin_lv(snap);
+                SourceInfo {
+                    kind: SourceKind::Classic,
+                    vg: lv.map(|lv| lv.vg_name.clone()),
+                    snapshot: Some(
+                        lv.map(|lv| lv.lv_name.clone())
+                            .unwrap_or_else(|| snap.device.name.clone()),
+                    ),
+                    snapshot_uuid: lv.and_then(|lv| known(&lv.lv_uuid)),
+                    snapshot_time: lv.and_then(|lv| known(&lv.lv_time)),
+                    origin: lv
+                        .and_then(|lv| known(&lv.origin))
+                        .or_else(|| Some(snap.origin.name.clone())),
+                    origin_uuid: origin_lv.and_then(|lv| known(&lv.lv_uuid)),
+                    thin: None,
+                }
+            }
+            None => SourceInfo {
+                snapshot: Some(l.cow_path.display().to_string()),
+                origin: Some(data.path().display().to_string()),
+                ..SourceInfo::of_kind(SourceKind::Image)
+            },
+        },
+        Listing::Thin(l) => {
+            let snap = l.snapshot.as_ref();
+            let lv = snap.and_then(|s| s.snapshot.lv.as_ref());
+            let origin_lv = snap.and_then(|s| s.origin.lv.as_ref());
+            let pool = snap.map(|s| &s.pool);
+            SourceInfo {
+                kind: SourceKind::Thin,
+                vg: lv.map(|lv| lv.vg_name.clone()),
+                snapshot: Some(match snap {
+                    Some(s) => lv
+                        .map(|lv| lv.lv_name.clone())
+                        .unwrap_or_else(|| s.snapshot.device.name.clone()),
+                    None => l.metadata.display().to_string(),
+                }),
+                snapshot_uuid: lv.and_then(|lv| known(&lv.lv_uuid)),
+                snapshot_time: lv.and_then(|lv| known(&lv.lv_time)),
+                origin: match snap {
+                    Some(s) => Some(
+                        origin_lv
+                            .map(|lv| lv.lv_name.clone())
+                            .unwrap_or_else(|| s.origin.device.name.clone()),
+                    ),
+                    None => Some(data.path().display().to_string()),
+                },
+                origin_uuid: origin_lv.and_then(|lv| known(&lv.lv_uuid)),
+                thin: Some(ThinSource {
+                    pool: pool
+                        .map(|p| p.display_name())
+                        .unwrap_or_else(|| l.metadata.display().to_string()),
+                    pool_uuid: pool
+                        .and_then(|p| p.lv.as_ref())
+                        .and_then(|lv| known(&lv.lv_uuid)),
+                    block_size: l.diff.block_size(),
+                    snapshot_id: l.thin1,
+                    compared_id: l.thin2,
+                }),
+            }
+        }
+    }
+}
+
+/// Where `send` writes a delta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub totals: Totals,
+    /// The delta's length, END record included.
+    pub length: u64,
+    /// Where it went, as messages name it.
+    pub to: String,
+}
+
+/// Refuses to write a binary stream to a terminal.
+pub fn refuse_terminal(stdout_is_terminal: bool) -> Result<(), Error> {
+    if stdout_is_terminal {
+        return Err(Error::Usage(
+            "refusing to write a binary delta to a terminal: redirect it (-o - > FILE, or -o - | lvmsync-rs apply - DEST), or give -o FILE".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `delta` to `output`. A regular file is written under a
+/// temporary name and renamed once complete and synced (see
+/// [`files::NewFile`]), so FILE is never a partial delta; a FIFO or a
+/// character device is written as it is.
+pub fn write_delta(delta: &Delta, output: &Output) -> Result<Written, Error> {
+    match output {
+        Output::Stdout => {
+            refuse_terminal(io::stdout().is_terminal())?;
+            files::grow_pipe(io::stdout());
+            let out = BufWriter::with_capacity(256 << 10, io::stdout().lock());
+            let (_, totals, length) = delta.write_all(out).map_err(|e| match e {
+                SendError::Write(source) => Error::Output(source),
+                other => other.into(),
+            })?;
+            Ok(Written {
+                totals,
+                length,
+                to: "stdout".into(),
+            })
+        }
+        Output::File(path) => {
+            let shown = path.display().to_string();
+            let write_err = |source| Error::Write {
+                path: shown.clone(),
+                source,
+            };
+            let create_err = |source| Error::Create {
+                path: shown.clone(),
+                source,
+            };
+            let (totals, length) = match fs::metadata(path) {
+                Ok(m) if m.is_dir() => return Err(create_err(io::Error::other("is a directory"))),
+                Ok(m) if m.file_type().is_block_device() => {
+                    return Err(create_err(io::Error::other(
+                        "is a block device; a delta is written to a file or a pipe (to write it onto a copy, use apply)",
+                    )))
+                }
+                Ok(m) if !m.is_file() => {
+                    let file = fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(create_err)?;
+                    let (_, totals, length) = delta
+                        .write_all(BufWriter::with_capacity(256 << 10, file))
+                        .map_err(|e| file_error(e, &write_err))?;
+                    (totals, length)
+                }
+                _ => {
+                    let file = NewFile::create(path, 0o644).map_err(create_err)?;
+                    let (out, totals, length) = delta
+                        .write_all(BufWriter::with_capacity(256 << 10, file))
+                        .map_err(|e| file_error(e, &write_err))?;
+                    let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+                    file.commit().map_err(write_err)?;
+                    (totals, length)
+                }
+            };
+            Ok(Written {
+                totals,
+                length,
+                to: shown,
+            })
+        }
+    }
+}
+
+fn file_error(e: SendError, write_err: &impl Fn(io::Error) -> Error) -> Error {
+    match e {
+        SendError::Write(source) => write_err(source),
+        other => other.into(),
+    }
+}
+
 /// Refuses a data source smaller than the origin.
 pub fn check_source_size(source: &Source, origin_size: u64) -> Result<(), SendError> {
     if source.size() < origin_size {
@@ -56,42 +472,6 @@ pub fn check_source_size(source: &Source, origin_size: u64) -> Result<(), SendEr
 
 /// Worker threads that read and encode, at most.
 pub const MAX_WORKERS: usize = 4;
-
-/// What to send: the extents whose new data is read from the data source,
-/// and the extents known to read as zeroes now (a thin snapshot's blocks
-/// that the compared device no longer maps), which become ZERO records
-/// without a read. Each list is sorted and disjoint, and no extent of one
-/// overlaps an extent of the other.
-#[derive(Debug, Clone, Copy)]
-pub struct Changes<'a> {
-    pub read: &'a [Extent],
-    pub zero: &'a [Extent],
-}
-
-impl<'a> Changes<'a> {
-    /// Extents that are all read from the data source.
-    pub fn read(extents: &'a [Extent]) -> Changes<'a> {
-        Changes {
-            read: extents,
-            zero: &[],
-        }
-    }
-
-    /// Bytes of the origin the changes cover.
-    pub fn total_bytes(&self) -> u64 {
-        self.read.iter().chain(self.zero).map(|e| e.length).sum()
-    }
-
-    /// Every extent with whether it is known zero, in offset order.
-    pub fn in_order(&self) -> impl Iterator<Item = (Extent, bool)> + 'a {
-        let (mut read, mut zero) = (self.read.iter().peekable(), self.zero.iter().peekable());
-        std::iter::from_fn(move || match (read.peek(), zero.peek()) {
-            (Some(r), Some(z)) if z.offset < r.offset => zero.next().map(|e| (*e, true)),
-            (Some(_), _) => read.next().map(|e| (*e, false)),
-            (None, _) => zero.next().map(|e| (*e, true)),
-        })
-    }
-}
 
 /// A piece of an extent, read and encoded as one job.
 #[derive(Debug, Clone, Copy)]
@@ -148,17 +528,6 @@ pub fn send_extents<W: Write>(
     writer: &mut Writer<W>,
 ) -> Result<(), SendError> {
     send_changes(source, Changes::read(extents), writer, |_| {})
-}
-
-/// [`send_extents`], calling `progress` with the writer after each piece
-/// is appended to the stream.
-pub fn send_extents_with_progress<W: Write>(
-    source: &Source,
-    extents: &[Extent],
-    writer: &mut Writer<W>,
-    progress: impl FnMut(&Writer<W>),
-) -> Result<(), SendError> {
-    send_changes(source, Changes::read(extents), writer, progress)
 }
 
 /// Writes the records of `changes`: the extents to read with their data

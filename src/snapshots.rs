@@ -2,126 +2,21 @@
 //! destination they serve, found by that tag, and removed only when they
 //! carry it. Snapshots without the tag are never touched.
 
-use std::ffi::OsStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::lvm::{self, LvmError};
-use crate::stream::PointInTime;
+use crate::lvm::{self, Lv, LvmError};
+use crate::tool::{self, ToolError};
 
 /// Every tag `backup` puts on a snapshot starts with this.
 pub const TAG_PREFIX: &str = "lvmsync_rs_";
 /// Part of the name of every snapshot `backup` creates.
 pub const NAME_MARK: &str = "-lvmsync-";
 
-/// An LV as `backup` needs to know it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Volume {
-    pub vg_name: String,
-    pub lv_name: String,
-    pub lv_attr: String,
-    pub origin: String,
-    pub lv_uuid: String,
-    pub lv_time: String,
-    /// Comma-separated.
-    pub lv_tags: String,
-    /// In bytes (`--units b --nosuffix`).
-    pub lv_size: String,
-    /// `thin` for a thin LV.
-    pub segtype: String,
-    /// For a classic snapshot: how full its COW space is, in percent.
-    #[serde(default)]
-    pub snap_percent: String,
-}
-
-impl Volume {
-    pub fn full_name(&self) -> String {
-        format!("{}/{}", self.vg_name, self.lv_name)
-    }
-
-    pub fn device(&self) -> std::path::PathBuf {
-        std::path::Path::new("/dev")
-            .join(&self.vg_name)
-            .join(&self.lv_name)
-    }
-
-    pub fn size(&self) -> u64 {
-        self.lv_size.trim().parse().unwrap_or(0)
-    }
-
-    pub fn is_thin(&self) -> bool {
-        self.segtype == "thin"
-    }
-
-    /// `lv_attr` character 1 is `s` or `S` for a classic snapshot; a thin
-    /// snapshot is a thin LV with an origin.
-    pub fn is_snapshot(&self) -> bool {
-        matches!(self.lv_attr.chars().next(), Some('s' | 'S'))
-            || (self.is_thin() && !self.origin.is_empty())
-    }
-
-    /// `lv_attr` character 5: `I` for a snapshot the kernel invalidated.
-    pub fn is_invalid(&self) -> bool {
-        self.lv_attr.chars().nth(4) == Some('I')
-    }
-
-    pub fn has_tag(&self, tag: &str) -> bool {
-        self.lv_tags.split(',').any(|t| t == tag)
-    }
-
-    /// How full a classic snapshot's COW space is, in percent.
-    pub fn cow_percent(&self) -> Option<f64> {
-        self.snap_percent.trim().parse().ok()
-    }
-
-    /// The point in time this snapshot froze, of `origin`.
-    pub fn point_in_time(&self, origin: &Volume) -> PointInTime {
-        PointInTime {
-            origin_uuid: origin.lv_uuid.clone(),
-            snapshot_uuid: self.lv_uuid.clone(),
-            snapshot: self.full_name(),
-            time: self.lv_time.clone(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct Report {
-    report: Vec<ReportSection>,
-}
-
-#[derive(Deserialize)]
-struct ReportSection {
-    #[serde(default)]
-    lv: Vec<Volume>,
-}
-
-/// The LVs of volume group `vg` (or the one LV `vg/lv`).
-pub fn volumes(name: &str) -> Result<Vec<Volume>, LvmError> {
-    let words = [
-        "--reportformat",
-        "json",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
-        "vg_name,lv_name,lv_attr,origin,lv_uuid,lv_time,lv_tags,lv_size,segtype,snap_percent",
-        name,
-    ];
-    let args: Vec<&OsStr> = words.iter().map(OsStr::new).collect();
-    let text = lvm::run("lvs", "lvm2", &args)?;
-    let report: Report = serde_json::from_str(&text).map_err(|e| LvmError::ToolFailed {
-        tool: "lvs".into(),
-        message: format!("unreadable report: {e}"),
-    })?;
-    Ok(report.report.into_iter().flat_map(|s| s.lv).collect())
-}
-
 /// The origin named `vg/lv`, refused when it is not an LV that can be
 /// backed up (a snapshot, or inactive).
-pub fn origin(spec: &str) -> Result<Volume, LvmError> {
+pub fn origin(spec: &str) -> Result<Lv, LvmError> {
     let bad = |why: String| LvmError::Volume {
         spec: spec.to_string(),
         why,
@@ -130,8 +25,8 @@ pub fn origin(spec: &str) -> Result<Volume, LvmError> {
     if name.split('/').count() != 2 {
         return Err(bad("name the origin as VG/LV".into()));
     }
-    let found = volumes(name).map_err(|e| match e {
-        LvmError::ToolFailed { message, .. } => {
+    let found = lvm::lvs(&[name]).map_err(|e| match e {
+        LvmError::Tool(ToolError::Failed { message, .. }) => {
             bad(format!("lvm2 knows no such LV (lvs: {message})"))
         }
         other => other,
@@ -145,7 +40,7 @@ pub fn origin(spec: &str) -> Result<Volume, LvmError> {
             lv.origin
         )));
     }
-    if lv.lv_attr.chars().nth(4) != Some('a') {
+    if !lv.is_active() {
         return Err(bad(format!(
             "is not active (try: lvchange -ay {})",
             lv.full_name()
@@ -161,8 +56,8 @@ pub fn tag_for(dest: &str) -> String {
 }
 
 /// The snapshots of `origin` that carry `tag`, oldest first.
-pub fn owned(origin: &Volume, tag: &str) -> Result<Vec<Volume>, LvmError> {
-    let mut found: Vec<Volume> = volumes(&origin.vg_name)?
+pub fn owned(origin: &Lv, tag: &str) -> Result<Vec<Lv>, LvmError> {
+    let mut found: Vec<Lv> = lvm::lvs(&[&origin.vg_name])?
         .into_iter()
         .filter(|lv| lv.origin == origin.lv_name && lv.has_tag(tag))
         .collect();
@@ -202,7 +97,7 @@ impl SnapshotSize {
 
 /// A name for a new snapshot of `origin`: `ORIGIN-lvmsync-YYYYmmddHHMMSS`
 /// (UTC), the origin's part shortened to fit lvm2's 127 characters.
-pub fn new_name(origin: &Volume) -> String {
+pub fn new_name(origin: &Lv) -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -241,12 +136,7 @@ fn utc_stamp(secs: u64) -> String {
 /// Creates a snapshot of `origin` named `name`, tagged `tag`, and returns
 /// it. A classic snapshot gets `size` of COW space; a thin one is made
 /// active (thin snapshots are created with activation skipped).
-pub fn create(
-    origin: &Volume,
-    name: &str,
-    tag: &str,
-    size: &SnapshotSize,
-) -> Result<Volume, LvmError> {
+pub fn create(origin: &Lv, name: &str, tag: &str, size: &SnapshotSize) -> Result<Lv, LvmError> {
     let full = origin.full_name();
     let mut args: Vec<String> = vec!["-s".into(), "-n".into(), name.into()];
     args.extend(["--addtag".into(), tag.into()]);
@@ -259,32 +149,31 @@ pub fn create(
         }
     }
     args.push(full);
-    let os: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    lvm::run("lvcreate", "lvm2", &os)?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tool::run_str("lvcreate", "lvm2", &args)?;
     let made = format!("{}/{name}", origin.vg_name);
-    let lv = volumes(&made)?
+    let lv = lvm::lvs(&[&made])?
         .into_iter()
         .next()
-        .ok_or_else(|| LvmError::ToolFailed {
+        .ok_or_else(|| ToolError::Failed {
             tool: "lvcreate".into(),
             message: format!("{made} was created but lvs does not show it"),
         })?;
-    if lv.lv_attr.chars().nth(4) != Some('a') {
-        let os: Vec<&OsStr> = ["-ay", "-K", made.as_str()].map(OsStr::new).to_vec();
-        lvm::run("lvchange", "lvm2", &os)?;
+    if !lv.is_active() {
+        tool::run_str("lvchange", "lvm2", &["-ay", "-K", &made])?;
     }
     Ok(lv)
 }
 
 /// Removes `snap`, which must carry `tag`.
-pub fn remove(snap: &Volume, tag: &str) -> Result<(), LvmError> {
+pub fn remove(snap: &Lv, tag: &str) -> Result<(), LvmError> {
     // Looked up again: only what carries the tag now is removed.
     let name = snap.full_name();
-    let now = volumes(&name)?;
+    let now = lvm::lvs(&[&name])?;
     match now.first() {
         Some(lv) if lv.has_tag(tag) && lv.lv_uuid == snap.lv_uuid => {
-            let os: Vec<&OsStr> = ["-y", name.as_str()].map(OsStr::new).to_vec();
-            lvm::run("lvremove", "lvm2", &os).map(|_| ())
+            tool::run_str("lvremove", "lvm2", &["-y", &name])?;
+            Ok(())
         }
         Some(_) => Err(LvmError::Volume {
             spec: name.clone(),
@@ -303,17 +192,15 @@ mod tests {
         assert_eq!(utc_stamp(0), "19700101000000");
         assert_eq!(utc_stamp(951_782_400), "20000229000000");
         assert_eq!(utc_stamp(1_795_683_661), "20261126090101");
-        let lv = |name: &str| Volume {
+        let lv = |name: &str| Lv {
             vg_name: "vg".into(),
             lv_name: name.into(),
             lv_attr: "owi-a-----".into(),
-            origin: String::new(),
             lv_uuid: "u".into(),
-            lv_time: String::new(),
             lv_tags: "a,lvmsync_rs_1".into(),
             lv_size: "4096".into(),
             segtype: "linear".into(),
-            snap_percent: String::new(),
+            ..Lv::default()
         };
         assert!(new_name(&lv("root")).starts_with("root-lvmsync-20"));
         assert_eq!(new_name(&lv(&"x".repeat(200))).len(), 127);

@@ -13,17 +13,23 @@
 //!   named after the device-mapper UUID of the device (stable across
 //!   reboots and renames), else its dm name, else its kernel name.
 //!
-//! The file is replaced atomically (written beside, synced, renamed, and the
-//! directory synced), so a crash leaves either the old or the new state.
+//! The file is replaced atomically (written beside under a random name,
+//! synced, renamed, and the directory synced), so a crash leaves either the
+//! old or the new state; it is read only when it is a small regular file,
+//! never through a symlink.
+//!
+//! [`Tracker`] keeps the state while a delta is applied: which transfer is
+//! under way and how far it is confirmed.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::files;
 use crate::stream::{Header, PointInTime};
 
 /// Where the states of block devices are kept, unless `$LVMSYNC_STATE_DIR`
@@ -133,12 +139,17 @@ fn device_key(rdev: u64) -> String {
         .collect()
 }
 
-/// Reads the state at `path`: `None` when there is none.
+/// The largest state file read: a state is a few hundred bytes.
+pub const MAX_STATE_LEN: u64 = 64 << 10;
+
+/// Reads the state at `path`: `None` when there is none. The file must be
+/// a regular file, not reached through a symlink, and small (see
+/// [`files::read_capped`]).
 pub fn load(path: &Path) -> Result<Option<State>, StateError> {
     let shown = path.display().to_string();
-    let text = match fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    let text = match files::read_capped(path, MAX_STATE_LEN) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
         Err(source) => {
             return Err(StateError::Read {
                 path: shown,
@@ -162,34 +173,19 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
     Ok(Some(file.state))
 }
 
-/// Replaces the state at `path` with `state`, atomically and durably.
+/// Replaces the state at `path` with `state`, atomically and durably (see
+/// [`files::NewFile`]: a new file under a random name, renamed over it).
 pub fn save(path: &Path, dest: &Path, state: &State) -> Result<(), StateError> {
     let write = || -> io::Result<()> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&dir)?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".new");
-        let tmp = PathBuf::from(tmp);
-        let body = serde_json::to_vec_pretty(&StateFile {
+        fs::create_dir_all(files::parent_dir(path))?;
+        let mut body = serde_json::to_vec_pretty(&StateFile {
             lvmsync_state: STATE_VERSION,
             dest: dest.display().to_string(),
             state: state.clone(),
         })
         .map_err(io::Error::other)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
+        body.push(b'\n');
+        files::replace(path, &body, 0o644)
     };
     write().map_err(|source| StateError::Write {
         path: path.display().to_string(),
@@ -263,6 +259,107 @@ fn describe(header: &Header) -> String {
     match &header.target {
         Some(t) => format!("{base} and brings the copy to {t}"),
         None => format!("{base} and brings the copy to no point in time"),
+    }
+}
+
+/// Keeps the destination's state while a delta is applied: which transfer
+/// is under way and how far it is confirmed.
+pub struct Tracker {
+    path: PathBuf,
+    dest: PathBuf,
+    /// The transfer, for a delta that produces a point in time.
+    applying: Option<Applying>,
+    /// The end of the last record written.
+    last_end: u64,
+    /// Bytes written since the last confirmation.
+    pub unconfirmed: u64,
+    /// Whether a state file is kept for this destination.
+    kept: bool,
+}
+
+impl Tracker {
+    /// Records, before anything is written, that the delta of `header` is
+    /// being applied (or, for a delta that produces no point in time, that
+    /// the destination's content is no longer known).
+    pub fn begin(
+        path: PathBuf,
+        dest: &Path,
+        had_state: bool,
+        header: &Header,
+    ) -> Result<Tracker, StateError> {
+        let applying = header.target.clone().map(|target| Applying {
+            base: header.base.clone(),
+            target,
+            confirmed: header.resume_from,
+        });
+        let kept = had_state || applying.is_some();
+        let t = Tracker {
+            path,
+            dest: dest.to_path_buf(),
+            applying,
+            last_end: header.resume_from,
+            unconfirmed: 0,
+            kept,
+        };
+        if kept {
+            t.save_applying()?;
+        }
+        Ok(t)
+    }
+
+    fn save_applying(&self) -> Result<(), StateError> {
+        save(
+            &self.path,
+            &self.dest,
+            &State {
+                holds: None,
+                applying: self.applying.clone(),
+            },
+        )
+    }
+
+    /// Whether enough was written since the last confirmation was asked
+    /// for.
+    pub fn wrote(&mut self, end: u64, length: u64) -> bool {
+        self.last_end = end;
+        self.unconfirmed += length;
+        self.applying.is_some() && self.unconfirmed >= crate::apply::CONFIRM_BYTES
+    }
+
+    /// Records that everything before the last record's end is on disk
+    /// (the caller synced the destination).
+    pub fn confirm(&mut self) -> Result<Option<u64>, StateError> {
+        self.unconfirmed = 0;
+        self.confirm_at(self.last_end)
+    }
+
+    /// Records that everything before `end` is on disk (the caller synced
+    /// the destination after the record that ends there was written).
+    pub fn confirm_at(&mut self, end: u64) -> Result<Option<u64>, StateError> {
+        let Some(a) = self.applying.as_mut() else {
+            return Ok(None);
+        };
+        if end <= a.confirmed {
+            return Ok(Some(a.confirmed));
+        }
+        a.confirmed = end;
+        self.save_applying()?;
+        Ok(Some(end))
+    }
+
+    /// Records that the whole delta is applied and synced.
+    pub fn finish(&self) -> Result<(), StateError> {
+        if !self.kept {
+            return Ok(());
+        }
+        save(
+            &self.path,
+            &self.dest,
+            &State {
+                holds: self.applying.as_ref().map(|a| a.target.clone()),
+                applying: None,
+            },
+        )
     }
 }
 

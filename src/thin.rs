@@ -693,33 +693,10 @@ pub fn held_metadata_root(status_line: &str) -> Option<&str> {
     Some(fields[6])
 }
 
+/// `dmsetup ARGS`; the error as one line, for the messages about the
+/// metadata snapshot.
 fn dmsetup(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("dmsetup")
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                "dmsetup not found: install the dmsetup package".to_string()
-            } else {
-                format!("cannot run dmsetup: {e}")
-            }
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let line = err
-            .lines()
-            .map(str::trim)
-            .rfind(|l| !l.is_empty())
-            .unwrap_or("no message");
-        return Err(format!(
-            "dmsetup {}: {line} ({})",
-            args.join(" "),
-            out.status
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::tool::run_str("dmsetup", "dmsetup", args).map_err(|e| e.to_string())
 }
 
 /// The held metadata root of pool device `pool` (its dm name), `-` when

@@ -1,30 +1,21 @@
-//! Shipping a delta to an `apply` on another host (or on this one), through
-//! a remote shell such as ssh: where a destination is, the remote command
-//! line, the handshake before any data, and the report that ends a run.
+//! Reaching the far end of `sync`, `backup` and `verify`: where a
+//! destination is (`[user@]host:PATH` or a local path), the remote shell's
+//! command line and its quoting, starting the far end (through the remote
+//! shell, or as a local process), waiting for its hello line, relaying
+//! what it says on stderr, and telling a failed login, a missing program,
+//! a refusal and a cut connection apart.
 //!
-//! The protocol, on top of the delta stream itself:
+//! A far end is an `lvmsync-rs` run with hidden options (`apply --remote`,
+//! `verify --remote-side`). Before anything else it writes one hello line
+//! on its stdout, `WORD PROTOCOL FORMAT SIZE REST`, once it has opened
+//! and checked its copy; [`Expect`] says which word, protocol and format
+//! the caller speaks, and the caller stops at once when they differ.
+//! After the hello its stdout is the caller's ([`Connection::take_stdout`]):
+//! lines for the apply of a delta (see [`crate::ship`]), binary block
+//! hashes for a comparison (see [`crate::verify`]).
 //!
-//! 1. The sender runs `RSH [user@]host 'lvmsync-rs' 'apply' '--remote'
-//!    '--expect-format' 'F' [--create] '--' '-' 'DEST'`, every word quoted
-//!    for the remote shell. The remote `apply` refuses at once when `F` is
-//!    not the delta format version it reads.
-//! 2. The remote opens and checks DEST, then writes one line on its stdout:
-//!    `LVMSYNC-APPLY <protocol> <format version> <dest size>`. The sender
-//!    waits for it ([`HELLO_TIMEOUT`] at most) before it sends a byte, and
-//!    stops when the protocol or the format differs.
-//! 3. The delta goes to the remote's stdin, exactly as `send -o -` writes it.
-//!    The remote reads its header and checks the version again.
-//! 4. Once DEST is synced, the remote writes `LVMSYNC-APPLIED {json}` (an
-//!    [`Applied`]) on its stdout and exits 0. The sender checks it against
-//!    what it sent.
-//!
-//! The remote's stderr comes back prefixed with the host's name; an error
-//! line of the remote `lvmsync-rs` becomes the reason in the sender's error.
-//!
-//! `verify` launches its remote side (`verify --remote-side`) the same way,
-//! with its own hello line ([`crate::verify::EXPECT`]); after the hello, that
-//! remote's stdout carries binary block hashes, handed to the caller with
-//! [`Connection::take_stdout`] (see [`crate::verify`]).
+//! The far end's stderr comes back prefixed with the host's name; an error
+//! line of the far `lvmsync-rs` becomes the reason in the caller's error.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -35,27 +26,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use crate::state::State;
 use thiserror::Error;
 
-/// The version of the exchange around the delta (hello, keepalive and
-/// report lines).
-pub const PROTOCOL: u32 = 3;
-/// The line the remote apply says every [`ALIVE_EVERY`] once it has read
-/// the END record, while it syncs DEST before its report.
-pub const ALIVE: &str = "LVMSYNC-ALIVE";
-/// How often the remote apply says [`ALIVE`]: well within the shortest
-/// `--timeout` (1 s).
-pub const ALIVE_EVERY: Duration = Duration::from_millis(250);
-/// The first word of the remote's hello line.
-pub const HELLO: &str = "LVMSYNC-APPLY";
-/// The first word of the remote's report line.
-pub const REPORT: &str = "LVMSYNC-APPLIED";
-/// How long the sender waits for the hello by default: the login and the
-/// opening of DEST.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the sender waits for the remote shell to end once the
 /// connection is known to be broken.
 const WIND_DOWN: Duration = Duration::from_secs(10);
@@ -150,9 +122,9 @@ pub enum TransportError {
     },
 }
 
-/// Where the delta is applied.
+/// Where a copy is: on this host, or `[user@]host` and the path there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dest {
+pub enum Location {
     Local(String),
     /// `[user@]host` and the path there.
     Remote {
@@ -161,13 +133,13 @@ pub enum Dest {
     },
 }
 
-impl Dest {
+impl Location {
     /// `[user@]host:PATH` is remote; a path that starts with `/`, `./` or
     /// `../`, has no `:`, or has a `/` before its first `:` is local.
     /// `[user@][v6addr]:PATH` names an IPv6 address.
-    pub fn parse(s: &str) -> Result<Dest, TransportError> {
+    pub fn parse(s: &str) -> Result<Location, TransportError> {
         if s.starts_with('/') || s.starts_with("./") || s.starts_with("../") {
-            return Ok(Dest::Local(s.to_string()));
+            return Ok(Location::Local(s.to_string()));
         }
         let split = match s.find("[") {
             // user@[addr]:path or [addr]:path
@@ -183,9 +155,9 @@ impl Dest {
                 .map(|colon| (s[..colon].to_string(), &s[colon + 1..])),
         };
         match split {
-            None => Ok(Dest::Local(s.to_string())),
+            None => Ok(Location::Local(s.to_string())),
             Some((_, "")) => Err(TransportError::NoRemotePath(s.to_string())),
-            Some((host, path)) => Ok(Dest::Remote {
+            Some((host, path)) => Ok(Location::Remote {
                 host,
                 path: path.to_string(),
             }),
@@ -266,30 +238,6 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// The words of the remote apply: `program` (one or more words, such as
-/// `sudo lvmsync-rs`), then the options, then `--`, so that a DEST starting
-/// with `-` is a path.
-pub fn apply_words(program: &[String], create: bool, force: bool, dest: &str) -> Vec<String> {
-    let mut words = program.to_vec();
-    words.extend(
-        [
-            "apply",
-            "--remote",
-            "--expect-format",
-            &crate::stream::VERSION.to_string(),
-        ]
-        .map(String::from),
-    );
-    if create {
-        words.push("--create".into());
-    }
-    if force {
-        words.push("--force".into());
-    }
-    words.extend(["--", "-", dest].map(String::from));
-    words
-}
-
 /// What a launched program says hello with, and what it must say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expect {
@@ -304,160 +252,52 @@ pub struct Expect {
     pub role: &'static str,
 }
 
-impl Expect {
-    /// `apply --remote`: the delta format.
-    pub const APPLY: Expect = Expect {
-        word: HELLO,
-        protocol: PROTOCOL,
-        format: crate::stream::VERSION,
-        what: "delta format version",
-        role: "apply",
-    };
-}
-
-/// The remote's hello line.
+/// A far end's hello line: `WORD PROTOCOL FORMAT SIZE REST`, REST being
+/// whatever each kind of far end adds (the apply: DEST's state; verify:
+/// its block size and kind).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub protocol: u32,
     pub format: u32,
-    /// DEST's size before the apply (0 for a file about to be created).
+    /// The size of the far end's copy (0 for a file about to be created).
     pub dest_size: u64,
-    /// DEST's recorded state, if any (an apply's hello, protocol 2 on).
-    pub state: Option<State>,
-    /// Fields after the third, which each other kind of hello defines.
-    pub extra: Vec<String>,
+    /// The rest of the line, after the size and one space.
+    pub rest: String,
 }
 
 impl Hello {
-    /// This version's hello of an apply, for a destination of `dest_size`
-    /// bytes whose state is `state`.
-    pub fn ours(dest_size: u64, state: Option<State>) -> Hello {
-        Hello {
-            protocol: PROTOCOL,
-            format: crate::stream::VERSION,
-            dest_size,
-            state,
-            extra: Vec::new(),
-        }
-    }
-
-    /// The apply's hello line: `LVMSYNC-APPLY PROTOCOL FORMAT SIZE STATE`,
-    /// STATE being DEST's state as one line of JSON, or `-`.
-    pub fn line(&self) -> String {
-        let state = match &self.state {
-            Some(st) => serde_json::to_string(st).expect("plain fields serialize"),
-            None => "-".into(),
-        };
-        format!(
-            "{HELLO} {} {} {} {state}",
-            self.protocol, self.format, self.dest_size
-        )
-    }
-
-    /// The hello line starting with `word`, with the extra fields.
-    pub fn line_as(&self, word: &str) -> String {
+    /// The line, starting with `word`.
+    pub fn line(&self, word: &str) -> String {
         let mut line = format!(
             "{word} {} {} {}",
             self.protocol, self.format, self.dest_size
         );
-        for x in &self.extra {
+        if !self.rest.is_empty() {
             line.push(' ');
-            line.push_str(x);
+            line.push_str(&self.rest);
         }
         line
     }
 
-    /// `None` when `line` is not an apply's hello line. The protocol and
-    /// format are read first, whatever follows, so that another version is
-    /// told apart from garbage; a state that does not parse reads as none.
-    pub fn parse(line: &str) -> Option<Hello> {
-        let mut hello = Hello::parse_fields(line, HELLO)?;
-        let state = line.splitn(5, ' ').nth(4).map(str::trim);
-        hello.state = state
-            .filter(|w| *w != "-")
-            .and_then(|w| serde_json::from_str(w).ok());
-        hello.extra.clear();
-        Some(hello)
-    }
-
-    /// `None` when `line` is not a hello line starting with `word` (an
-    /// apply's hello with its state).
-    pub fn parse_as(line: &str, word: &str) -> Option<Hello> {
-        if word == HELLO {
-            Hello::parse(line)
-        } else {
-            Hello::parse_fields(line, word)
-        }
-    }
-
-    /// The protocol, format and size of a hello line starting with `word`,
-    /// and the words after them.
-    fn parse_fields(line: &str, word: &str) -> Option<Hello> {
-        let mut words = line.split_ascii_whitespace();
-        if words.next() != Some(word) {
+    /// `None` when `line` is not a hello line starting with `word`. The
+    /// protocol and format are read first, whatever follows, so that
+    /// another version is told apart from garbage.
+    pub fn parse(line: &str, word: &str) -> Option<Hello> {
+        let mut fields = line.splitn(5, ' ');
+        if fields.next() != Some(word) {
             return None;
         }
         Some(Hello {
-            protocol: words.next()?.parse().ok()?,
-            format: words.next()?.parse().ok()?,
-            dest_size: words.next()?.parse().ok()?,
-            state: None,
-            extra: words.map(String::from).collect(),
+            protocol: fields.next()?.parse().ok()?,
+            format: fields.next()?.parse().ok()?,
+            dest_size: fields.next()?.trim().parse().ok()?,
+            rest: fields.next().unwrap_or("").trim().to_string(),
         })
     }
-}
 
-/// What the remote applied, as its report line says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    pub records: u64,
-    pub data_bytes: u64,
-    pub zero_bytes: u64,
-    pub payload_bytes: u64,
-    /// The delta's length, END record included.
-    pub stream_bytes: u64,
-    /// The END record's digest that the remote checked, as 32 hex digits.
-    pub digest: String,
-}
-
-impl Applied {
-    pub fn new(totals: &crate::stream::Totals, stream_bytes: u64, digest: u128) -> Applied {
-        Applied {
-            records: totals.records,
-            data_bytes: totals.data_bytes,
-            zero_bytes: totals.zero_bytes,
-            payload_bytes: totals.payload_bytes,
-            stream_bytes,
-            digest: format!("{digest:032x}"),
-        }
-    }
-
-    pub fn line(&self) -> String {
-        format!(
-            "{REPORT} {}",
-            serde_json::to_string(self).expect("plain fields serialize")
-        )
-    }
-
-    /// `None` when `line` is not a report line; `Some(None)` when it is one
-    /// that cannot be read.
-    pub fn parse(line: &str) -> Option<Option<Applied>> {
-        let rest = line.strip_prefix(REPORT)?.strip_prefix(' ')?;
-        Some(serde_json::from_str(rest).ok())
-    }
-
-    /// The first difference from `sent`.
-    fn differs(&self, sent: &Applied) -> Option<(&'static str, String, String)> {
-        let n = |what, a: u64, b: u64| (a != b).then(|| (what, a.to_string(), b.to_string()));
-        n("records", self.records, sent.records)
-            .or_else(|| n("data bytes", self.data_bytes, sent.data_bytes))
-            .or_else(|| n("zero bytes", self.zero_bytes, sent.zero_bytes))
-            .or_else(|| n("payload bytes", self.payload_bytes, sent.payload_bytes))
-            .or_else(|| n("delta bytes", self.stream_bytes, sent.stream_bytes))
-            .or_else(|| {
-                (self.digest != sent.digest)
-                    .then(|| ("the digest", self.digest.clone(), sent.digest.clone()))
-            })
+    /// The words of the rest of the line.
+    pub fn words(&self) -> Vec<&str> {
+        self.rest.split_ascii_whitespace().collect()
     }
 }
 
@@ -478,21 +318,6 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// `rsh` (split into words) to `host`, running `program` (split into
-    /// words) `apply ... DEST`, every remote word quoted.
-    pub fn remote(
-        rsh: &str,
-        host: &str,
-        program: &str,
-        create: bool,
-        force: bool,
-        path: &str,
-    ) -> Result<Launch, TransportError> {
-        Launch::remote_with(rsh, host, program, Expect::APPLY, |program_words| {
-            apply_words(program_words, create, force, path)
-        })
-    }
-
     /// `rsh` (split into words) to `host`, running the words `words` makes
     /// from `program` (split into words), every remote word quoted; the
     /// program says hello as `expect` says.
@@ -522,21 +347,27 @@ impl Launch {
         })
     }
 
-    /// `program apply ... DEST` on this host, without a shell.
-    pub fn local(program: &str, create: bool, force: bool, path: &str) -> Launch {
+    /// The words `words` makes from `program` on this host, without a
+    /// shell; the program says hello as `expect` says.
+    pub fn local_with(
+        program: &str,
+        expect: Expect,
+        name: &str,
+        words: impl FnOnce(&[String]) -> Vec<String>,
+    ) -> Launch {
         Launch {
-            argv: apply_words(&[program.to_string()], create, force, path),
-            name: "local apply".into(),
+            argv: words(&[program.to_string()]),
+            name: name.into(),
             program: program.to_string(),
             remote: false,
-            expect: Expect::APPLY,
+            expect,
         }
     }
 }
 
 /// What the remote's stderr said.
 #[derive(Default)]
-struct Heard {
+struct RemoteStderr {
     /// Set once the hello arrived: lines are then echoed as they come.
     established: bool,
     /// Lines held back until the hello.
@@ -547,7 +378,7 @@ struct Heard {
     error: Option<String>,
 }
 
-impl Heard {
+impl RemoteStderr {
     /// A line to show once the hello arrived.
     fn hold(&mut self, line: String) {
         self.held.push(line.clone());
@@ -591,7 +422,7 @@ pub struct Connection {
     stdout: Option<BufReader<ChildStdout>>,
     /// What it is called in messages.
     role: &'static str,
-    heard: Arc<Mutex<Heard>>,
+    stderr_log: Arc<Mutex<RemoteStderr>>,
     stderr_done: mpsc::Receiver<()>,
     readers: Vec<JoinHandle<()>>,
     echo: Echo,
@@ -632,7 +463,7 @@ impl Connection {
                 program: launch.argv[0].clone(),
                 source,
             })?;
-        let heard = Arc::new(Mutex::new(Heard::default()));
+        let stderr_log = Arc::new(Mutex::new(RemoteStderr::default()));
         let (line_tx, lines) = mpsc::channel();
         let (done_tx, stderr_done) = mpsc::channel();
         let mut readers = Vec::new();
@@ -643,22 +474,22 @@ impl Connection {
             readers.push(std::thread::spawn(move || {
                 let mut out = BufReader::new(out);
                 while let Some(line) = read_line(&mut out) {
-                    let hello = Hello::parse_as(&line, word);
-                    if line_tx.send(Heading::Line(line)).is_err() {
+                    let hello = Hello::parse(&line, word);
+                    if line_tx.send(BeforeHello::Line(line)).is_err() {
                         return;
                     }
                     if let Some(hello) = hello {
-                        let _ = line_tx.send(Heading::Hello(Box::new(hello), out));
+                        let _ = line_tx.send(BeforeHello::Hello(Box::new(hello), out));
                         return;
                     }
                 }
             }));
         }
         if let Some(err) = child.stderr.take() {
-            let (heard, echo, name) = (heard.clone(), echo.clone(), launch.name.clone());
+            let (stderr_log, echo, name) = (stderr_log.clone(), echo.clone(), launch.name.clone());
             readers.push(std::thread::spawn(move || {
                 for line in lines_of(err) {
-                    let Ok(mut h) = heard.lock() else { return };
+                    let Ok(mut h) = stderr_log.lock() else { return };
                     if let Some(e) = line.strip_prefix(ERROR_PREFIX) {
                         h.error = Some(e.to_string());
                         continue;
@@ -679,28 +510,33 @@ impl Connection {
             stdin: None,
             stdout: None,
             role: launch.expect.role,
-            heard,
+            stderr_log,
             stderr_done,
             readers,
             echo,
             remote: launch.remote,
-            hello: Hello::ours(0, None),
+            hello: Hello {
+                protocol: 0,
+                format: 0,
+                dest_size: 0,
+                rest: String::new(),
+            },
         };
         let deadline = Instant::now() + hello_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
-                Ok(Heading::Hello(hello, out)) => {
+                Ok(BeforeHello::Hello(hello, out)) => {
                     conn.hello = *hello;
                     conn.stdout = Some(out);
                     break;
                 }
                 // The hello line itself is not kept.
-                Ok(Heading::Line(line)) if Hello::parse_as(&line, word).is_some() => {}
+                Ok(BeforeHello::Line(line)) if Hello::parse(&line, word).is_some() => {}
                 // Something the login printed: held with the stderr
                 // lines, to explain a failure or to be shown later.
-                Ok(Heading::Line(line)) => {
-                    if let Ok(mut h) = conn.heard.lock() {
+                Ok(BeforeHello::Line(line)) => {
+                    if let Ok(mut h) = conn.stderr_log.lock() {
                         h.hold(line);
                     }
                 }
@@ -729,7 +565,7 @@ impl Connection {
                 ours_format: expect.format,
             });
         }
-        if let Ok(mut h) = conn.heard.lock() {
+        if let Ok(mut h) = conn.stderr_log.lock() {
             h.established = true;
             for line in std::mem::take(&mut h.held) {
                 (conn.echo)(&format!("{}: {line}", conn.name));
@@ -758,7 +594,7 @@ impl Connection {
     /// What the stderr said, once the program ended (or after a while).
     fn reason(&self) -> String {
         let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
-        self.heard
+        self.stderr_log
             .lock()
             .map(|h| h.reason())
             .unwrap_or_else(|_| "unknown".into())
@@ -768,7 +604,7 @@ impl Connection {
     fn before_hello(&self, launch: &Launch, status: Option<ExitStatus>) -> TransportError {
         let reason = self.reason();
         let error_line = self
-            .heard
+            .stderr_log
             .lock()
             .map(|h| h.error.is_some())
             .unwrap_or(false);
@@ -871,8 +707,9 @@ impl Connection {
     }
 
     /// Waits for the program to end, echoing what else it says on stdout;
-    /// an error unless it exits 0. Returns the lines `keep` picks.
-    fn wait_for_end<T>(
+    /// an error unless it exits 0. Returns the lines `keep` picks, and the
+    /// exit status as messages show it.
+    pub fn wait_for_end<T>(
         &mut self,
         mut keep: impl FnMut(&str) -> Option<T>,
     ) -> Result<(Vec<T>, String), TransportError> {
@@ -904,54 +741,6 @@ impl Connection {
     pub fn end(mut self) -> Result<(), TransportError> {
         self.wait_for_end(|_| None::<()>).map(|_| ())
     }
-
-    /// After the whole delta was written and stdin closed: waits for the
-    /// report and the end of the apply, and checks the report against `sent`.
-    /// The apply says [`ALIVE`] while it finishes; when it says nothing for
-    /// `quiet`, it is stopped.
-    pub fn finish(mut self, sent: &Applied, quiet: Duration) -> Result<Applied, TransportError> {
-        enum Said {
-            Alive,
-            Report(Option<Applied>),
-        }
-        let watchdog = Watchdog::start(self.child.id(), quiet);
-        let ended = self.wait_for_end(|line| {
-            watchdog.tick();
-            if line == ALIVE {
-                Some(Said::Alive)
-            } else {
-                Applied::parse(line).map(Said::Report)
-            }
-        });
-        let hung = watchdog.fired();
-        drop(watchdog);
-        if hung {
-            return Err(TransportError::Unfinished {
-                host: self.name.clone(),
-                after: quiet,
-            });
-        }
-        let (said, shown) = ended?;
-        let report = said.into_iter().rev().find_map(|s| match s {
-            Said::Alive => None,
-            Said::Report(r) => Some(r),
-        });
-        let Some(Some(applied)) = report else {
-            return Err(TransportError::NoReport {
-                host: self.name.clone(),
-                status: shown,
-            });
-        };
-        if let Some((what, applied, sent)) = applied.differs(sent) {
-            return Err(TransportError::ReportMismatch {
-                host: self.name.clone(),
-                what,
-                applied,
-                sent,
-            });
-        }
-        Ok(applied)
-    }
 }
 
 /// Stops a running apply that takes no data for a while, so that a remote
@@ -967,7 +756,7 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(pid: u32, after: Duration) -> Watchdog {
+    pub fn start(pid: u32, after: Duration) -> Watchdog {
         let last = Arc::new(Mutex::new(Instant::now()));
         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel::<()>();
@@ -1041,7 +830,7 @@ impl fmt::Debug for Connection {
 }
 
 /// What the stdout reader hands over before the hello.
-enum Heading {
+enum BeforeHello {
     Line(String),
     /// The hello, and stdout after it.
     Hello(Box<Hello>, BufReader<ChildStdout>),
@@ -1073,32 +862,32 @@ mod tests {
 
     #[test]
     fn destinations_are_remote_only_with_a_host() {
-        let remote = |h: &str, p: &str| Dest::Remote {
+        let remote = |h: &str, p: &str| Location::Remote {
             host: h.into(),
             path: p.into(),
         };
         assert_eq!(
-            Dest::parse("root@backup:/dev/vg/copy").unwrap(),
+            Location::parse("root@backup:/dev/vg/copy").unwrap(),
             remote("root@backup", "/dev/vg/copy")
         );
         assert_eq!(
-            Dest::parse("backup:copy.img").unwrap(),
+            Location::parse("backup:copy.img").unwrap(),
             remote("backup", "copy.img")
         );
-        assert_eq!(Dest::parse("h:a:b").unwrap(), remote("h", "a:b"));
-        assert_eq!(Dest::parse("[::1]:/x").unwrap(), remote("::1", "/x"));
+        assert_eq!(Location::parse("h:a:b").unwrap(), remote("h", "a:b"));
+        assert_eq!(Location::parse("[::1]:/x").unwrap(), remote("::1", "/x"));
         assert_eq!(
-            Dest::parse("u@[fe80::1]:/x").unwrap(),
+            Location::parse("u@[fe80::1]:/x").unwrap(),
             remote("u@fe80::1", "/x")
         );
         for local in ["/tmp/a:b", "./a:b", "../a:b", "copy.img", "dir/a:b", ":x"] {
             assert_eq!(
-                Dest::parse(local).unwrap(),
-                Dest::Local(local.into()),
+                Location::parse(local).unwrap(),
+                Location::Local(local.into()),
                 "{local}"
             );
         }
-        assert!(Dest::parse("backup:").is_err());
+        assert!(Location::parse("backup:").is_err());
     }
 
     #[test]
@@ -1122,57 +911,26 @@ mod tests {
     }
 
     #[test]
-    fn the_remote_command_ends_with_a_path_after_the_options() {
-        let l = Launch::remote("ssh -p 22", "root@h", "lvmsync-rs", true, false, "-x y").unwrap();
+    fn hello_lines_read_back_and_other_versions_are_told_apart() {
+        let h = Hello {
+            protocol: 3,
+            format: 2,
+            dest_size: 4096,
+            rest: "{\"a\": \"b c\"}".into(),
+        };
+        assert_eq!(h.line("WORD"), "WORD 3 2 4096 {\"a\": \"b c\"}");
+        assert_eq!(Hello::parse(&h.line("WORD"), "WORD"), Some(h.clone()));
+        assert_eq!(Hello::parse(&h.line("WORD"), "OTHER"), None);
+        let bare = Hello::parse("WORD 1 3 0", "WORD").unwrap();
+        assert_eq!((bare.protocol, bare.format, bare.rest.as_str()), (1, 3, ""));
         assert_eq!(
-            l.argv,
-            [
-                "ssh",
-                "-p",
-                "22",
-                "root@h",
-                "'lvmsync-rs' 'apply' '--remote' '--expect-format' '2' '--create' '--' '-' '-x y'"
-            ]
+            Hello::parse("WORD 7 1 0 extra words", "WORD")
+                .unwrap()
+                .words(),
+            ["extra", "words"]
         );
-    }
-
-    #[test]
-    fn hello_and_report_lines_read_back() {
-        let h = Hello::ours(4096, None);
-        assert_eq!(h.line(), "LVMSYNC-APPLY 3 2 4096 -");
-        assert_eq!(Hello::parse(&h.line()), Some(h));
-        let state = State {
-            holds: Some(crate::stream::PointInTime {
-                origin_uuid: "o".into(),
-                snapshot_uuid: "s".into(),
-                snapshot: "vg/a b".into(),
-                time: "2026-11-26 08:00:00 +0000".into(),
-            }),
-            applying: None,
-        };
-        let h = Hello::ours(4096, Some(state));
-        assert_eq!(Hello::parse(&h.line()), Some(h));
-        // Another version is told apart, whatever follows.
-        assert_eq!(Hello::parse("LVMSYNC-APPLY 1 3 0 extra").unwrap().format, 3);
-        assert_eq!(Hello::parse("LVMSYNC-APPLY 1 1 0").unwrap().protocol, 1);
-        assert_eq!(Hello::parse("hello"), None);
-        assert_eq!(Hello::parse("LVMSYNC-APPLY 1"), None);
-        let totals = crate::stream::Totals {
-            records: 3,
-            data_bytes: 10,
-            zero_bytes: 20,
-            payload_bytes: 5,
-        };
-        let a = Applied::new(&totals, 500, 0xabc);
-        assert_eq!(a.digest, "00000000000000000000000000000abc");
-        assert_eq!(Applied::parse(&a.line()), Some(Some(a.clone())));
-        assert_eq!(Applied::parse("LVMSYNC-APPLIED {"), Some(None));
-        assert_eq!(Applied::parse("other"), None);
-        let mut b = a.clone();
-        assert_eq!(b.differs(&a), None);
-        b.digest = "0".into();
-        assert_eq!(b.differs(&a).unwrap().0, "the digest");
-        b.records = 4;
-        assert_eq!(b.differs(&a).unwrap().0, "records");
+        assert_eq!(Hello::parse("hello", "WORD"), None);
+        assert_eq!(Hello::parse("WORD 1", "WORD"), None);
+        assert_eq!(Hello::parse("WORD x 1 0", "WORD"), None);
     }
 }

@@ -430,7 +430,7 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
         "stops-reading",
         &format!(
             "echo 'LVMSYNC-APPLY {} {} 0 -'\nexec sleep 600",
-            lvmsync::transport::PROTOCOL,
+            lvmsync::ship::PROTOCOL,
             lvmsync::stream::VERSION
         ),
     );
@@ -444,7 +444,7 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
     // waited for past the timeout, and its own failure is the reason.
     let hello = format!(
         "echo 'LVMSYNC-APPLY {} {} 0 -'",
-        lvmsync::transport::PROTOCOL,
+        lvmsync::ship::PROTOCOL,
         lvmsync::stream::VERSION
     );
     let hangs = f.script(
@@ -461,7 +461,7 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
         "slow-at-the-end",
         &format!(
             "{hello}\ncat >/dev/null\nfor i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do echo {}; sleep 0.25; done\necho 'lvmsync-rs: error: DEST: the disk is on fire' >&2\nexit 1",
-            lvmsync::transport::ALIVE
+            lvmsync::ship::ALIVE
         ),
     );
     let t = Instant::now();
@@ -513,7 +513,7 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
         String::from_utf8_lossy(&o.stdout),
         format!(
             "LVMSYNC-APPLY {} {} {} -\n",
-            lvmsync::transport::PROTOCOL,
+            lvmsync::ship::PROTOCOL,
             lvmsync::stream::VERSION,
             f.old.len()
         )

@@ -1,101 +1,65 @@
 //! `lvmsync-rs apply`: replays a delta on the backup copy, each record only
-//! after it has passed its checks, and says what it did on stderr.
+//! after it has passed its checks, and says what it did on stderr. With
+//! the hidden `--remote`, the far end of `sync` and `backup`.
 
-use std::io::{self, BufReader, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
 
-use crate::apply::{self, check_distinct, describe_source, Summary};
-use crate::commands::{DeltaInput, DELTA_READ_BUF};
-use crate::transport::{Applied, Hello, ALIVE, ALIVE_EVERY};
-use crate::units::human;
-use crate::Error;
+use lvmsync::apply::{self, describe_source, Applied};
+use lvmsync::files::DeltaInput;
+use lvmsync::ship;
+use lvmsync::units::human;
+use lvmsync::Error;
 
+#[derive(clap::Args, Debug)]
 pub struct Args {
-    pub delta: DeltaInput,
+    /// The delta (`-` for stdin)
+    pub delta: String,
+    /// The copy to update: a regular file or a block device
     pub dest: PathBuf,
+    /// Create DEST as a regular file when it does not exist
+    #[arg(long)]
     pub create: bool,
+    /// Save the old contents of every range written to FILE (a new
+    /// file), as a delta that restores them
+    #[arg(long, value_name = "FILE")]
     pub snapback: Option<PathBuf>,
-    /// The far end of `lvmsync-rs sync`: the delta format version the
-    /// sender writes. DEST is opened before the delta is read, a hello line
-    /// goes to stdout, and a report line ends the apply (see
-    /// [`crate::transport`]).
-    pub remote: Option<u32>,
-    /// Apply even when the destination's state names another base.
+    /// The far end of `sync`: open DEST, say hello on stdout, apply,
+    /// report on stdout
+    #[arg(long, hide = true, requires = "expect_format")]
+    pub remote: bool,
+    /// With --remote: the delta format version the sender writes
+    #[arg(long, hide = true, value_name = "VERSION", requires = "remote")]
+    pub expect_format: Option<u32>,
+    /// Apply even when DEST's recorded state says it holds another point
+    /// in time than the one the delta applies to
+    #[arg(long)]
     pub force: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    if let DeltaInput::File(path) = &args.delta {
-        check_distinct(path, &args.dest)?;
+    let delta = DeltaInput::from_arg(&args.delta);
+    if let (true, Some(format)) = (args.remote, args.expect_format) {
+        return ship::receive(&ship::Receive {
+            delta,
+            dest: args.dest,
+            create: args.create,
+            force: args.force,
+            format,
+        });
     }
-    if let Some(format) = args.remote {
-        return run_remote(&args, format);
-    }
-    let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
     let options = apply::Options {
         create: args.create,
         snapback: args.snapback,
         force: args.force,
         finishing: None,
     };
-    let summary = apply::apply(input, &args.delta.name(), &args.dest, &options)?;
-    eprintln!("{}", describe(&args.delta.name(), &summary));
+    let applied = apply::apply_delta(&delta, &args.dest, &options)?;
+    eprintln!("{}", describe(&delta.name(), &applied));
     Ok(())
 }
 
-/// The far end of `sync`: checks the sender's format version, opens DEST,
-/// says hello, applies, and reports what it applied, on stdout.
-fn run_remote(args: &Args, format: u32) -> Result<(), Error> {
-    if format != crate::stream::VERSION {
-        return Err(Error::Usage(format!(
-            "the sender writes delta format version {format}, but this lvmsync-rs ({}) reads version {} only: install the same version on both hosts",
-            crate::TOOL,
-            crate::stream::VERSION
-        )));
-    }
-    let target = apply::Target::open(&args.dest, args.create, None, args.force)?;
-    let said = |line: String| {
-        let mut out = io::stdout().lock();
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .map_err(Error::Output)
-    };
-    said(Hello::ours(target.size(), target.state.clone()).line())?;
-    let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
-    let finishing = Arc::new(AtomicBool::new(false));
-    let name = args.delta.name();
-    let options = apply::Options {
-        create: args.create,
-        snapback: args.snapback.clone(),
-        force: args.force,
-        finishing: Some(finishing.clone()),
-    };
-    let (stop, stopped) = mpsc::channel::<()>();
-    let s = std::thread::scope(|scope| {
-        // After the last byte, the sender waits for the report while this
-        // side finishes (syncs DEST): it says it is alive meanwhile, so
-        // that the sender can tell a slow end from a hung one.
-        scope.spawn(move || loop {
-            match stopped.recv_timeout(ALIVE_EVERY) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                _ => return,
-            }
-            if finishing.load(Ordering::SeqCst) && said(ALIVE.to_string()).is_err() {
-                return;
-            }
-        });
-        let result = apply::open_stream(input, &name, &args.dest)
-            .and_then(|reader| apply::apply_to(reader, &name, target, &options));
-        drop(stop);
-        result
-    })?;
-    said(Applied::new(&s.totals, s.stream_len, s.digest).line())
-}
-
 /// The paragraph printed after a successful apply.
-pub fn describe(delta: &str, s: &Summary) -> String {
+pub fn describe(delta: &str, s: &Applied) -> String {
     let t = &s.totals;
     let plural = |n: u64| if n == 1 { "" } else { "s" };
     let mut text = format!(

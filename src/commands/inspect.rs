@@ -9,13 +9,19 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use serde::Serialize;
 
-use crate::commands::{DeltaInput, DELTA_READ_BUF};
-use crate::stream::{Header, Reader, RecordKind, SourceKind, StreamError, Totals, VERSION};
-use crate::units::human;
-use crate::Error;
+use lvmsync::files::{DeltaInput, DELTA_READ_BUF};
+use lvmsync::stream::{
+    Compression, Header, Reader, RecordKind, SourceKind, StreamError, Totals, VERSION,
+};
+use lvmsync::units::human;
+use lvmsync::Error;
 
+#[derive(clap::Args, Debug)]
 pub struct Args {
-    pub delta: DeltaInput,
+    /// The delta (`-` for stdin)
+    pub delta: String,
+    /// Print one JSON object instead of text
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -44,8 +50,9 @@ impl Counts {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let name = args.delta.name();
-    let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
+    let delta = DeltaInput::from_arg(&args.delta);
+    let name = delta.name();
+    let input = BufReader::with_capacity(DELTA_READ_BUF, delta.open()?);
     let mut reader = Reader::open(input).map_err(|source| Error::Stream {
         path: name.clone(),
         source,
@@ -310,8 +317,8 @@ fn write_header(name: &str, h: &Header, out: &mut impl Write) -> io::Result<()> 
         out,
         "compression:  {}",
         match h.compression {
-            crate::stream::Compression::Lz4 => "lz4",
-            crate::stream::Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::None => "none",
         }
     )?;
     for (k, v) in &h.properties {

@@ -3,236 +3,27 @@
 //! snapshot from its pool's metadata.
 
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::blockdev::Source;
-use crate::cow::{self, CowTable};
-use crate::extents::{Extent, ExtentSet};
-use crate::lvm::{self, Found, Snapshot, ThinSnapshot, ThinVolume};
-use crate::send::Changes;
-use crate::thin::{self, MetadataSnap, ThinDiff};
-use crate::units::human;
-use crate::Error;
+use lvmsync::changes::{self, Changes, CowListing, Listing, ThinListing};
+use lvmsync::extents::Extent;
+use lvmsync::lvm::{Snapshot, ThinSnapshot};
+use lvmsync::units::human;
+use lvmsync::Error;
 
-/// Where the table comes from.
-pub enum Target {
-    /// An LVM (or plain dm) snapshot, classic or thin, as the user named it.
-    Snapshot(String),
-    /// A COW device or an image of one, with the origin size if known.
-    Cow {
-        path: PathBuf,
-        origin_size: Option<u64>,
-    },
-    /// A thin pool's metadata (an image, or a metadata device no pool is
-    /// using) and the two thin device ids to compare, without LVM.
-    ThinMetadata {
-        path: PathBuf,
-        thin1: u64,
-        thin2: u64,
-        origin_size: Option<u64>,
-    },
-}
+use super::{usage_error, TableArgs};
 
+#[derive(clap::Args, Debug)]
 pub struct Args {
-    pub target: Target,
+    /// The snapshot (a classic or a thin LVM snapshot)
+    #[arg(required_unless_present_any = ["cow", "thin_metadata"], conflicts_with_all = ["cow", "thin_metadata"])]
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// Print one JSON object instead of text
+    #[arg(long)]
     pub json: bool,
-}
-
-/// What was listed, and from where.
-pub enum Listing {
-    Cow(Box<CowListing>),
-    Thin(Box<ThinListing>),
-}
-
-/// The changes of a classic snapshot, or of a COW image.
-pub struct CowListing {
-    pub snapshot: Option<Snapshot>,
-    pub cow_path: PathBuf,
-    pub origin_size: Option<u64>,
-    pub table: CowTable,
-}
-
-/// The changes between two thin devices of one pool.
-pub struct ThinListing {
-    /// The thin snapshot, when named through LVM.
-    pub snapshot: Option<ThinSnapshot>,
-    /// The thin volume it was compared with, when not its origin (a later
-    /// snapshot given as the data source).
-    pub compared: Option<ThinVolume>,
-    /// The metadata read.
-    pub metadata: PathBuf,
-    pub thin1: u64,
-    pub thin2: u64,
-    pub origin_size: Option<u64>,
-    /// thin_delta's report: block size, blocks of each kind.
-    pub diff: ThinDiff,
-    /// Changed ranges whose new data is to be read.
-    pub data: ExtentSet,
-    /// Changed ranges that read as zeroes now (unmapped in the compared
-    /// device).
-    pub zero: ExtentSet,
-}
-
-impl Listing {
-    /// The origin's size, when known.
-    pub fn origin_size(&self) -> Option<u64> {
-        match self {
-            Listing::Cow(l) => l.origin_size,
-            Listing::Thin(l) => l.origin_size,
-        }
-    }
-
-    /// The unit of change: the COW chunk or the pool's data block, in bytes.
-    pub fn chunk_size(&self) -> u64 {
-        match self {
-            Listing::Cow(l) => l.table.chunk_size,
-            Listing::Thin(l) => l.diff.block_size(),
-        }
-    }
-
-    /// What to send.
-    pub fn changes(&self) -> Changes<'_> {
-        match self {
-            Listing::Cow(l) => Changes::read(l.table.extents.as_slice()),
-            Listing::Thin(l) => Changes {
-                read: l.data.as_slice(),
-                zero: l.zero.as_slice(),
-            },
-        }
-    }
-
-    /// The snapshot, the COW image or the metadata, as messages name it.
-    pub fn name(&self) -> String {
-        match self {
-            Listing::Cow(l) => l
-                .snapshot
-                .as_ref()
-                .map(Snapshot::display_name)
-                .unwrap_or_else(|| l.cow_path.display().to_string()),
-            Listing::Thin(l) => l
-                .snapshot
-                .as_ref()
-                .map(ThinSnapshot::display_name)
-                .unwrap_or_else(|| l.metadata.display().to_string()),
-        }
-    }
-}
-
-/// Reads the change table that `target` names.
-pub fn read(target: &Target) -> Result<Listing, Error> {
-    read_with(target, None)
-}
-
-/// Reads the change table that `target` names. A thin snapshot is compared
-/// with `data_source` when that is a thin volume of the same pool (see
-/// [`lvm::thin_data_source`]), else with its origin.
-pub fn read_with(target: &Target, data_source: Option<&Path>) -> Result<Listing, Error> {
-    match target {
-        Target::Snapshot(spec) => match lvm::find(spec)? {
-            Found::Classic(snap) => {
-                let path = snap.cow.path();
-                let size = snap.origin_size;
-                let table = read_cow(&path, Some(size))?;
-                Ok(Listing::Cow(Box::new(CowListing {
-                    snapshot: Some(*snap),
-                    cow_path: path,
-                    origin_size: Some(size),
-                    table,
-                })))
-            }
-            Found::Thin(snap) => {
-                let compared = match data_source {
-                    Some(path) => lvm::thin_data_source(&snap, path)?,
-                    None => None,
-                };
-                read_thin(*snap, compared).map(|l| Listing::Thin(Box::new(l)))
-            }
-        },
-        Target::Cow { path, origin_size } => {
-            let table = read_cow(path, *origin_size)?;
-            Ok(Listing::Cow(Box::new(CowListing {
-                snapshot: None,
-                cow_path: path.clone(),
-                origin_size: *origin_size,
-                table,
-            })))
-        }
-        Target::ThinMetadata {
-            path,
-            thin1,
-            thin2,
-            origin_size,
-        } => {
-            let diff = thin::thin_delta(path, *thin1, *thin2, false)?;
-            Ok(Listing::Thin(Box::new(thin_listing(
-                None,
-                None,
-                path.clone(),
-                (*thin1, *thin2),
-                *origin_size,
-                diff,
-            ))))
-        }
-    }
-}
-
-/// Compares thin snapshot `snap` with `compared` (its origin when none)
-/// through the pool's metadata snapshot, reserved for the time thin_delta
-/// runs.
-fn read_thin(snap: ThinSnapshot, compared: Option<ThinVolume>) -> Result<ThinListing, Error> {
-    let against = compared.as_ref().unwrap_or(&snap.origin);
-    let ids = (snap.snapshot.thin_id, against.thin_id);
-    let origin_size = against.size;
-    let metadata = snap.pool.metadata.path();
-    let reservation = MetadataSnap::reserve(&snap.pool.device.name)?;
-    let diff = thin::thin_delta(&metadata, ids.0, ids.1, true);
-    let released = reservation.release();
-    let diff = diff?;
-    released?;
-    Ok(thin_listing(
-        Some(snap),
-        compared,
-        metadata,
-        ids,
-        Some(origin_size),
-        diff,
-    ))
-}
-
-fn thin_listing(
-    snapshot: Option<ThinSnapshot>,
-    compared: Option<ThinVolume>,
-    metadata: PathBuf,
-    (thin1, thin2): (u64, u64),
-    origin_size: Option<u64>,
-    diff: ThinDiff,
-) -> ThinListing {
-    let (data, zero) = diff.extents(origin_size);
-    ThinListing {
-        snapshot,
-        compared,
-        metadata,
-        thin1,
-        thin2,
-        origin_size,
-        diff,
-        data,
-        zero,
-    }
-}
-
-fn read_cow(path: &Path, origin_size: Option<u64>) -> Result<CowTable, Error> {
-    let shown = path.display().to_string();
-    let source = Source::open(path).map_err(|source| Error::Open {
-        path: shown.clone(),
-        source,
-    })?;
-    cow::read_table(&source, source.size(), origin_size).map_err(|source| Error::Cow {
-        path: shown,
-        source,
-    })
 }
 
 #[derive(Serialize)]
@@ -284,7 +75,11 @@ struct JsonThinListing<'a> {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let listing = read(&args.target)?;
+    let source = args
+        .table
+        .change_source(args.snapshot, false, false)
+        .unwrap_or_else(|e| usage_error(&e));
+    let listing = changes::read(&source, None)?;
     let stdout = io::stdout().lock();
     let mut out = BufWriter::with_capacity(1 << 16, stdout);
     match (&listing, args.json) {

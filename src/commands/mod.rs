@@ -1,5 +1,6 @@
-//! One module per subcommand: each takes its parsed arguments, calls the
-//! library and prints.
+//! One module per subcommand: its arguments, one call into the library,
+//! and what it prints. The arguments several commands share are here, each
+//! checked once.
 
 pub mod apply;
 pub mod backup;
@@ -9,97 +10,172 @@ pub mod send;
 pub mod sync;
 pub mod verify;
 
-use std::fs::File;
-use std::io::{self, IsTerminal, Read};
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::Error;
+use clap::{CommandFactory, ValueEnum};
 
-/// Read buffer for a delta. Small on purpose: a payload read larger than
-/// the buffer bypasses it, so record data is not copied twice.
-pub const DELTA_READ_BUF: usize = 64 << 10;
+use lvmsync::changes::ChangeSource;
+use lvmsync::ship::Link;
+use lvmsync::stream::Compression;
+use lvmsync::units::parse_size;
 
-/// Makes a pipe on `fd` (stdin or stdout) hold 1 MiB, the most an
-/// unprivileged process may ask for by default, so a record crosses it in
-/// one go rather than in 16 wake-ups. Anything that is not a pipe, or a
-/// refusal, is left as it is.
-pub fn grow_pipe(fd: impl AsFd) {
-    use nix::sys::stat::{fstat, SFlag};
-    let raw = fd.as_fd().as_raw_fd();
-    let is_fifo = fstat(raw)
-        .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO)
-        .unwrap_or(false);
-    if is_fifo {
-        let _ = nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-    }
+/// Exits as the argument parser does for a usage error (status 2).
+pub fn usage_error(message: &str) -> ! {
+    crate::Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
-/// Refuses to wait for a binary delta typed on a terminal.
-pub fn refuse_terminal_input(stdin_is_terminal: bool) -> Result<(), Error> {
-    if stdin_is_terminal {
-        return Err(Error::Usage(
-            "refusing to read a binary delta from a terminal: pipe it in (lvmsync-rs send ... -o - | lvmsync-rs apply - DEST), or name the file".into(),
-        ));
-    }
-    Ok(())
+/// Where a change table comes from other than a snapshot: the options of
+/// list, send and sync.
+#[derive(clap::Args, Debug)]
+pub struct TableArgs {
+    /// Read the table from this COW device or image instead, without LVM
+    /// (send and sync need --data-source)
+    #[arg(long, value_name = "PATH")]
+    pub cow: Option<PathBuf>,
+    /// Compare two thin devices in this thin pool metadata (an image, or a
+    /// metadata device no active pool uses) instead, without LVM (send and
+    /// sync need --data-source)
+    #[arg(long, value_name = "PATH", conflicts_with = "cow", requires_all = ["thin1", "thin2"])]
+    pub thin_metadata: Option<PathBuf>,
+    /// With --thin-metadata: the thin device id of the snapshot (the old state)
+    #[arg(long, value_name = "ID", requires = "thin_metadata")]
+    pub thin1: Option<u64>,
+    /// With --thin-metadata: the thin device id of the new state
+    #[arg(long, value_name = "ID", requires = "thin_metadata")]
+    pub thin2: Option<u64>,
+    /// With --cow or --thin-metadata: the origin's size (bytes, or with
+    /// k/M/G/T), to clip the last extent to it (with --cow, also to check
+    /// that no entry lies past its end); the data source's size when not
+    /// given
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub origin_size: Option<u64>,
 }
 
-/// A delta to read: a file, or stdin (`-`).
-pub enum DeltaInput {
-    Stdin,
-    File(PathBuf),
-}
-
-impl DeltaInput {
-    /// `-` is stdin, anything else a path.
-    pub fn from_arg(arg: &str) -> DeltaInput {
-        if arg == "-" {
-            DeltaInput::Stdin
+impl TableArgs {
+    /// The change source these options and `snapshot` name; `data_source`
+    /// says whether one was given, for the commands that read data
+    /// (`reads_data`). A usage error otherwise.
+    pub fn change_source(
+        self,
+        snapshot: Option<String>,
+        reads_data: bool,
+        data_source: bool,
+    ) -> Result<ChangeSource, String> {
+        let table = if self.thin_metadata.is_some() {
+            "--thin-metadata"
         } else {
-            DeltaInput::File(PathBuf::from(arg))
+            "--cow"
+        };
+        if (self.cow.is_some() || self.thin_metadata.is_some()) && reads_data && !data_source {
+            return Err(format!(
+                "{table} needs --data-source PATH: the device or image holding the origin's new contents"
+            ));
+        }
+        match (snapshot, self.cow, self.thin_metadata) {
+            (_, _, Some(path)) => match (self.thin1, self.thin2) {
+                (Some(thin1), Some(thin2)) => Ok(ChangeSource::ThinMetadata {
+                    path,
+                    thin1,
+                    thin2,
+                    origin_size: self.origin_size,
+                }),
+                _ => Err("--thin-metadata needs --thin1 ID and --thin2 ID".into()),
+            },
+            (_, Some(path), None) => Ok(ChangeSource::CowImage {
+                path,
+                origin_size: self.origin_size,
+            }),
+            (Some(_), None, None) if self.origin_size.is_some() => Err(
+                "--origin-size goes with --cow or --thin-metadata; a snapshot's origin size comes from its table".into(),
+            ),
+            (Some(spec), None, None) => Ok(ChangeSource::Snapshot(spec)),
+            (None, None, None) => Err("name a SNAPSHOT, or a COW image with --cow".into()),
         }
     }
 
-    /// The name messages use.
-    pub fn name(&self) -> String {
-        match self {
-            DeltaInput::Stdin => "stdin".to_string(),
-            DeltaInput::File(p) => p.display().to_string(),
-        }
+    /// Whether a table other than a snapshot's is named.
+    pub fn names_a_table(&self) -> bool {
+        self.cow.is_some() || self.thin_metadata.is_some()
     }
+}
 
-    pub fn open(&self) -> Result<Box<dyn Read>, Error> {
-        match self {
-            DeltaInput::Stdin => {
-                refuse_terminal_input(io::stdin().is_terminal())?;
-                grow_pipe(io::stdin());
-                Ok(Box::new(io::stdin().lock()))
-            }
-            DeltaInput::File(path) => {
-                let open_err = |source| Error::Open {
-                    path: path.display().to_string(),
-                    source,
-                };
-                if path.is_dir() {
-                    return Err(open_err(io::Error::other("is a directory")));
-                }
-                Ok(Box::new(File::open(path).map_err(open_err)?))
-            }
+/// How a delta is shipped to DEST and what is said: the options of sync
+/// and backup.
+#[derive(clap::Args, Debug)]
+pub struct Shipping {
+    /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
+    pub compress: Compress,
+    /// Create DEST as a regular file when it does not exist
+    #[arg(long)]
+    pub create: bool,
+    #[command(flatten)]
+    pub remote: RemoteShell,
+    /// No progress and no summary; errors only
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print a summary object on stdout at the end (on failure too)
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Shipping {
+    /// How DEST is reached.
+    pub fn link(&self, force: bool) -> Link {
+        Link {
+            create: self.create,
+            force,
+            progress: !self.quiet,
+            ..self.remote.link()
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How to reach a remote DEST: the options of sync, backup and verify.
+#[derive(clap::Args, Debug)]
+pub struct RemoteShell {
+    /// The remote shell, split into words like a shell does
+    #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
+    pub rsh: String,
+    /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
+    #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
+    pub remote_path: String,
+    /// Seconds to wait for the remote to log in, open DEST and answer; then,
+    /// while a delta is sent, for it to take more data; then, while it
+    /// syncs DEST, for it to say it is alive
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
 
-    #[test]
-    fn a_terminal_on_stdin_is_refused() {
-        let err = refuse_terminal_input(true).unwrap_err();
-        assert!(err
-            .to_string()
-            .contains("refusing to read a binary delta from a terminal"));
-        assert!(refuse_terminal_input(false).is_ok());
+impl RemoteShell {
+    /// How DEST is reached, to compare it (nothing is created or forced,
+    /// no progress is shown).
+    pub fn link(&self) -> Link {
+        Link {
+            rsh: self.rsh.clone(),
+            remote_path: self.remote_path.clone(),
+            create: false,
+            force: false,
+            timeout: Duration::from_secs(self.timeout),
+            progress: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Compress {
+    Lz4,
+    None,
+}
+
+impl From<Compress> for Compression {
+    fn from(c: Compress) -> Compression {
+        match c {
+            Compress::Lz4 => Compression::Lz4,
+            Compress::None => Compression::None,
+        }
     }
 }

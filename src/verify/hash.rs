@@ -1,62 +1,22 @@
-//! Comparing two copies block by block: each side reads its copy in large
-//! sequential reads and hashes fixed-size blocks on several cores, and the
-//! hashes are compared in order as they come.
-//!
-//! [`HashStream`] is one side: a reader thread fills a few buffers
+//! Hashing one copy: [`HashStream`] reads it in large sequential reads
 //! ([`READ_LEN`] each for a file, [`READ_LEN_DIRECT`] with `O_DIRECT` for a
-//! block device, see [`crate::blockdev`]) one after the other, worker threads hash the
-//! blocks of a filled buffer with XXH3-128 and hand it back, and the
-//! hashes come out in order, one batch per buffer. Memory is bounded: a
-//! fixed number of buffers, and a bounded queue of finished batches.
-//!
-//! The far side of a remote comparison is `lvmsync-rs verify --remote-side`
-//! (launched like the apply of `sync`, see [`crate::transport`]). It opens
-//! its copy, says hello on stdout:
-//!
-//! ```text
-//! LVMSYNC-VERIFY <protocol> <hash version> <size> <block size> <file|device>
-//! ```
-//!
-//! and then writes the hash of every block of its first `min(SRC size, its
-//! size)` bytes, in order, [`HASH_LEN`] bytes each (XXH3-128,
-//! little-endian), as it computes them, and exits 0. Nothing goes back: the
-//! comparison needs no round trip per block, so the latency of the
-//! connection does not matter.
+//! block device, see [`crate::blockdev`]) into a few buffers, one after the
+//! other; worker threads hash the blocks of a filled buffer with XXH3-128
+//! and hand it back; the hashes come out in order, one batch per buffer.
+//! Memory is bounded: a fixed number of buffers, and a bounded queue of
+//! finished batches. Hashes cross the wire as [`HASH_LEN`] bytes each,
+//! little-endian.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io;
 use std::sync::{mpsc, Arc, Mutex};
 
-use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::VerifyError;
 use crate::blockdev::{AlignedBuf, ReadAt, Source, DIRECT_ALIGN};
-use crate::extents::Extent;
-use crate::transport::Expect;
 
-/// The first word of the remote side's hello line.
-pub const HELLO: &str = "LVMSYNC-VERIFY";
-/// The version of the exchange: the command line, the hello line, the
-/// hashes after it.
-pub const PROTOCOL: u32 = 1;
-/// The version of the block hashes: XXH3-128 of each block's bytes.
-pub const HASH_VERSION: u32 = 1;
-/// How the remote side says hello, for [`crate::transport::Connection`].
-pub const EXPECT: Expect = Expect {
-    word: HELLO,
-    protocol: PROTOCOL,
-    format: HASH_VERSION,
-    what: "block hash version",
-    role: "verify",
-};
 /// Bytes of one block hash on the wire.
 pub const HASH_LEN: usize = 16;
-/// The block size when none is given.
-pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
-/// The smallest block size.
-pub const MIN_BLOCK_SIZE: u64 = 4096;
-/// The largest block size: each read buffer holds at least one block.
-pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
 /// Bytes read at a time from a file (a whole number of blocks, at least
 /// one): the page cache copies them into the buffer, and a buffer this
 /// small is still in the CPU's caches when it is hashed. The kernel's
@@ -68,50 +28,6 @@ pub const READ_LEN_DIRECT: u64 = 8 << 20;
 /// Hashing threads per side, at most.
 pub const MAX_WORKERS: usize = 4;
 
-#[derive(Debug, Error)]
-pub enum VerifyError {
-    #[error("{path}: read error at byte {offset}: {source}")]
-    Read {
-        path: String,
-        offset: u64,
-        source: io::Error,
-    },
-    #[error("{path}: a hashing thread stopped unexpectedly")]
-    Stopped { path: String },
-    #[error("{host}: the remote verify's hello line is not understood ({line:?}): install the same version on both hosts")]
-    BadHello { host: String, line: String },
-    #[error("{host}: the remote verify hashes blocks of {theirs} bytes, not {ours}: install the same version on both hosts")]
-    BlockSizeMismatch {
-        host: String,
-        ours: u64,
-        theirs: u64,
-    },
-    #[error("{dest}: the block device is {size} bytes, smaller than SRC ({src_size} bytes): --repair cannot make it a copy; extend it first (lvextend); nothing was written")]
-    DeviceTooSmall {
-        dest: String,
-        size: u64,
-        src_size: u64,
-    },
-    #[error("the local lvmsync-rs speaks verify protocol {theirs}, this one ({}) protocol {PROTOCOL}: install the same version on both hosts", crate::TOOL)]
-    ProtocolMismatch { theirs: u32 },
-}
-
-/// Checks a block size: a power of two from [`MIN_BLOCK_SIZE`] to
-/// [`MAX_BLOCK_SIZE`].
-pub fn check_block_size(n: u64) -> Result<u64, String> {
-    if !n.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&n) {
-        return Err(format!(
-            "{n} is not a power of two from {MIN_BLOCK_SIZE} (4k) to {MAX_BLOCK_SIZE} (64M)"
-        ));
-    }
-    Ok(n)
-}
-
-/// Parses a block size as the command line gives it (`1M`, `65536`).
-pub fn parse_block_size(text: &str) -> Result<u64, String> {
-    crate::units::parse_size(text).and_then(check_block_size)
-}
-
 /// The number of blocks of `block_size` in `length` bytes, the last one
 /// perhaps partial.
 pub fn blocks_in(length: u64, block_size: u64) -> u64 {
@@ -122,18 +38,6 @@ pub fn blocks_in(length: u64, block_size: u64) -> u64 {
 fn chunk_len(block_size: u64, direct: bool) -> u64 {
     let read = if direct { READ_LEN_DIRECT } else { READ_LEN };
     block_size * (read / block_size).max(1)
-}
-
-/// Adds the range at `offset` of `length` bytes to `ranges` (sorted,
-/// disjoint), joined with the last one when they touch.
-pub fn add_range(ranges: &mut Vec<Extent>, offset: u64, length: u64) {
-    if length == 0 {
-        return;
-    }
-    match ranges.last_mut() {
-        Some(last) if last.offset + last.length == offset => last.length += length,
-        _ => ranges.push(Extent { offset, length }),
-    }
 }
 
 /// The hashes of `blocks`, as they go on the wire.
@@ -321,65 +225,9 @@ impl Hashes {
     }
 }
 
-/// The words of the remote side's command: `program` (one or more words)
-/// `verify --remote-side ...`, options before `--`, so that a PATH
-/// starting with `-` is a path.
-pub fn remote_words(program: &[String], block_size: u64, src_size: u64, path: &str) -> Vec<String> {
-    let mut words = program.to_vec();
-    words.extend(
-        [
-            "verify",
-            "--remote-side",
-            "--protocol",
-            &PROTOCOL.to_string(),
-            "--block-size",
-            &block_size.to_string(),
-            "--src-size",
-            &src_size.to_string(),
-            "--",
-            path,
-        ]
-        .map(String::from),
-    );
-    words
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn block_sizes_are_powers_of_two_in_range() {
-        assert_eq!(parse_block_size("1M"), Ok(1 << 20));
-        assert_eq!(parse_block_size("4k"), Ok(4096));
-        assert_eq!(parse_block_size("64M"), Ok(64 << 20));
-        assert!(parse_block_size("2k").is_err());
-        assert!(parse_block_size("12k").is_err());
-        assert!(parse_block_size("128M").is_err());
-        assert!(parse_block_size("x").is_err());
-    }
-
-    #[test]
-    fn ranges_join_when_they_touch() {
-        let mut r = Vec::new();
-        add_range(&mut r, 0, 10);
-        add_range(&mut r, 10, 5);
-        add_range(&mut r, 20, 1);
-        add_range(&mut r, 21, 0);
-        assert_eq!(
-            r,
-            [
-                Extent {
-                    offset: 0,
-                    length: 15
-                },
-                Extent {
-                    offset: 20,
-                    length: 1
-                }
-            ]
-        );
-    }
 
     #[test]
     fn hashes_read_back() {

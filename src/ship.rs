@@ -1,0 +1,608 @@
+//! Shipping a delta to a destination: the sending half (start the apply at
+//! DEST, through the remote shell or as a local process, read its hello,
+//! check the delta's base against DEST's state, resume a transfer DEST
+//! confirmed partway, stream the delta with a stall watchdog, check the
+//! report) and the receiving half (`apply --remote`: open DEST, say hello
+//! with its state, apply, say it is alive while it syncs, report).
+//!
+//! The protocol, on top of the delta stream itself:
+//!
+//! 1. The sender runs `RSH [user@]host 'lvmsync-rs' 'apply' '--remote'
+//!    '--expect-format' 'F' [--create] [--force] '--' '-' 'DEST'`, every
+//!    word quoted for the remote shell. The far end refuses at once when
+//!    `F` is not the delta format version it reads.
+//! 2. The far end opens and checks DEST, then writes one line on its
+//!    stdout: `LVMSYNC-APPLY <protocol> <format version> <dest size>
+//!    <state>`, the state being DEST's state file as one line of JSON, or
+//!    `-`. The sender waits for it (`--timeout`) before it sends a byte,
+//!    stops when the protocol or the format differs, refuses a delta for
+//!    another base, and resumes a transfer the state says is partway.
+//! 3. The delta goes to the far end's stdin, exactly as `send -o -` writes
+//!    it. The far end reads its header and checks the version again.
+//! 4. From the END record on, while it syncs DEST, the far end says
+//!    [`ALIVE`] every [`ALIVE_EVERY`]; the sender stops it when it says
+//!    nothing for `--timeout`.
+//! 5. Once DEST is synced, the far end writes `LVMSYNC-APPLIED {json}` (a
+//!    [`Receipt`]) and exits 0. The sender checks it against what it sent.
+
+use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::apply::{self, ApplyError, OpenDest};
+use crate::files::{self, DeltaInput, DELTA_READ_BUF};
+use crate::send::{Delta, SendError};
+use crate::state::State;
+use crate::stream::Totals;
+use crate::transport::{
+    Connection, Echo, Expect, Hello, Launch, Location, TransportError, Watchdog,
+};
+use crate::Error;
+
+/// The version of the exchange around the delta (hello, keepalive and
+/// report lines).
+pub const PROTOCOL: u32 = 3;
+/// The first word of the far end's hello line.
+pub const HELLO: &str = "LVMSYNC-APPLY";
+/// The first word of the far end's report line.
+pub const REPORT: &str = "LVMSYNC-APPLIED";
+/// The line the far end says every [`ALIVE_EVERY`] once it has read the
+/// END record, while it syncs DEST before its report.
+pub const ALIVE: &str = "LVMSYNC-ALIVE";
+/// How often the far end says [`ALIVE`]: well within the shortest
+/// `--timeout` (1 s).
+pub const ALIVE_EVERY: Duration = Duration::from_millis(250);
+/// How the far end says hello.
+pub const EXPECT: Expect = Expect {
+    word: HELLO,
+    protocol: PROTOCOL,
+    format: crate::stream::VERSION,
+    what: "delta format version",
+    role: "apply",
+};
+/// The buffer in front of the remote shell's stdin: a few records, so that
+/// the encoding threads rarely wait for the pipe.
+pub const SHIP_BUF: usize = 1 << 20;
+
+/// The far end's hello line for a DEST of `dest_size` bytes whose state
+/// is `state`.
+pub fn hello_line(dest_size: u64, state: Option<&State>) -> String {
+    let rest = match state {
+        Some(st) => serde_json::to_string(st).expect("plain fields serialize"),
+        None => "-".into(),
+    };
+    Hello {
+        protocol: PROTOCOL,
+        format: crate::stream::VERSION,
+        dest_size,
+        rest,
+    }
+    .line(HELLO)
+}
+
+/// DEST's state, as a hello line carries it; none when it says `-`, or
+/// when what it says cannot be read.
+pub fn hello_state(hello: &Hello) -> Option<State> {
+    match hello.rest.as_str() {
+        "" | "-" => None,
+        text => serde_json::from_str(text).ok(),
+    }
+}
+
+/// What the far end applied, as its report line says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub records: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    pub payload_bytes: u64,
+    /// The delta's length, END record included.
+    pub stream_bytes: u64,
+    /// The END record's digest that the far end checked, as 32 hex digits.
+    pub digest: String,
+}
+
+impl Receipt {
+    pub fn new(totals: &Totals, stream_bytes: u64, digest: u128) -> Receipt {
+        Receipt {
+            records: totals.records,
+            data_bytes: totals.data_bytes,
+            zero_bytes: totals.zero_bytes,
+            payload_bytes: totals.payload_bytes,
+            stream_bytes,
+            digest: format!("{digest:032x}"),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{REPORT} {}",
+            serde_json::to_string(self).expect("plain fields serialize")
+        )
+    }
+
+    /// `None` when `line` is not a report line; `Some(None)` when it is one
+    /// that cannot be read.
+    pub fn parse(line: &str) -> Option<Option<Receipt>> {
+        let rest = line.strip_prefix(REPORT)?.strip_prefix(' ')?;
+        Some(serde_json::from_str(rest).ok())
+    }
+
+    /// The first difference from `sent`.
+    fn differs(&self, sent: &Receipt) -> Option<(&'static str, String, String)> {
+        let n = |what, a: u64, b: u64| (a != b).then(|| (what, a.to_string(), b.to_string()));
+        n("records", self.records, sent.records)
+            .or_else(|| n("data bytes", self.data_bytes, sent.data_bytes))
+            .or_else(|| n("zero bytes", self.zero_bytes, sent.zero_bytes))
+            .or_else(|| n("payload bytes", self.payload_bytes, sent.payload_bytes))
+            .or_else(|| n("delta bytes", self.stream_bytes, sent.stream_bytes))
+            .or_else(|| {
+                (self.digest != sent.digest)
+                    .then(|| ("the digest", self.digest.clone(), sent.digest.clone()))
+            })
+    }
+}
+
+/// The words of the far end's command: `program` (one or more words, such
+/// as `sudo lvmsync-rs`), then the options, then `--`, so that a DEST
+/// starting with `-` is a path.
+pub fn apply_words(program: &[String], create: bool, force: bool, dest: &str) -> Vec<String> {
+    let mut words = program.to_vec();
+    words.extend(
+        [
+            "apply",
+            "--remote",
+            "--expect-format",
+            &crate::stream::VERSION.to_string(),
+        ]
+        .map(String::from),
+    );
+    if create {
+        words.push("--create".into());
+    }
+    if force {
+        words.push("--force".into());
+    }
+    words.extend(["--", "-", dest].map(String::from));
+    words
+}
+
+/// How to reach DEST and run the apply there.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// The remote shell, as one string (split into words).
+    pub rsh: String,
+    /// The far end's lvmsync-rs program.
+    pub remote_path: String,
+    /// Create DEST as a regular file when it does not exist.
+    pub create: bool,
+    /// Apply even when DEST's state names another base.
+    pub force: bool,
+    /// How long to wait for the hello, for the far end to take more data,
+    /// and for it to say it is alive while it syncs.
+    pub timeout: Duration,
+    /// Show a progress bar on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+impl Link {
+    /// How the apply at `dest` is started: through the remote shell, or as
+    /// this program on this host.
+    pub fn launch(&self, dest: &Location) -> Result<Launch, Error> {
+        Ok(match dest {
+            Location::Remote { host, path } => {
+                Launch::remote_with(&self.rsh, host, &self.remote_path, EXPECT, |p| {
+                    apply_words(p, self.create, self.force, path)
+                })?
+            }
+            Location::Local(path) => {
+                let me = std::env::current_exe().map_err(|source| TransportError::Spawn {
+                    program: "lvmsync-rs".into(),
+                    source,
+                })?;
+                Launch::local_with(&me.display().to_string(), EXPECT, "local apply", |p| {
+                    apply_words(p, self.create, self.force, path)
+                })
+            }
+        })
+    }
+}
+
+/// What a transfer did: what `sync --json` prints.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Transfer {
+    pub result: &'static str,
+    pub error: Option<String>,
+    pub source: Option<String>,
+    pub remote_host: Option<String>,
+    pub dest: String,
+    /// Bytes of changed extents read from the data source.
+    pub bytes_read: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    pub records: u64,
+    /// The delta's length: what went to the remote shell.
+    pub bytes_on_wire: u64,
+    /// Where the delta started: past what DEST had confirmed of the same
+    /// transfer, after an interruption; 0 for a whole delta.
+    pub resumed_from: u64,
+    pub seconds: f64,
+}
+
+impl Transfer {
+    fn count(&mut self, totals: &Totals, on_wire: u64) {
+        self.bytes_read = totals.data_bytes + totals.zero_bytes;
+        self.data_bytes = totals.data_bytes;
+        self.zero_bytes = totals.zero_bytes;
+        self.records = totals.records;
+        self.bytes_on_wire = on_wire;
+    }
+}
+
+/// A running apply at DEST, after its hello, and the progress bar.
+pub struct Session {
+    conn: Connection,
+    name: String,
+    /// DEST's recorded state, as the hello said.
+    state: Option<State>,
+    /// How long the far end may take no data before the run stops.
+    stall: Duration,
+    bar: ProgressBar,
+    _clear: ClearOnDrop,
+}
+
+impl Session {
+    /// Starts the apply at `dest` and waits for its hello.
+    pub fn connect(
+        dest: &Location,
+        link: &Link,
+        transfer: &mut Transfer,
+    ) -> Result<Session, Error> {
+        if let Location::Remote { host, .. } = dest {
+            transfer.remote_host = Some(host.clone());
+        }
+        let launch = link.launch(dest)?;
+        let bar = progress_bar(link.progress && io::stderr().is_terminal());
+        let echo: Echo = {
+            let bar = bar.clone();
+            Arc::new(move |line: &str| bar.suspend(|| eprintln!("{line}")))
+        };
+        let conn = Connection::start(&launch, link.timeout, echo)?;
+        let state = hello_state(&conn.hello);
+        Ok(Session {
+            conn,
+            name: launch.name.clone(),
+            state,
+            stall: link.timeout,
+            // Off the terminal before the summary or the error line,
+            // whatever happens.
+            _clear: ClearOnDrop(bar.clone()),
+            bar,
+        })
+    }
+
+    /// DEST's recorded state, as its hello said.
+    pub fn dest_state(&self) -> Option<&State> {
+        self.state.as_ref()
+    }
+
+    /// Where `delta` can start: past what DEST confirmed of the same
+    /// transfer (same base, same target point in time), else 0.
+    pub fn resume_point(&self, delta: &Delta) -> u64 {
+        let header = &delta.header;
+        let (Some(a), Some(target)) = (
+            self.dest_state().and_then(|s| s.applying.as_ref()),
+            header.target.as_ref(),
+        ) else {
+            return 0;
+        };
+        if a.is(header.base.as_ref(), target) {
+            a.confirmed.min(header.origin_size)
+        } else {
+            0
+        }
+    }
+
+    /// Refuses, before any data is sent, a delta that DEST's state says is
+    /// not for it (the far end checks again). `force` skips this.
+    pub fn check_base(&mut self, dest: &str, delta: &Delta, force: bool) -> Result<(), Error> {
+        if force {
+            return Ok(());
+        }
+        if let Err(e) = crate::state::check(dest, self.dest_state(), &delta.header) {
+            self.conn.stop();
+            return Err(ApplyError::State(e).into());
+        }
+        Ok(())
+    }
+
+    /// Streams `delta` and checks the apply's report.
+    pub fn ship(mut self, delta: &Delta, transfer: &mut Transfer) -> Result<(), Error> {
+        let conn = &mut self.conn;
+        self.bar
+            .set_length(delta.changes.as_changes().total_bytes());
+        transfer.resumed_from = delta.header.resume_from;
+        let Some(stdin) = conn.take_stdin() else {
+            return Err(TransportError::Cut {
+                host: self.name.clone(),
+                sent: 0,
+                status: "no stdin".into(),
+                reason: "the remote shell's stdin is closed".into(),
+            }
+            .into());
+        };
+        files::grow_pipe(&stdin);
+        let out = BufWriter::with_capacity(SHIP_BUF, stdin);
+        let mut w = match delta.writer(out) {
+            Ok(w) => w,
+            Err(_) => return Err(self.conn.cut(0).into()),
+        };
+        let bar = self.bar.clone();
+        let watchdog = conn.watchdog(self.stall);
+        let sent = delta.send(&mut w, |w| {
+            watchdog.tick();
+            let t = w.totals();
+            bar.set_position(t.data_bytes + t.zero_bytes);
+        });
+        // What reached the remote shell: the buffer's content did not.
+        let position = w.position() - w.get_ref().buffer().len() as u64;
+        transfer.count(w.totals(), position);
+        let flushed = match sent {
+            Ok(()) => w.flush().map_err(SendError::Write),
+            Err(e) => Err(e),
+        };
+        let stalled = watchdog.fired();
+        drop(watchdog);
+        if stalled {
+            self.conn.stop();
+            return Err(TransportError::Stalled {
+                host: self.name.clone(),
+                sent: position,
+                after: self.stall,
+            }
+            .into());
+        }
+        match flushed {
+            Ok(()) => {}
+            Err(SendError::Write(_)) => return Err(self.conn.cut(position).into()),
+            Err(other) => {
+                // The apply gets no END record: it applies nothing more.
+                self.conn.stop();
+                return Err(other.into());
+            }
+        }
+        let digest = w.digest();
+        let (out, totals, len) = match w.finish() {
+            Ok(done) => done,
+            Err(_) => return Err(self.conn.cut(position).into()),
+        };
+        if out.into_inner().is_err() {
+            return Err(self.conn.cut(len).into());
+        }
+        self.bar.finish_and_clear();
+        transfer.count(&totals, len);
+        await_receipt(self.conn, &Receipt::new(&totals, len, digest), self.stall)?;
+        Ok(())
+    }
+
+    /// Ends the apply without sending a delta.
+    pub fn stop(mut self) {
+        self.conn.stop();
+    }
+}
+
+/// After the whole delta was written and stdin closed: waits for the
+/// report and the end of the apply, and checks the report against `sent`.
+/// The apply says [`ALIVE`] while it finishes; when it says nothing for
+/// `quiet`, it is stopped.
+fn await_receipt(
+    mut conn: Connection,
+    sent: &Receipt,
+    quiet: Duration,
+) -> Result<Receipt, TransportError> {
+    /// A line the far end ends with.
+    enum Last {
+        Alive,
+        Report(Option<Receipt>),
+    }
+    let host = conn.name().to_string();
+    let watchdog: Watchdog = conn.watchdog(quiet);
+    let ended = conn.wait_for_end(|line| {
+        watchdog.tick();
+        if line == ALIVE {
+            Some(Last::Alive)
+        } else {
+            Receipt::parse(line).map(Last::Report)
+        }
+    });
+    let hung = watchdog.fired();
+    drop(watchdog);
+    if hung {
+        return Err(TransportError::Unfinished { host, after: quiet });
+    }
+    let (said, shown) = ended?;
+    let report = said.into_iter().rev().find_map(|s| match s {
+        Last::Alive => None,
+        Last::Report(r) => Some(r),
+    });
+    let Some(Some(receipt)) = report else {
+        return Err(TransportError::NoReport {
+            host,
+            status: shown,
+        });
+    };
+    if let Some((what, applied, sent)) = receipt.differs(sent) {
+        return Err(TransportError::ReportMismatch {
+            host,
+            what,
+            applied,
+            sent,
+        });
+    }
+    Ok(receipt)
+}
+
+struct ClearOnDrop(ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Bytes of changed data sent of the total, the rate and the time left, on
+/// stderr when it is a terminal (`shown`); a hidden bar otherwise.
+fn progress_bar(shown: bool) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{bytes:>10} of {total_bytes} [{bar:30}] {bytes_per_sec:>12}, {eta} left",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// The receiving half: what `apply --remote` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Receive {
+    pub delta: DeltaInput,
+    pub dest: std::path::PathBuf,
+    pub create: bool,
+    pub force: bool,
+    /// The delta format version the sender writes.
+    pub format: u32,
+}
+
+/// The far end of a shipment: checks the sender's format version, opens
+/// DEST, says hello on stdout, applies the delta from stdin, says it is
+/// alive while it syncs DEST, and reports what it applied.
+pub fn receive(args: &Receive) -> Result<(), Error> {
+    if args.format != crate::stream::VERSION {
+        return Err(Error::Usage(format!(
+            "the sender writes delta format version {}, but this lvmsync-rs ({}) reads version {} only: install the same version on both hosts",
+            args.format,
+            crate::TOOL,
+            crate::stream::VERSION
+        )));
+    }
+    if let DeltaInput::File(path) = &args.delta {
+        apply::check_distinct(path, &args.dest)?;
+    }
+    let dest = OpenDest::open(&args.dest, args.create, None, args.force)?;
+    let say = |line: String| {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(Error::Output)
+    };
+    say(hello_line(dest.size(), dest.state.as_ref()))?;
+    let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
+    let finishing = Arc::new(AtomicBool::new(false));
+    let name = args.delta.name();
+    let options = apply::Options {
+        create: args.create,
+        snapback: None,
+        force: args.force,
+        finishing: Some(finishing.clone()),
+    };
+    let (stop, stopped) = mpsc::channel::<()>();
+    let applied = std::thread::scope(|scope| {
+        // After the last byte, the sender waits for the report while this
+        // side finishes (syncs DEST): it says it is alive meanwhile, so
+        // that the sender can tell a slow end from a hung one.
+        scope.spawn(move || loop {
+            match stopped.recv_timeout(ALIVE_EVERY) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            if finishing.load(Ordering::SeqCst) && say(ALIVE.to_string()).is_err() {
+                return;
+            }
+        });
+        let result = apply::open_stream(input, &name, Path::new(&args.dest))
+            .and_then(|reader| apply::apply_to(reader, &name, dest, &options));
+        drop(stop);
+        result
+    })?;
+    say(Receipt::new(&applied.totals, applied.stream_len, applied.digest).line())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remote_command_ends_with_a_path_after_the_options() {
+        let link = Link {
+            rsh: "ssh -p 22".into(),
+            remote_path: "lvmsync-rs".into(),
+            create: true,
+            force: false,
+            timeout: Duration::from_secs(1),
+            progress: false,
+        };
+        let l = link
+            .launch(&Location::Remote {
+                host: "root@h".into(),
+                path: "-x y".into(),
+            })
+            .unwrap();
+        assert_eq!(
+            l.argv,
+            [
+                "ssh",
+                "-p",
+                "22",
+                "root@h",
+                "'lvmsync-rs' 'apply' '--remote' '--expect-format' '2' '--create' '--' '-' '-x y'"
+            ]
+        );
+    }
+
+    #[test]
+    fn hello_and_report_lines_read_back() {
+        let line = hello_line(4096, None);
+        assert_eq!(line, "LVMSYNC-APPLY 3 2 4096 -");
+        let h = Hello::parse(&line, HELLO).unwrap();
+        assert_eq!((h.protocol, h.format, h.dest_size), (3, 2, 4096));
+        assert_eq!(hello_state(&h), None);
+        let state = State {
+            holds: Some(crate::stream::PointInTime {
+                origin_uuid: "o".into(),
+                snapshot_uuid: "s".into(),
+                snapshot: "vg/a b".into(),
+                time: "2026-11-26 08:00:00 +0000".into(),
+            }),
+            applying: None,
+        };
+        let h = Hello::parse(&hello_line(4096, Some(&state)), HELLO).unwrap();
+        assert_eq!(hello_state(&h), Some(state));
+        let totals = Totals {
+            records: 3,
+            data_bytes: 10,
+            zero_bytes: 20,
+            payload_bytes: 5,
+        };
+        let a = Receipt::new(&totals, 500, 0xabc);
+        assert_eq!(a.digest, "00000000000000000000000000000abc");
+        assert_eq!(Receipt::parse(&a.line()), Some(Some(a.clone())));
+        assert_eq!(Receipt::parse("LVMSYNC-APPLIED {"), Some(None));
+        assert_eq!(Receipt::parse("other"), None);
+        let mut b = a.clone();
+        assert_eq!(b.differs(&a), None);
+        b.digest = "0".into();
+        assert_eq!(b.differs(&a).unwrap().0, "the digest");
+        b.records = 4;
+        assert_eq!(b.differs(&a).unwrap().0, "records");
+    }
+}

@@ -15,6 +15,7 @@ pub mod lvm;
 pub mod send;
 pub mod snapshots;
 pub mod state;
+pub mod store;
 pub mod stream;
 pub mod thin;
 pub mod thingen;

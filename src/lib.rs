@@ -31,6 +31,7 @@ pub mod send;
 pub mod ship;
 pub mod snapshots;
 pub mod state;
+pub mod store;
 pub mod stream;
 pub mod sync;
 pub mod thin;

@@ -48,20 +48,20 @@ use crate::units::human;
 pub const DEST_SIZE: &str = "dest-size";
 
 /// Content held back per batch when a snapback is written.
-pub const BATCH_BYTES: usize = 8 << 20;
+const BATCH_BYTES: usize = 8 << 20;
 /// Records held back per batch when a snapback is written.
-pub const BATCH_RECORDS: usize = 4096;
+const BATCH_RECORDS: usize = 4096;
 /// Verified records queued for the writing thread (each holds up to
 /// [`MAX_RECORD_LEN`] bytes).
-pub const WRITE_QUEUE: usize = 4;
+const WRITE_QUEUE: usize = 4;
 /// Bytes written between two requests to start writeback, so that the disk
 /// works while the stream is still being read.
-pub const WRITEBACK_BYTES: u64 = 32 << 20;
+const WRITEBACK_BYTES: u64 = 32 << 20;
 /// Bytes written between two flushes of the destination by the writeback
 /// thread (written back and out of the device's cache), so that the final
 /// sync waits for the last of them only. Unlike a confirmation, nothing
 /// waits for them.
-pub const FLUSH_BYTES: u64 = 128 << 20;
+const FLUSH_BYTES: u64 = 128 << 20;
 /// Bytes written between two confirmations in the destination's state (a
 /// sync of the destination, then of the state), for a delta that can be
 /// resumed.
@@ -240,7 +240,7 @@ pub fn check_distinct(delta: &Path, dest: &Path) -> Result<(), ApplyError> {
 /// Whether a destination of `size` bytes can take a delta of an origin of
 /// `origin_size` bytes: `Ok(true)` when it is a regular file to extend first,
 /// `Ok(false)` when it is large enough as it is.
-pub fn check_dest_size(
+fn check_dest_size(
     path: &str,
     is_block_device: bool,
     size: u64,

@@ -33,7 +33,7 @@ use crate::Error;
 
 /// A base snapshot whose COW space is fuller than this, in percent, gets
 /// a warning.
-pub const FULL_WARNING: f64 = 80.0;
+const FULL_WARNING: f64 = 80.0;
 
 /// A backup to run.
 #[derive(Debug, Clone)]

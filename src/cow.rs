@@ -266,7 +266,7 @@ pub fn read_table<R: ReadAt + ?Sized>(
 }
 
 /// Reads and decodes the header without checking it.
-pub fn read_header<R: ReadAt + ?Sized>(dev: &R, cow_size: u64) -> Result<Header, CowError> {
+fn read_header<R: ReadAt + ?Sized>(dev: &R, cow_size: u64) -> Result<Header, CowError> {
     // One aligned block, so that O_DIRECT reads work on any logical block size.
     let len = if cow_size >= 4096 { 4096 } else { SECTOR_SIZE };
     let mut buf = AlignedBuf::new(len as usize);

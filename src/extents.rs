@@ -112,7 +112,6 @@ pub struct ChunkCollector {
     current: Option<Run>,
     /// The buffer the next merge writes into.
     spare: Vec<Run>,
-    chunks_added: u64,
 }
 
 /// Fewest pending runs before a merge is worth it.
@@ -131,14 +130,12 @@ impl ChunkCollector {
             pending: Vec::new(),
             current: None,
             spare: Vec::new(),
-            chunks_added: 0,
         }
     }
 
     /// Records that chunk `chunk` changed.
     #[inline]
     pub fn add(&mut self, chunk: u64) {
-        self.chunks_added += 1;
         match &mut self.current {
             Some((_, end)) if *end == chunk => *end += 1,
             Some(run) => {
@@ -148,11 +145,6 @@ impl ChunkCollector {
             }
             None => self.current = Some((chunk, chunk + 1)),
         }
-    }
-
-    /// How many chunk indices were added, duplicates included.
-    pub fn chunks_added(&self) -> u64 {
-        self.chunks_added
     }
 
     fn push(&mut self, run: Run) {
@@ -195,11 +187,6 @@ impl ChunkCollector {
         }
         self.pending.clear();
         self.spare = std::mem::replace(&mut self.merged, out);
-    }
-
-    /// Number of coalesced runs held so far (an upper bound until `finish`).
-    pub fn runs_held(&self) -> usize {
-        self.merged.len() + self.pending.len() + usize::from(self.current.is_some())
     }
 
     /// The changed byte ranges, for chunks of `chunk_size` bytes, clipped to

@@ -33,20 +33,20 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(parent_dir(path))?.sync_all()
 }
 
-/// Fills `buf` from `r` as far as it goes: the bytes read, fewer only at
-/// the end of the input. An interrupted read is retried; another error is
-/// returned.
-pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Fills `buf` from `r` as far as it goes: the bytes read (fewer than
+/// asked at the end of the input), and the error that stopped it early, if
+/// one did. An interrupted read is retried.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> (usize, io::Result<()>) {
     let mut done = 0;
     while done < buf.len() {
         match r.read(&mut buf[done..]) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return (done, Err(e)),
         }
     }
-    Ok(done)
+    (done, Ok(()))
 }
 
 /// Reads the regular file at `path`, which someone else may have planted
@@ -332,7 +332,7 @@ mod tests {
         let data = [7u8; 100];
         let mut r = io::Cursor::new(&data[..]).chain(io::Cursor::new(&data[..]));
         let mut buf = [0u8; 150];
-        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 150);
-        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 50);
+        assert_eq!(read_full(&mut r, &mut buf).0, 150);
+        assert_eq!(read_full(&mut r, &mut buf).0, 50);
     }
 }

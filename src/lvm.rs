@@ -145,7 +145,7 @@ impl Lv {
     }
 
     /// `vg/lv` when lvm2 knows the device (`lv`), else `other`.
-    pub fn name_or(lv: &Option<Lv>, other: &str) -> String {
+    fn name_or(lv: &Option<Lv>, other: &str) -> String {
         lv.as_ref().map_or_else(|| other.to_string(), Lv::full_name)
     }
 
@@ -306,18 +306,6 @@ impl ThinSnapshot {
     }
 }
 
-/// Finds the classic snapshot that `spec` names and checks that its table
-/// can be read: a persistent store, not merging, not invalid.
-pub fn find_snapshot(spec: &str) -> Result<Snapshot, LvmError> {
-    match find(spec)? {
-        Found::Classic(snap) => Ok(*snap),
-        Found::Thin(_) => Err(LvmError::NotSnapshot {
-            spec: spec.into(),
-            target: "thin".into(),
-        }),
-    }
-}
-
 /// Finds the snapshot that `spec` names, classic or thin, and checks that
 /// its changes can be read.
 pub fn find(spec: &str) -> Result<Found, LvmError> {
@@ -448,7 +436,7 @@ fn thin_volume_of(
 
 /// The thin volume that `spec` names, or none when it names something that
 /// is not a thin device-mapper device (a file, a partition, a linear LV).
-pub fn thin_volume(spec: &str) -> Result<Option<ThinVolume>, LvmError> {
+fn thin_volume(spec: &str) -> Result<Option<ThinVolume>, LvmError> {
     let device = match resolve(spec) {
         Ok(d) => d,
         Err(LvmError::NotBlockDevice { .. } | LvmError::NotDeviceMapper { .. }) => return Ok(None),
@@ -468,7 +456,7 @@ pub fn thin_volume(spec: &str) -> Result<Option<ThinVolume>, LvmError> {
 
 /// The thin pool behind pool device `dev`, from its table
 /// `0 LEN thin-pool META_MAJ:MIN DATA_MAJ:MIN BLOCK_SECTORS LOW_WATER ...`.
-pub fn thin_pool(spec: &str, dev: (u32, u32), lv: Option<&Lv>) -> Result<ThinPool, LvmError> {
+fn thin_pool(spec: &str, dev: (u32, u32), lv: Option<&Lv>) -> Result<ThinPool, LvmError> {
     let device = dm_device(dev.0, dev.1);
     let table = dmsetup("table", &device.name)?;
     let line = table.lines().next().unwrap_or("").to_string();

@@ -459,7 +459,7 @@ fn file_error(e: SendError, write_err: &impl Fn(io::Error) -> Error) -> Error {
 }
 
 /// Refuses a data source smaller than the origin.
-pub fn check_source_size(source: &Source, origin_size: u64) -> Result<(), SendError> {
+fn check_source_size(source: &Source, origin_size: u64) -> Result<(), SendError> {
     if source.size() < origin_size {
         return Err(SendError::SourceTooSmall {
             path: source.path().display().to_string(),
@@ -515,26 +515,11 @@ fn read_piece<'a>(
     Ok(&window[(offset - start) as usize..(end - start) as usize])
 }
 
-/// Writes the records of `extents` (sorted, disjoint), with their data read
-/// from `source`.
-///
-/// Worker threads (one per core, at most [`MAX_WORKERS`]) each take a piece,
-/// read it and encode its records (zero runs, checksums, compression); this
-/// thread appends the encoded pieces to the stream in order. At most twice
-/// as many pieces as workers are in flight, so memory stays bounded.
-pub fn send_extents<W: Write>(
-    source: &Source,
-    extents: &[Extent],
-    writer: &mut Writer<W>,
-) -> Result<(), SendError> {
-    send_changes(source, Changes::read(extents), writer, |_| {})
-}
-
 /// Writes the records of `changes`: the extents to read with their data
 /// from `source` (ZERO records where it reads as zeroes), and the extents
 /// known to be zero as ZERO records, without reading them. Calls
 /// `progress` with the writer after each piece is appended to the stream.
-pub fn send_changes<W: Write>(
+fn send_changes<W: Write>(
     source: &Source,
     changes: Changes<'_>,
     writer: &mut Writer<W>,

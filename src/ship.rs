@@ -50,13 +50,13 @@ pub const PROTOCOL: u32 = 3;
 /// The first word of the far end's hello line.
 pub const HELLO: &str = "LVMSYNC-APPLY";
 /// The first word of the far end's report line.
-pub const REPORT: &str = "LVMSYNC-APPLIED";
+const REPORT: &str = "LVMSYNC-APPLIED";
 /// The line the far end says every [`ALIVE_EVERY`] once it has read the
 /// END record, while it syncs DEST before its report.
 pub const ALIVE: &str = "LVMSYNC-ALIVE";
 /// How often the far end says [`ALIVE`]: well within the shortest
 /// `--timeout` (1 s).
-pub const ALIVE_EVERY: Duration = Duration::from_millis(250);
+const ALIVE_EVERY: Duration = Duration::from_millis(250);
 /// How the far end says hello.
 pub const EXPECT: Expect = Expect {
     word: HELLO,
@@ -67,11 +67,11 @@ pub const EXPECT: Expect = Expect {
 };
 /// The buffer in front of the remote shell's stdin: a few records, so that
 /// the encoding threads rarely wait for the pipe.
-pub const SHIP_BUF: usize = 1 << 20;
+const SHIP_BUF: usize = 1 << 20;
 
 /// The far end's hello line for a DEST of `dest_size` bytes whose state
 /// is `state`.
-pub fn hello_line(dest_size: u64, state: Option<&State>) -> String {
+fn hello_line(dest_size: u64, state: Option<&State>) -> String {
     let rest = match state {
         Some(st) => serde_json::to_string(st).expect("plain fields serialize"),
         None => "-".into(),
@@ -87,7 +87,7 @@ pub fn hello_line(dest_size: u64, state: Option<&State>) -> String {
 
 /// DEST's state, as a hello line carries it; none when it says `-`, or
 /// when what it says cannot be read.
-pub fn hello_state(hello: &Hello) -> Option<State> {
+fn hello_state(hello: &Hello) -> Option<State> {
     match hello.rest.as_str() {
         "" | "-" => None,
         text => serde_json::from_str(text).ok(),
@@ -96,7 +96,7 @@ pub fn hello_state(hello: &Hello) -> Option<State> {
 
 /// What the far end applied, as its report line says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
+struct Receipt {
     pub records: u64,
     pub data_bytes: u64,
     pub zero_bytes: u64,
@@ -151,7 +151,7 @@ impl Receipt {
 /// The words of the far end's command: `program` (one or more words, such
 /// as `sudo lvmsync-rs`), then the options, then `--`, so that a DEST
 /// starting with `-` is a path.
-pub fn apply_words(program: &[String], create: bool, force: bool, dest: &str) -> Vec<String> {
+fn apply_words(program: &[String], create: bool, force: bool, dest: &str) -> Vec<String> {
     let mut words = program.to_vec();
     words.extend(
         [

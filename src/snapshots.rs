@@ -12,7 +12,7 @@ use crate::tool::{self, ToolError};
 /// Every tag `backup` puts on a snapshot starts with this.
 pub const TAG_PREFIX: &str = "lvmsync_rs_";
 /// Part of the name of every snapshot `backup` creates.
-pub const NAME_MARK: &str = "-lvmsync-";
+const NAME_MARK: &str = "-lvmsync-";
 
 /// The origin named `vg/lv`, refused when it is not an LV that can be
 /// backed up (a snapshot, or inactive).

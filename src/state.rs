@@ -140,7 +140,7 @@ fn device_key(rdev: u64) -> String {
 }
 
 /// The largest state file read: a state is a few hundred bytes.
-pub const MAX_STATE_LEN: u64 = 64 << 10;
+const MAX_STATE_LEN: u64 = 64 << 10;
 
 /// Reads the state at `path`: `None` when there is none. The file must be
 /// a regular file, not reached through a symlink, and small (see

@@ -321,7 +321,7 @@ fn header_options() -> impl Options {
 }
 
 /// The stream's first bytes: magic, version, header length, header, checksum.
-pub fn encode_header(header: &Header) -> io::Result<Vec<u8>> {
+fn encode_header(header: &Header) -> io::Result<Vec<u8>> {
     let body = header_options().serialize(header).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -375,19 +375,15 @@ pub fn digest(bytes: &[u8]) -> u128 {
     xxh3_128(bytes)
 }
 
-/// The checksum of a record's content.
-pub fn content_checksum(content: &[u8]) -> u64 {
-    xxh3_64(content)
-}
-
 /// Whether `b` is all zeroes.
-pub fn is_zero(b: &[u8]) -> bool {
+fn is_zero(b: &[u8]) -> bool {
     // OR-folding fixed-size blocks vectorizes; the early exit is per block.
     b.chunks(256)
         .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
-/// Writes a delta stream record by record.
+/// Writes a delta stream record by record, encoding each with an
+/// [`Encoder`] (as the worker threads of `send` do) and appending it.
 ///
 /// The writer trusts its caller: records must come in increasing offset
 /// order, without overlap, within the header's origin size. A reader refuses
@@ -397,8 +393,9 @@ pub struct Writer<W: Write> {
     hasher: Xxh3Default,
     position: u64,
     totals: Totals,
-    compression: Compression,
-    packed: Vec<u8>,
+    encoder: Encoder,
+    /// Where records written one at a time are encoded.
+    scratch: Encoded,
 }
 
 impl<W: Write> Writer<W> {
@@ -408,19 +405,13 @@ impl<W: Write> Writer<W> {
         out.write_all(&bytes)?;
         let mut hasher = Xxh3Default::new();
         hasher.update(&bytes);
-        let packed = match header.compression {
-            Compression::Lz4 => {
-                vec![0u8; lz4_flex::block::get_maximum_output_size(MAX_RECORD_LEN as usize)]
-            }
-            Compression::None => Vec::new(),
-        };
         Ok(Writer {
             out,
             hasher,
             position: bytes.len() as u64,
             totals: Totals::default(),
-            compression: header.compression,
-            packed,
+            encoder: Encoder::new(header.compression),
+            scratch: Encoded::default(),
         })
     }
 
@@ -435,90 +426,41 @@ impl<W: Write> Writer<W> {
 
     /// The compression the header announced.
     pub fn compression(&self) -> Compression {
-        self.compression
+        self.encoder.compression
     }
 
     pub fn get_ref(&self) -> &W {
         &self.out
     }
 
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.out
-    }
-
-    fn emit(&mut self, head: &RecordHeader, payload: &[u8]) -> io::Result<()> {
-        let head = head.encode();
-        self.out.write_all(&head)?;
-        self.out.write_all(payload)?;
-        self.hasher.update(&head);
-        self.hasher.update(payload);
-        self.position += (head.len() + payload.len()) as u64;
-        Ok(())
+    /// Encodes with `encode` into the scratch buffer, then appends.
+    fn encode_and_append(
+        &mut self,
+        encode: impl FnOnce(&Encoder, &mut Encoded) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let result = encode(&self.encoder, &mut scratch).and_then(|()| self.append(&scratch));
+        self.scratch = scratch;
+        result
     }
 
     /// One DATA record of `content` (1 to [`MAX_RECORD_LEN`] bytes) at
-    /// `offset`, lz4-compressed when that makes it smaller.
+    /// `offset`, compressed when that makes it smaller.
     pub fn data(&mut self, offset: u64, content: &[u8]) -> io::Result<()> {
-        let length = record_length(content.len())?;
-        let checksum = xxh3_64(content);
-        let mut packed = std::mem::take(&mut self.packed);
-        let compressed = match self.compression {
-            Compression::Lz4 => match lz4_flex::block::compress_into(content, &mut packed) {
-                Ok(n) if n < content.len() => Some(n),
-                _ => None,
-            },
-            Compression::None => None,
-        };
-        let (flags, payload) = match compressed {
-            Some(n) => (FLAG_LZ4, &packed[..n]),
-            None => (0, content),
-        };
-        let head = RecordHeader {
-            kind: KIND_DATA,
-            flags,
-            length,
-            offset,
-            stored: payload.len() as u32,
-            checksum,
-        };
-        let result = self.emit(&head, payload);
-        let stored = payload.len() as u64;
-        self.packed = packed;
-        result?;
-        self.totals.records += 1;
-        self.totals.data_bytes += u64::from(length);
-        self.totals.payload_bytes += stored;
-        Ok(())
+        self.encode_and_append(|e, out| e.data(offset, content, out))
     }
 
     /// One ZERO record: `length` (1 to [`MAX_RECORD_LEN`]) zero bytes at `offset`.
     pub fn zero(&mut self, offset: u64, length: u64) -> io::Result<()> {
-        let length = record_length(usize::try_from(length).unwrap_or(usize::MAX))?;
-        let head = RecordHeader {
-            kind: KIND_ZERO,
-            flags: 0,
-            length,
-            offset,
-            stored: 0,
-            checksum: 0,
-        };
-        self.emit(&head, &[])?;
-        self.totals.records += 1;
-        self.totals.zero_bytes += u64::from(length);
-        Ok(())
+        self.encode_and_append(|e, out| e.zero(offset, length, out))
     }
 
     /// The records for `content` at `offset`, of any length: all-zero runs
     /// of [`ZERO_BLOCK`]s (aligned to the origin) become ZERO records, the
     /// rest DATA records, none longer than [`MAX_RECORD_LEN`].
     pub fn extent(&mut self, offset: u64, content: &[u8]) -> io::Result<()> {
-        for_each_run(offset, content, |at, run, zero| {
-            if zero {
-                self.zero(at, run.len() as u64)
-            } else {
-                self.data(at, run)
-            }
-        })
+        self.encode_and_append(|e, out| e.extent(offset, content, out))
     }
 
     /// Appends records encoded apart (see [`Encoder`]); they must follow
@@ -652,7 +594,8 @@ impl Encoder {
         Encoder { compression }
     }
 
-    /// As [`Writer::extent`], into `out`.
+    /// The records for `content` at `offset`, of any length, into `out`
+    /// (see [`Writer::extent`]).
     pub fn extent(&self, offset: u64, content: &[u8], out: &mut Encoded) -> io::Result<()> {
         for_each_run(offset, content, |at, run, zero| {
             if zero {
@@ -663,7 +606,9 @@ impl Encoder {
         })
     }
 
-    /// As [`Writer::data`], into `out`.
+    /// One DATA record of `content` (1 to [`MAX_RECORD_LEN`] bytes) at
+    /// `offset`, lz4-compressed when asked and when that makes it smaller,
+    /// into `out`.
     pub fn data(&self, offset: u64, content: &[u8], out: &mut Encoded) -> io::Result<()> {
         let length = record_length(content.len())?;
         let checksum = xxh3_64(content);
@@ -701,7 +646,8 @@ impl Encoder {
         Ok(())
     }
 
-    /// As [`Writer::zero`], into `out`.
+    /// One ZERO record of `length` (1 to [`MAX_RECORD_LEN`]) bytes at
+    /// `offset`, into `out`.
     pub fn zero(&self, offset: u64, length: u64, out: &mut Encoded) -> io::Result<()> {
         let length = record_length(usize::try_from(length).unwrap_or(usize::MAX))?;
         let head = RecordHeader {
@@ -1144,23 +1090,16 @@ impl<R: Read> Reader<R> {
     }
 }
 
-/// Fills `buf` as far as the input goes; returns the bytes read.
+/// Fills `buf` as far as the input goes; returns the bytes read. A read
+/// error is reported at the stream offset `at` plus what was read.
 fn read_full<R: Read>(input: &mut R, buf: &mut [u8], at: u64) -> Result<usize, StreamError> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(StreamError::Read {
-                    at: at + n as u64,
-                    source,
-                })
-            }
-        }
+    match crate::files::read_full(input, buf) {
+        (n, Ok(())) => Ok(n),
+        (n, Err(source)) => Err(StreamError::Read {
+            at: at + n as u64,
+            source,
+        }),
     }
-    Ok(n)
 }
 
 fn hex(b: &[u8]) -> String {

@@ -34,9 +34,9 @@ use thiserror::Error;
 use crate::extents::{Extent, ExtentSet};
 
 /// Bytes in a sector, the unit of the pool's data block size.
-pub const SECTOR: u64 = 512;
+const SECTOR: u64 = 512;
 /// Largest data block size a thin pool may have: 1 GiB, in sectors.
-pub const MAX_BLOCK_SECTORS: u64 = 1 << 21;
+const MAX_BLOCK_SECTORS: u64 = 1 << 21;
 
 #[derive(Debug, Error)]
 pub enum ThinError {
@@ -682,7 +682,7 @@ pub struct MetadataSnap {
 /// The held metadata root in a thin-pool's `dmsetup status` line (`-` when
 /// none is held). The line is `START LEN thin-pool TRANSACTION
 /// USED/TOTAL-META USED/TOTAL-DATA HELD-ROOT ...`, or `... thin-pool Fail`.
-pub fn held_metadata_root(status_line: &str) -> Option<&str> {
+fn held_metadata_root(status_line: &str) -> Option<&str> {
     let fields: Vec<&str> = status_line.split_whitespace().collect();
     if fields.get(2) != Some(&"thin-pool") || fields.len() < 7 {
         return None;
@@ -701,7 +701,7 @@ fn dmsetup(args: &[&str]) -> Result<String, String> {
 
 /// The held metadata root of pool device `pool` (its dm name), `-` when
 /// none is held.
-pub fn pool_held_root(pool: &str) -> Result<String, ThinError> {
+fn pool_held_root(pool: &str) -> Result<String, ThinError> {
     let text = dmsetup(&["status", pool]).map_err(|message| ThinError::Reserve {
         pool: pool.into(),
         message,

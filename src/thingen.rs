@@ -92,7 +92,7 @@ impl ThinPair {
 
     /// The metadata as `thin_restore` reads it: `old` is device `old_id`,
     /// `new` is device `new_id`.
-    pub fn write_xml(&self, out: &mut impl Write, old_id: u64, new_id: u64) -> io::Result<()> {
+    fn write_xml(&self, out: &mut impl Write, old_id: u64, new_id: u64) -> io::Result<()> {
         writeln!(
             out,
             "<superblock uuid=\"\" time=\"1\" transaction=\"1\" data_block_size=\"{}\" nr_data_blocks=\"{}\">",

@@ -70,7 +70,7 @@ pub fn run_str(
 }
 
 /// The last non-empty line of `text`, trimmed.
-pub fn last_line(text: &str) -> Option<&str> {
+fn last_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
 

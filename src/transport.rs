@@ -169,7 +169,7 @@ impl Location {
 /// whitespace separates words; `'...'` and `"..."` quote (a backslash
 /// escapes `"` and `\` inside double quotes); a backslash outside quotes
 /// escapes the next character.
-pub fn split_words(cmd: &str) -> Result<Vec<String>, &'static str> {
+fn split_words(cmd: &str) -> Result<Vec<String>, &'static str> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -234,7 +234,7 @@ pub fn split_words(cmd: &str) -> Result<Vec<String>, &'static str> {
 
 /// `word` quoted for a POSIX shell: in single quotes, each `'` written as
 /// `'\''`. The shell reads it back as exactly `word`.
-pub fn shell_quote(word: &str) -> String {
+fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 

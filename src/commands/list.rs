@@ -12,15 +12,12 @@ use lvmsync::lvm::{Snapshot, ThinSnapshot};
 use lvmsync::units::human;
 use lvmsync::Error;
 
-use super::{usage_error, TableArgs};
+use super::ChangeArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The snapshot (a classic or a thin LVM snapshot)
-    #[arg(required_unless_present_any = ["cow", "thin_metadata"], conflicts_with_all = ["cow", "thin_metadata"])]
-    pub snapshot: Option<String>,
     #[command(flatten)]
-    pub table: TableArgs,
+    pub changes: ChangeArgs,
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
@@ -75,10 +72,7 @@ struct JsonThinListing<'a> {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let source = args
-        .table
-        .change_source(args.snapshot, false, false)
-        .unwrap_or_else(|e| usage_error(&e));
+    let source = args.changes.change_source(false, false);
     let listing = changes::read(&source, None)?;
     let stdout = io::stdout().lock();
     let mut out = BufWriter::with_capacity(1 << 16, stdout);

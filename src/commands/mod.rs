@@ -102,6 +102,27 @@ impl TableArgs {
     }
 }
 
+/// Where the changes come from, for list and send: a snapshot, or a table
+/// read without LVM.
+#[derive(clap::Args, Debug)]
+pub struct ChangeArgs {
+    /// The snapshot (a classic or a thin LVM snapshot)
+    #[arg(required_unless_present_any = ["cow", "thin_metadata"], conflicts_with_all = ["cow", "thin_metadata"])]
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub table: TableArgs,
+}
+
+impl ChangeArgs {
+    /// The change source named (see [`TableArgs::change_source`]); a
+    /// usage error ends the program.
+    pub fn change_source(self, reads_data: bool, data_source: bool) -> ChangeSource {
+        self.table
+            .change_source(self.snapshot, reads_data, data_source)
+            .unwrap_or_else(|e| usage_error(&e))
+    }
+}
+
 /// How a delta is shipped to DEST and what is said: the options of sync
 /// and backup.
 #[derive(clap::Args, Debug)]

@@ -7,15 +7,12 @@ use lvmsync::send::{self, Delta, Output};
 use lvmsync::units::human;
 use lvmsync::Error;
 
-use super::{usage_error, Compress, TableArgs};
+use super::{usage_error, ChangeArgs, Compress};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The snapshot (a classic or a thin LVM snapshot)
-    #[arg(required_unless_present_any = ["cow", "thin_metadata"], conflicts_with_all = ["cow", "thin_metadata"])]
-    pub snapshot: Option<String>,
     #[command(flatten)]
-    pub table: TableArgs,
+    pub changes: ChangeArgs,
     /// Read the changed chunks' data from PATH (a later snapshot, or any
     /// device or image of the origin's size) instead of the origin
     #[arg(long, value_name = "PATH")]
@@ -29,10 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let source = args
-        .table
-        .change_source(args.snapshot, true, args.data_source.is_some())
-        .unwrap_or_else(|e| usage_error(&e));
+    let source = args.changes.change_source(true, args.data_source.is_some());
     let output = match args.output {
         Some(path) if path.as_os_str() == "-" => Output::Stdout,
         Some(path) => Output::File(path),

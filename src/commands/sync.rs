@@ -39,41 +39,31 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Error> {
     let table = args.table.names_a_table();
-    let (what, dest) = match (args.args.as_slice(), table) {
-        ([src, dest], false) if args.full => (What::Full(PathBuf::from(src)), dest.clone()),
-        ([dest], true) => {
-            let source = args
-                .table
-                .change_source(None, true, args.data_source.is_some())
-                .unwrap_or_else(|e| usage_error(&e));
-            let data_source = args.data_source;
-            (
-                What::Changes {
-                    source,
-                    data_source,
-                },
-                dest.clone(),
-            )
-        }
+    let (snapshot, dest) = match (args.args.as_slice(), table) {
+        ([src, dest], false) if args.full => (src.clone(), dest.clone()),
+        ([dest], true) => (String::new(), dest.clone()),
         (_, true) if args.data_source.is_none() => usage_error(
             "--cow needs --data-source PATH: the device or image holding the origin's new contents",
         ),
         (_, true) => usage_error("with --cow, name only DEST"),
-        ([snapshot, dest], false) => {
-            let source = args
-                .table
-                .change_source(Some(snapshot.clone()), true, args.data_source.is_some())
-                .unwrap_or_else(|e| usage_error(&e));
-            let data_source = args.data_source;
-            (
-                What::Changes {
-                    source,
-                    data_source,
-                },
-                dest.clone(),
-            )
-        }
+        ([snapshot, dest], false) => (snapshot.clone(), dest.clone()),
         _ => usage_error("name a SNAPSHOT and a DEST ([user@]host:PATH or a local PATH)"),
+    };
+    let what = if args.full {
+        What::Full(PathBuf::from(snapshot))
+    } else {
+        let source = args
+            .table
+            .change_source(
+                (!table).then_some(snapshot),
+                true,
+                args.data_source.is_some(),
+            )
+            .unwrap_or_else(|e| usage_error(&e));
+        What::Changes {
+            source,
+            data_source: args.data_source,
+        }
     };
     let request = sync::Request {
         what,

@@ -145,7 +145,7 @@ pub fn compare(
             Incoming::Local(hashes) => Ok(hashes.take(batch.len())?),
             Incoming::Remote(RemoteHashes { stdout, .. }) => {
                 wire.resize(batch.len() * HASH_LEN, 0);
-                let got = files::read_full(stdout, &mut wire).unwrap_or(0);
+                let (got, _) = files::read_full(stdout, &mut wire);
                 if got < wire.len() {
                     Err(block + (got / HASH_LEN) as u64)
                 } else {

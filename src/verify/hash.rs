@@ -82,12 +82,7 @@ impl HashStream {
     }
 
     /// [`HashStream::spawn`] with `workers` hashing threads.
-    pub fn spawn_with(
-        source: Arc<Source>,
-        length: u64,
-        block_size: u64,
-        workers: usize,
-    ) -> HashStream {
+    fn spawn_with(source: Arc<Source>, length: u64, block_size: u64, workers: usize) -> HashStream {
         let length = length.min(source.size());
         let chunk = chunk_len(block_size, source.is_block_device());
         let batches = length.div_ceil(chunk);

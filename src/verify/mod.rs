@@ -70,7 +70,7 @@ pub enum VerifyError {
 
 /// Checks a block size: a power of two from [`MIN_BLOCK_SIZE`] to
 /// [`MAX_BLOCK_SIZE`].
-pub fn check_block_size(n: u64) -> Result<u64, String> {
+fn check_block_size(n: u64) -> Result<u64, String> {
     if !n.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&n) {
         return Err(format!(
             "{n} is not a power of two from {MIN_BLOCK_SIZE} (4k) to {MAX_BLOCK_SIZE} (64M)"

@@ -28,7 +28,7 @@ pub const HELLO: &str = "LVMSYNC-VERIFY";
 /// hashes after it.
 pub const PROTOCOL: u32 = 1;
 /// The version of the block hashes: XXH3-128 of each block's bytes.
-pub const HASH_VERSION: u32 = 1;
+const HASH_VERSION: u32 = 1;
 /// How the remote side says hello, for [`crate::transport::Connection`].
 pub const EXPECT: Expect = Expect {
     word: HELLO,

@@ -412,6 +412,8 @@ struct Applier {
     written: u64,
     /// Asks the writeback thread to start writeback or to confirm.
     writeback: Option<mpsc::SyncSender<WritebackRequest>>,
+    /// The confirmation waiting for the writeback thread.
+    confirm_slot: Arc<ConfirmSlot>,
     /// Why the writeback thread could not confirm, once it could not.
     confirm_failed: Arc<Mutex<Option<ConfirmError>>>,
     /// What the state confirmed when the apply stopped.
@@ -427,10 +429,16 @@ enum WritebackRequest {
     /// This many bytes of data were written in all: start writeback, or
     /// flush when [`FLUSH_BYTES`] were written since the last flush.
     Written(u64),
-    /// Flush, then record in the state that the bytes before `end` are
-    /// applied (`written` bytes of data were written in all).
-    Confirm { end: u64, written: u64 },
+    /// A confirmation waits in the slot (see [`ConfirmSlot`]).
+    Confirm,
 }
+
+/// The latest confirmation the writer asked for: flush, then record in the
+/// state that the bytes before `end` are applied (`written` bytes of data
+/// were written in all). A newer one replaces an older one not yet done,
+/// so none is lost when the writeback thread is busy and the writer then
+/// waits for input.
+type ConfirmSlot = Mutex<Option<(u64, u64)>>;
 
 /// Why a confirmation failed in the writeback thread.
 #[derive(Debug)]
@@ -444,6 +452,7 @@ enum ConfirmError {
 fn writeback_thread(
     wb: crate::blockdev::Writeback,
     asked: mpsc::Receiver<WritebackRequest>,
+    slot: &ConfirmSlot,
     tracker: &Mutex<Tracker>,
     failed: &Mutex<Option<ConfirmError>>,
 ) {
@@ -459,19 +468,23 @@ fn writeback_thread(
             WritebackRequest::Written(_) => {
                 let _ = wb.start();
             }
-            WritebackRequest::Confirm { end, written } => {
-                flushed = written;
-                let result = wb.flush().map_err(ConfirmError::Sync).and_then(|()| {
-                    lock(tracker)
-                        .confirm_at(end)
-                        .map(|_| ())
-                        .map_err(ConfirmError::State)
-                });
-                if let Err(e) = result {
-                    *lock(failed) = Some(e);
-                    return;
-                }
-            }
+            WritebackRequest::Confirm => {}
+        }
+        // Whatever woke the thread, a confirmation asked for meanwhile is
+        // done now.
+        let Some((end, written)) = lock(slot).take() else {
+            continue;
+        };
+        flushed = written;
+        let result = wb.flush().map_err(ConfirmError::Sync).and_then(|()| {
+            lock(tracker)
+                .confirm_at(end)
+                .map(|_| ())
+                .map_err(ConfirmError::State)
+        });
+        if let Err(e) = result {
+            *lock(failed) = Some(e);
+            return;
         }
     }
 }
@@ -638,18 +651,17 @@ impl Applier {
     }
 
     /// Has the bytes before `end` confirmed in the state: by the writeback
-    /// thread, without waiting for it, when there is one (when it is busy,
-    /// the next record asks again); else here and now.
+    /// thread, without waiting for it, when there is one (the request waits
+    /// in the slot; when the thread is busy, it takes it once done); else
+    /// here and now.
     fn confirm(&mut self, end: u64) -> Result<(), ApplyError> {
         if let Some(wb) = &self.writeback {
-            let request = WritebackRequest::Confirm {
-                end,
-                written: self.written,
-            };
-            if wb.try_send(request).is_ok() {
-                self.unflushed = 0;
-                lock(&self.tracker).unconfirmed = 0;
-            }
+            *lock(&self.confirm_slot) = Some((end, self.written));
+            self.unflushed = 0;
+            lock(&self.tracker).unconfirmed = 0;
+            // A full queue means the thread has a request to serve, after
+            // which it looks at the slot.
+            let _ = wb.try_send(WritebackRequest::Confirm);
             return Ok(());
         }
         self.dest.sync().map_err(|source| ApplyError::DestSync {
@@ -940,6 +952,7 @@ pub fn apply_to<R: Read>(
         unflushed: 0,
         written: 0,
         writeback: None,
+        confirm_slot: Arc::default(),
         confirm_failed: Arc::default(),
         confirmed: None,
         tracker: Arc::new(Mutex::new(tracker)),
@@ -950,10 +963,16 @@ pub fn apply_to<R: Read>(
     let writeback = a.dest.writeback().ok();
     let (ask_writeback, writeback_asked) = mpsc::sync_channel::<WritebackRequest>(1);
     a.writeback = writeback.as_ref().map(|_| ask_writeback);
-    let (tracker, confirm_failed) = (a.tracker.clone(), a.confirm_failed.clone());
+    let (slot, tracker, confirm_failed) = (
+        a.confirm_slot.clone(),
+        a.tracker.clone(),
+        a.confirm_failed.clone(),
+    );
     let (read_result, write_result) = std::thread::scope(|scope| {
         if let Some(wb) = writeback {
-            scope.spawn(move || writeback_thread(wb, writeback_asked, &tracker, &confirm_failed));
+            scope.spawn(move || {
+                writeback_thread(wb, writeback_asked, &slot, &tracker, &confirm_failed)
+            });
         }
         let writer = scope.spawn(|| a.run(records, spent));
         let read_result = loop {

@@ -43,18 +43,20 @@ impl ReadAt for Vec<u8> {
     }
 }
 
-/// A block device or an image file, opened for reading.
+/// A block device or a regular file, opened: what both a [`Source`] and a
+/// [`Destination`] are.
 #[derive(Debug)]
-pub struct Source {
+pub struct Opened {
     file: File,
     path: PathBuf,
     size: u64,
     is_block_device: bool,
 }
 
-impl Source {
-    /// Opens `path` read-only: block devices with `O_DIRECT`, files normally.
-    pub fn open(path: &Path) -> io::Result<Source> {
+impl Opened {
+    /// Opens `path` with `options` (plus `flags` for a block device) when
+    /// it is a block device or a regular file.
+    fn open(path: &Path, options: &mut OpenOptions, flags: i32) -> io::Result<Opened> {
         let meta = std::fs::metadata(path)?;
         let is_block_device = meta.file_type().is_block_device();
         if !is_block_device && !meta.is_file() {
@@ -63,14 +65,15 @@ impl Source {
                 "not a block device or a regular file",
             ));
         }
-        let mut opts = OpenOptions::new();
-        opts.read(true);
         if is_block_device {
-            opts.custom_flags(nix::fcntl::OFlag::O_DIRECT.bits());
+            options.custom_flags(flags);
         }
-        let mut file = opts.open(path)?;
+        Opened::of(options.open(path)?, path, is_block_device)
+    }
+
+    fn of(mut file: File, path: &Path, is_block_device: bool) -> io::Result<Opened> {
         let size = file.seek(SeekFrom::End(0))?;
-        Ok(Source {
+        Ok(Opened {
             file,
             path: path.to_path_buf(),
             size,
@@ -90,13 +93,32 @@ impl Source {
     pub fn is_block_device(&self) -> bool {
         self.is_block_device
     }
+}
+
+/// A block device or an image file, opened for reading.
+#[derive(Debug)]
+pub struct Source(Opened);
+
+impl std::ops::Deref for Source {
+    type Target = Opened;
+    fn deref(&self) -> &Opened {
+        &self.0
+    }
+}
+
+impl Source {
+    /// Opens `path` read-only: block devices with `O_DIRECT`, files normally.
+    pub fn open(path: &Path) -> io::Result<Source> {
+        let flags = nix::fcntl::OFlag::O_DIRECT.bits();
+        Opened::open(path, OpenOptions::new().read(true), flags).map(Source)
+    }
 
     /// Tells the kernel the file will be read from start to end, so that it
     /// reads ahead further (a hint: refusals are ignored; `O_DIRECT` reads
     /// of a block device have no readahead).
     pub fn advise_sequential(&self) {
         use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0.file);
         let _ = posix_fadvise(fd, 0, 0, PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
     }
 }
@@ -105,11 +127,11 @@ impl ReadAt for Source {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if offset
             .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > self.size)
+            .is_none_or(|end| end > self.0.size)
         {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        self.file.read_exact_at(buf, offset)
+        self.0.file.read_exact_at(buf, offset)
     }
 }
 
@@ -131,29 +153,24 @@ nix::ioctl_write_ptr_bad!(blkzeroout, 0x127f, [u64; 2]);
 /// A block device or a regular file, opened read-write to receive a delta.
 #[derive(Debug)]
 pub struct Destination {
-    file: File,
-    path: PathBuf,
-    size: u64,
-    is_block_device: bool,
+    opened: Opened,
     /// How zero ranges are written; steps down when the file system
     /// refuses a way.
     zeroing: Zeroing,
     zeroes: Vec<u8>,
 }
 
+impl std::ops::Deref for Destination {
+    type Target = Opened;
+    fn deref(&self) -> &Opened {
+        &self.opened
+    }
+}
+
 impl Destination {
     /// Opens an existing block device or regular file for reading and writing.
     pub fn open(path: &Path) -> io::Result<Destination> {
-        let meta = std::fs::metadata(path)?;
-        let is_block_device = meta.file_type().is_block_device();
-        if !is_block_device && !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a block device or a regular file",
-            ));
-        }
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Destination::from_file(file, path, is_block_device)
+        Opened::open(path, OpenOptions::new().read(true).write(true), 0).map(Destination::of)
     }
 
     /// Creates `path` as a new, empty regular file; fails if it exists.
@@ -163,60 +180,47 @@ impl Destination {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Destination::from_file(file, path, false)
+        Opened::of(file, path, false).map(Destination::of)
     }
 
-    fn from_file(mut file: File, path: &Path, is_block_device: bool) -> io::Result<Destination> {
-        let size = file.seek(SeekFrom::End(0))?;
-        Ok(Destination {
-            file,
-            path: path.to_path_buf(),
-            size,
-            is_block_device,
-            zeroing: if is_block_device {
+    fn of(opened: Opened) -> Destination {
+        Destination {
+            zeroing: if opened.is_block_device {
                 Zeroing::BlkZeroOut
             } else {
                 Zeroing::ZeroRange
             },
+            opened,
             zeroes: Vec::new(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub fn is_block_device(&self) -> bool {
-        self.is_block_device
+        }
     }
 
     /// Makes a regular file `len` bytes long (new bytes read as zeroes).
     pub fn set_len(&mut self, len: u64) -> io::Result<()> {
-        if self.is_block_device {
+        if self.opened.is_block_device {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a block device cannot be resized",
             ));
         }
-        self.file.set_len(len)?;
-        self.size = len;
+        self.opened.file.set_len(len)?;
+        self.opened.size = len;
         Ok(())
     }
 
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.opened.file.write_all_at(buf, offset)
     }
 
     /// Fills `buf` from `offset`; bytes past the end read as zeroes.
     pub fn read_at_or_zero(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+            match self
+                .opened
+                .file
+                .read_at(&mut buf[done..], offset + done as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -239,8 +243,8 @@ impl Destination {
             i64::try_from(offset).unwrap_or(i64::MAX),
             i64::try_from(len).unwrap_or(i64::MAX),
         );
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
-        if !self.is_block_device && self.is_hole(offset, len) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.opened.file);
+        if !self.opened.is_block_device && self.is_hole(offset, len) {
             // Already reads as zeroes, and stays a hole.
             return Ok(());
         }
@@ -280,7 +284,9 @@ impl Destination {
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(ZERO_BUF) as usize;
-            self.file.write_all_at(&self.zeroes[..n], offset + done)?;
+            self.opened
+                .file
+                .write_all_at(&self.zeroes[..n], offset + done)?;
             done += n as u64;
         }
         Ok(())
@@ -293,7 +299,7 @@ impl Destination {
         let Ok(at) = i64::try_from(offset) else {
             return false;
         };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.opened.file);
         match lseek(fd, at, Whence::SeekData) {
             Ok(data) => data as u64 >= offset.saturating_add(len),
             // No data from `offset` to the end of the file.
@@ -309,13 +315,13 @@ impl Destination {
     /// than sharing this open file: a write error that a flush of its own
     /// reports is then still reported to this one's final sync.
     pub fn writeback(&self) -> io::Result<Writeback> {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.opened.file);
         Ok(Writeback(File::open(format!("/proc/self/fd/{fd}"))?))
     }
 
     /// Flushes what was written to stable storage.
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_all()
+        self.opened.file.sync_all()
     }
 }
 

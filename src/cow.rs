@@ -80,6 +80,12 @@ pub enum CowError {
         offset: u128,
         origin_size: u64,
     },
+    #[error("table entry out of range: metadata area {area} entry {index} names origin chunk {old_chunk}, whose bytes would lie past 2^64: no device is that large")]
+    EntryPastAnyDevice {
+        area: u64,
+        index: u64,
+        old_chunk: u64,
+    },
     #[error("read error at byte {offset}: {source}")]
     Io { offset: u64, source: io::Error },
 }
@@ -234,6 +240,15 @@ pub fn read_table<R: ReadAt + ?Sized>(
                     area,
                     index,
                     new_chunk,
+                });
+            }
+            // The chunk's last byte must have an offset, whatever the origin.
+            let end = (u128::from(old_chunk) + 1) * u128::from(chunk_size);
+            if end > u128::from(u64::MAX) {
+                return Err(CowError::EntryPastAnyDevice {
+                    area,
+                    index,
+                    old_chunk,
                 });
             }
             if let Some(origin_size) = origin_size {
@@ -430,10 +445,24 @@ mod tests {
 
     #[test]
     fn huge_old_chunk_does_not_overflow() {
-        let mut img = CowImage::new(524288);
-        img.push(u64::MAX);
+        for (chunk, cs) in [(u64::MAX, 4096), (u64::MAX / 4096, 4096), (1 << 45, 524288)] {
+            let mut img = CowImage::new(cs);
+            img.push(chunk);
+            let bytes = img.to_vec();
+            // Past any device, whether the origin's size is known or not.
+            for origin_size in [None, Some(1 << 40)] {
+                let err = read_table(&bytes, bytes.len() as u64, origin_size).unwrap_err();
+                assert!(
+                    matches!(err, CowError::EntryPastAnyDevice { .. }),
+                    "chunk {chunk}: {err}"
+                );
+            }
+        }
+        // The last chunk that fits is an ordinary entry.
+        let mut img = CowImage::new(4096);
+        img.push(u64::MAX / 4096 - 1);
         let bytes = img.to_vec();
-        let err = read_table(&bytes, bytes.len() as u64, Some(1 << 40)).unwrap_err();
-        assert!(matches!(err, CowError::EntryPastOrigin { .. }));
+        let t = read_table(&bytes, bytes.len() as u64, None).unwrap();
+        assert_eq!(t.extents.as_slice()[0].offset, (u64::MAX / 4096 - 1) * 4096);
     }
 }

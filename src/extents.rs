@@ -135,15 +135,18 @@ impl ChunkCollector {
 
     /// Records that chunk `chunk` changed.
     #[inline]
+    /// Chunk `u64::MAX` cannot be held (its run would end past `u64`):
+    /// callers refuse it first.
     pub fn add(&mut self, chunk: u64) {
+        let next = chunk.saturating_add(1);
         match &mut self.current {
-            Some((_, end)) if *end == chunk => *end += 1,
+            Some((_, end)) if *end == chunk => *end = next,
             Some(run) => {
                 let done = *run;
-                *run = (chunk, chunk + 1);
+                *run = (chunk, next);
                 self.push(done);
             }
-            None => self.current = Some((chunk, chunk + 1)),
+            None => self.current = Some((chunk, next)),
         }
     }
 

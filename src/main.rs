@@ -157,7 +157,8 @@ fn main() -> ExitCode {
 }
 
 fn report(e: &Error) {
-    // One line, whatever the message's sources contain.
+    // One line, whatever the message's sources contain, and nothing a
+    // terminal would act on.
     let text = e.to_string().replace('\n', " ");
-    eprintln!("lvmsync-rs: error: {text}");
+    eprintln!("lvmsync-rs: error: {}", lvmsync::units::printable(&text));
 }

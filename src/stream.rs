@@ -197,6 +197,46 @@ pub struct Header {
     pub properties: BTreeMap<String, String>,
 }
 
+impl Header {
+    /// A copy fit to be printed: every text in it with its control
+    /// characters escaped (see [`crate::units::printable`]), since it comes
+    /// from whoever made the delta.
+    pub fn printable(&self) -> Header {
+        let p = |s: &String| crate::units::printable(s).into_owned();
+        let po = |s: &Option<String>| s.as_ref().map(p);
+        let pit = |t: &Option<PointInTime>| {
+            t.as_ref().map(|t| PointInTime {
+                origin_uuid: p(&t.origin_uuid),
+                snapshot_uuid: p(&t.snapshot_uuid),
+                snapshot: p(&t.snapshot),
+                time: p(&t.time),
+            })
+        };
+        let s = &self.source;
+        Header {
+            source: SourceInfo {
+                kind: s.kind,
+                vg: po(&s.vg),
+                snapshot: po(&s.snapshot),
+                snapshot_uuid: po(&s.snapshot_uuid),
+                snapshot_time: po(&s.snapshot_time),
+                origin: po(&s.origin),
+                origin_uuid: po(&s.origin_uuid),
+                thin: s.thin.as_ref().map(|t| ThinSource {
+                    pool: p(&t.pool),
+                    pool_uuid: po(&t.pool_uuid),
+                    ..t.clone()
+                }),
+            },
+            tool: p(&self.tool),
+            base: pit(&self.base),
+            target: pit(&self.target),
+            properties: self.properties.iter().map(|(k, v)| (p(k), p(v))).collect(),
+            ..self.clone()
+        }
+    }
+}
+
 /// What can be wrong with a delta stream, found while reading it.
 #[derive(Debug, Error)]
 pub enum StreamError {

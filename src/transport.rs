@@ -35,6 +35,10 @@ const WIND_DOWN: Duration = Duration::from_secs(10);
 const ERROR_PREFIX: &str = "lvmsync-rs: error: ";
 /// The reason when the remote said nothing.
 const SILENT: &str = "it said nothing on stderr";
+/// The longest line read from a far end (its hello with DEST's state, its
+/// report, a line of its stderr): longer ones are cut, or refused before
+/// the hello.
+const MAX_LINE: usize = 64 << 10;
 /// Lines of the remote's stderr kept to explain a failure.
 const KEEP_LINES: usize = 4;
 
@@ -71,6 +75,10 @@ pub enum TransportError {
         status: String,
         reason: String,
     },
+    #[error("{host}: the remote command sent a line of more than {} KiB before its handshake: it is not the lvmsync-rs this one expects; nothing was sent", MAX_LINE >> 10)]
+    LineTooLong { host: String },
+    #[error("{0:?}: {1}")]
+    BadHost(String, &'static str),
     #[error("{host}: no handshake within {} s: the remote command said nothing; nothing was sent", .after.as_secs())]
     HelloTimeout { host: String, after: Duration },
     #[error("{host}: the remote lvmsync-rs speaks protocol {protocol} and {what} {format}, this one protocol {ours_protocol} and {what} {ours_format}: install the same version on both hosts; nothing was sent")]
@@ -157,12 +165,38 @@ impl Location {
         match split {
             None => Ok(Location::Local(s.to_string())),
             Some((_, "")) => Err(TransportError::NoRemotePath(s.to_string())),
-            Some((host, path)) => Ok(Location::Remote {
-                host,
-                path: path.to_string(),
-            }),
+            Some((host, path)) => {
+                check_host(&host).map_err(|why| TransportError::BadHost(s.to_string(), why))?;
+                Ok(Location::Remote {
+                    host,
+                    path: path.to_string(),
+                })
+            }
         }
     }
+}
+
+/// Refuses a `[user@]host` that the remote shell could read as something
+/// else: an option (`-oProxyCommand=...`), an empty user or host, white
+/// space or control characters.
+fn check_host(host: &str) -> Result<(), &'static str> {
+    let (user, name) = match host.rsplit_once('@') {
+        Some((user, name)) => (Some(user), name),
+        None => (None, host),
+    };
+    if name.is_empty() {
+        return Err("no host before the ':'; write [user@]host:PATH");
+    }
+    if user == Some("") {
+        return Err("no user before the '@'; write [user@]host:PATH");
+    }
+    if host.starts_with('-') || name.starts_with('-') {
+        return Err("a host cannot start with '-' (the remote shell would read it as an option)");
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a host cannot contain white space or control characters");
+    }
+    Ok(())
 }
 
 /// Splits a command into words as a shell would, for the simple cases:
@@ -474,6 +508,11 @@ impl Connection {
             readers.push(std::thread::spawn(move || {
                 let mut out = BufReader::new(out);
                 while let Some(line) = read_line(&mut out) {
+                    if line.cut {
+                        let _ = line_tx.send(BeforeHello::TooLong);
+                        return;
+                    }
+                    let line = line.text;
                     let hello = Hello::parse(&line, word);
                     if line_tx.send(BeforeHello::Line(line)).is_err() {
                         return;
@@ -495,7 +534,7 @@ impl Connection {
                         continue;
                     }
                     if h.established {
-                        echo(&format!("{name}: {line}"));
+                        echo(&format!("{name}: {}", crate::units::printable(&line)));
                         h.remember(line);
                     } else {
                         h.hold(line);
@@ -540,6 +579,12 @@ impl Connection {
                         h.hold(line);
                     }
                 }
+                Ok(BeforeHello::TooLong) => {
+                    conn.stop();
+                    return Err(TransportError::LineTooLong {
+                        host: launch.name.clone(),
+                    });
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     conn.stop();
                     return Err(TransportError::HelloTimeout {
@@ -568,7 +613,11 @@ impl Connection {
         if let Ok(mut h) = conn.stderr_log.lock() {
             h.established = true;
             for line in std::mem::take(&mut h.held) {
-                (conn.echo)(&format!("{}: {line}", conn.name));
+                (conn.echo)(&format!(
+                    "{}: {}",
+                    conn.name,
+                    crate::units::printable(&line)
+                ));
             }
         }
         conn.stdin = conn.child.stdin.take();
@@ -719,7 +768,11 @@ impl Connection {
             for line in lines_of(out) {
                 match keep(&line) {
                     Some(k) => kept.push(k),
-                    None => (self.echo)(&format!("{}: {line}", self.name)),
+                    None => (self.echo)(&format!(
+                        "{}: {}",
+                        self.name,
+                        crate::units::printable(&line)
+                    )),
                 }
             }
         }
@@ -832,28 +885,101 @@ impl fmt::Debug for Connection {
 /// What the stdout reader hands over before the hello.
 enum BeforeHello {
     Line(String),
+    /// A line longer than [`MAX_LINE`]: not a far end that speaks this
+    /// protocol.
+    TooLong,
     /// The hello, and stdout after it.
     Hello(Box<Hello>, BufReader<ChildStdout>),
 }
 
-/// The next line of `r`, without its line end, invalid UTF-8 replaced.
-fn read_line(r: &mut impl BufRead) -> Option<String> {
+/// A line read from a far end.
+#[derive(Debug, PartialEq, Eq)]
+struct Line {
+    /// Without its line end, invalid UTF-8 replaced, at most [`MAX_LINE`]
+    /// bytes of it.
+    text: String,
+    /// Whether the line went on past [`MAX_LINE`] bytes (the rest is not
+    /// read yet: see [`skip_line`]).
+    cut: bool,
+}
+
+/// The next line of `r`; `None` at the end. Memory stays bounded whatever
+/// the far end sends: a longer line is cut at [`MAX_LINE`] bytes.
+fn read_line(r: &mut impl BufRead) -> Option<Line> {
     let mut buf = Vec::new();
-    match r.read_until(b'\n', &mut buf) {
-        Ok(0) | Err(_) => None,
-        Ok(_) => {
-            while buf.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
-                buf.pop();
+    let mut cut = false;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok([]) => break,
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let room = MAX_LINE - buf.len();
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) if i <= room => {
+                buf.extend_from_slice(&chunk[..i]);
+                r.consume(i + 1);
+                return Some(finish_line(buf, false));
             }
-            Some(String::from_utf8_lossy(&buf).into_owned())
+            _ if chunk.len() > room => {
+                buf.extend_from_slice(&chunk[..room]);
+                r.consume(room);
+                cut = true;
+                break;
+            }
+            _ => {
+                let n = chunk.len();
+                buf.extend_from_slice(chunk);
+                r.consume(n);
+            }
+        }
+    }
+    if buf.is_empty() && !cut {
+        return None;
+    }
+    Some(finish_line(buf, cut))
+}
+
+fn finish_line(mut buf: Vec<u8>, cut: bool) -> Line {
+    while buf.last().is_some_and(|&b| b == b'\r') {
+        buf.pop();
+    }
+    Line {
+        text: String::from_utf8_lossy(&buf).into_owned(),
+        cut,
+    }
+}
+
+/// Reads and drops the rest of a line [`read_line`] cut.
+fn skip_line(r: &mut impl BufRead) {
+    loop {
+        let (n, done) = match r.fill_buf() {
+            Ok([]) | Err(_) => return,
+            Ok(chunk) => match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            },
+        };
+        r.consume(n);
+        if done {
+            return;
         }
     }
 }
 
-/// The lines of `r`, without their line ends, invalid UTF-8 replaced.
+/// The lines of `r`, each cut at [`MAX_LINE`] bytes (the rest dropped,
+/// `[...]` shown in its place).
 fn lines_of(r: impl Read) -> impl Iterator<Item = String> {
     let mut r = BufReader::new(r);
-    std::iter::from_fn(move || read_line(&mut r))
+    std::iter::from_fn(move || {
+        let line = read_line(&mut r)?;
+        if line.cut {
+            skip_line(&mut r);
+            return Some(format!("{} [...]", line.text));
+        }
+        Some(line.text)
+    })
 }
 
 #[cfg(test)]
@@ -888,6 +1014,40 @@ mod tests {
             );
         }
         assert!(Location::parse("backup:").is_err());
+        for bad in [
+            "-oProxyCommand=touch x:/dest",
+            "user@-oProxyCommand=x:/dest",
+            "user@:/x",
+            "@host:/x",
+            "ho st:/x",
+            "h\u{1b}x:/x",
+        ] {
+            let err = Location::parse(bad).unwrap_err();
+            assert!(matches!(err, TransportError::BadHost(..)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn far_end_lines_are_cut_and_control_characters_escaped() {
+        let long = "x".repeat(MAX_LINE + 10);
+        let input = format!("short\r\n{long}\nafter\nlast");
+        let mut r = BufReader::with_capacity(4096, input.as_bytes());
+        assert_eq!(
+            read_line(&mut r).unwrap(),
+            Line {
+                text: "short".into(),
+                cut: false
+            }
+        );
+        let cut = read_line(&mut r).unwrap();
+        assert!(cut.cut && cut.text.len() == MAX_LINE);
+        skip_line(&mut r);
+        assert_eq!(read_line(&mut r).unwrap().text, "after");
+        assert_eq!(read_line(&mut r).unwrap().text, "last");
+        assert_eq!(read_line(&mut r), None);
+        let lines: Vec<String> = lines_of(input.as_bytes()).collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[1].ends_with(" [...]") && lines[1].len() == MAX_LINE + 6);
     }
 
     #[test]

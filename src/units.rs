@@ -1,4 +1,5 @@
-//! Byte counts as a user types and reads them.
+//! Byte counts as a user types and reads them, and text from outside made
+//! safe to print.
 
 /// Parses `1048576`, `512k`, `64M`, `2G`, `1T` (powers of 1024; a trailing
 /// `B`/`iB` is allowed: `64MiB`).
@@ -51,9 +52,38 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// `text` with its control characters escaped (`\x1b`, `\u{9b}`), so
+/// that what a far end or a file says cannot move the cursor, change
+/// colours or rewrite what the terminal shows.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain"), "plain");
+        assert_eq!(
+            printable("a\u{1b}[2Jb\u{9b}c\td"),
+            "a\\x1b[2Jb\\u{9b}c\\x09d"
+        );
+    }
 
     #[test]
     fn sizes_parse() {

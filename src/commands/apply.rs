@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use lvmsync::apply::{self, describe_source, Applied};
 use lvmsync::files::DeltaInput;
 use lvmsync::ship;
-use lvmsync::units::human;
+use lvmsync::units::{human, printable};
 use lvmsync::Error;
 
 #[derive(clap::Args, Debug)]
@@ -60,6 +60,9 @@ pub fn run(args: Args) -> Result<(), Error> {
 
 /// The paragraph printed after a successful apply.
 pub fn describe(delta: &str, s: &Applied) -> String {
+    // The header's names come from whoever made the delta.
+    let header = s.header.printable();
+    let delta = printable(delta);
     let t = &s.totals;
     let plural = |n: u64| if n == 1 { "" } else { "s" };
     let mut text = format!(
@@ -109,10 +112,10 @@ pub fn describe(delta: &str, s: &Applied) -> String {
     }
     text.push_str(&format!(
         " The delta is of {} (from {}, origin of {} bytes), written by {}.",
-        describe_source(&s.header.source).unwrap_or_else(|| "an unnamed source".to_string()),
-        s.header.source.kind.describe(),
+        describe_source(&header.source).unwrap_or_else(|| "an unnamed source".to_string()),
+        header.source.kind.describe(),
         s.header.origin_size,
-        s.header.tool
+        header.tool
     ));
     if let Some((path, st, len)) = &s.snapback {
         text.push_str(&format!(

@@ -13,7 +13,7 @@ use lvmsync::files::{DeltaInput, DELTA_READ_BUF};
 use lvmsync::stream::{
     Compression, Header, Reader, RecordKind, SourceKind, StreamError, Totals, VERSION,
 };
-use lvmsync::units::human;
+use lvmsync::units::{human, printable};
 use lvmsync::Error;
 
 #[derive(clap::Args, Debug)]
@@ -230,7 +230,11 @@ fn text<R: Read>(
     Ok(damage)
 }
 
+/// The header, with anything a terminal would act on escaped: its text
+/// comes from whoever made the delta.
 fn write_header(name: &str, h: &Header, out: &mut impl Write) -> io::Result<()> {
+    let h = &h.printable();
+    let name = printable(name);
     let s = &h.source;
     writeln!(out, "delta:        {name}")?;
     writeln!(

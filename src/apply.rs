@@ -127,6 +127,18 @@ pub enum ApplyError {
     },
     #[error("{path}: cannot open: {source}")]
     DestOpen { path: String, source: io::Error },
+    #[error("{path}: the device is in use ({users}): a copy is never written while something else uses it; unmount it, or name another device; nothing was written")]
+    DestBusy { path: String, users: String },
+    #[error(
+        "{path}: another program is writing it ({holder}); wait for it to end; nothing was written"
+    )]
+    DestLocked { path: String, holder: String },
+    #[error("{path}: the file is {size} bytes, shorter than the origin ({origin_size} bytes), and the delta only holds what changed since a snapshot: the rest of the copy is missing, and extending it with zeroes would make a copy that is mostly wrong; seed it first (sync --full), or apply to a copy of the whole origin; nothing was written")]
+    DestTooShort {
+        path: String,
+        size: u64,
+        origin_size: u64,
+    },
     #[error("{path}: cannot extend it to the origin's size ({size} bytes): {source}; {progress}")]
     DestExtend {
         path: String,
@@ -281,7 +293,21 @@ fn open_dest(
         Err(e) => Err(open_err(e)),
         Ok(m) if m.is_dir() => Err(ApplyError::DestDirectory { path: shown }),
         Ok(m) if m.is_file() || m.file_type().is_block_device() => {
-            Destination::open(path).map_err(open_err)
+            Destination::open(path).map_err(|e| {
+                if m.file_type().is_block_device() && e.raw_os_error() == Some(nix::libc::EBUSY) {
+                    let users = crate::blockdev::users_of(m.rdev());
+                    ApplyError::DestBusy {
+                        path: shown.clone(),
+                        users: if users.is_empty() {
+                            "opened exclusively by another program".into()
+                        } else {
+                            users.join(", ")
+                        },
+                    }
+                } else {
+                    open_err(e)
+                }
+            })
         }
         Ok(_) => Err(ApplyError::DestKind { path: shown }),
     }
@@ -393,6 +419,8 @@ struct Pending {
 }
 
 struct Applier {
+    /// Set once anything was written to the destination.
+    wrote: Arc<AtomicBool>,
     dest: Destination,
     shown: String,
     origin_size: u64,
@@ -613,6 +641,7 @@ impl Applier {
         if self.extend {
             self.extend_now()?;
         }
+        self.wrote.store(true, Ordering::SeqCst);
         let result = match content {
             Some(c) if !c.is_empty() => self.dest.write_all_at(c, offset),
             _ => self.dest.write_zeroes(offset, length),
@@ -809,54 +838,212 @@ impl Applier {
     }
 }
 
-/// The destination, opened (or created) and checked before any record
-/// is read.
+/// An exclusive lock on a destination: `flock` on the file or device
+/// itself, taken before its state is read and held until the transfer
+/// ends, so that a second writer (an apply, the far end of a sync or a
+/// backup, a repair) is refused at once instead of mixing its records with
+/// this one's.
+#[derive(Debug)]
+pub struct DestLock {
+    _lock: nix::fcntl::Flock<File>,
+    /// The locked file or device node: device and inode.
+    id: (u64, u64),
+}
+
+impl DestLock {
+    /// Locks `path` (following symlinks, as opening it to write does).
+    pub fn take(path: &Path) -> Result<DestLock, ApplyError> {
+        let file = File::open(path).map_err(|source| ApplyError::DestOpen {
+            path: path.display().to_string(),
+            source,
+        })?;
+        DestLock::on(file, path)
+    }
+
+    /// Locks the file `file` (an open `path`).
+    fn on(file: File, path: &Path) -> Result<DestLock, ApplyError> {
+        let meta = file.metadata().map_err(|source| ApplyError::DestOpen {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let id = (meta.dev(), meta.ino());
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(DestLock { _lock: lock, id }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(ApplyError::DestLocked {
+                path: path.display().to_string(),
+                holder: lock_holder(id).unwrap_or_else(|| "another process".into()),
+            }),
+            Err((_, e)) => Err(ApplyError::DestOpen {
+                path: path.display().to_string(),
+                source: e.into(),
+            }),
+        }
+    }
+}
+
+/// The device and inode of an open file.
+fn file_id(file: &File) -> Option<(u64, u64)> {
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Who holds a `flock` on the file with `id` (device, inode), from
+/// `/proc/locks`: `process PID (COMMAND LINE)`.
+fn lock_holder(id: (u64, u64)) -> Option<String> {
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(id.0),
+        nix::sys::stat::minor(id.0),
+        id.1
+    );
+    // N: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE START END
+    let pid = locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&want.as_str()))
+            .then(|| fields.get(4).map(|p| p.to_string()))
+            .flatten()
+    })?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    Some(if words.is_empty() {
+        format!("process {pid}")
+    } else {
+        format!("process {pid}: {}", words.join(" "))
+    })
+}
+
+/// The destination, opened (or created), locked and checked before any
+/// record is read.
 #[derive(Debug)]
 pub struct OpenDest {
     path: PathBuf,
     destination: Destination,
-    existed: bool,
+    /// Whether this apply created it (with `--create`).
+    created: bool,
     /// Where the destination's state is kept, and what it says.
-    state_path: PathBuf,
+    state_path: Option<PathBuf>,
     pub state: Option<State>,
+    _lock: DestLock,
 }
 
 impl OpenDest {
     /// Opens `path` for writing: an existing regular file or block device,
-    /// or, with `create`, a new regular file. `origin_size`, when known,
-    /// makes the refusal of a missing file say how large it would be.
+    /// or, with `create`, a new regular file; and locks it (see
+    /// [`DestLock`]). `origin_size`, when known, makes the refusal of a
+    /// missing file say how large it would be.
     ///
-    /// The destination's state is read too: a damaged state file is an
-    /// error, unless `force` (then it is ignored, and replaced).
+    /// The destination's state is read too, once it is locked: a damaged
+    /// state file is an error, unless `force` (then it is ignored, and
+    /// replaced).
     pub fn open(
         path: &Path,
         create: bool,
         origin_size: Option<u64>,
         force: bool,
     ) -> Result<OpenDest, ApplyError> {
-        let existed = path.exists();
+        OpenDest::open_locked(path, create, origin_size, force, None)
+    }
+
+    /// [`OpenDest::open`] with the lock already taken (by a caller that
+    /// holds it for longer, such as a comparison and its repair).
+    pub fn open_locked(
+        path: &Path,
+        create: bool,
+        origin_size: Option<u64>,
+        force: bool,
+        lock: Option<DestLock>,
+    ) -> Result<OpenDest, ApplyError> {
+        let existed = fs::symlink_metadata(path).is_ok();
         let destination = open_dest(path, create, origin_size)?;
-        let state_path = state::location(path).map_err(|source| ApplyError::DestOpen {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let state = match state::load(&state_path) {
-            Ok(s) => s,
-            Err(StateError::Damaged { .. }) if force => None,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(OpenDest {
+        let mut dest = OpenDest {
             path: path.to_path_buf(),
+            created: !existed,
+            state_path: None,
+            state: None,
+            _lock: match lock.filter(|l| Some(l.id) == file_id(destination.file())) {
+                Some(lock) => lock,
+                None => {
+                    let file =
+                        destination
+                            .file()
+                            .try_clone()
+                            .map_err(|source| ApplyError::DestOpen {
+                                path: path.display().to_string(),
+                                source,
+                            });
+                    match file.and_then(|f| DestLock::on(f, path)) {
+                        Ok(lock) => lock,
+                        Err(e) => {
+                            if !existed {
+                                remove_created(path, destination.file(), None);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            },
             destination,
-            existed,
-            state_path,
-            state,
-        })
+        };
+        let read = state::location(path)
+            .map_err(|source| ApplyError::DestOpen {
+                path: path.display().to_string(),
+                source,
+            })
+            .and_then(|state_path| {
+                dest.state_path = state_path;
+                let Some(state_path) = &dest.state_path else {
+                    return Ok(None);
+                };
+                match state::load(state_path) {
+                    Ok(s) => Ok(s),
+                    Err(StateError::Damaged { .. } | StateError::Read { .. }) if force => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            });
+        match read {
+            Ok(state) => {
+                dest.state = state;
+                Ok(dest)
+            }
+            Err(e) => {
+                dest.discard();
+                Err(e)
+            }
+        }
     }
 
     /// Its size now, in bytes.
     pub fn size(&self) -> u64 {
         self.destination.size()
+    }
+
+    /// Removes the destination when this apply created it (nothing was
+    /// written to it): what an apply that stops before its first record
+    /// leaves behind.
+    pub fn discard(self) {
+        if self.created {
+            remove_created(&self.path, self.destination.file(), None);
+        }
+    }
+}
+
+/// Removes `path`, a file this apply created as `dest`, when it still is
+/// that file; and the state file it wrote for it.
+fn remove_created(path: &Path, file: &File, state_path: Option<&Path>) {
+    let ours = match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if ours {
+        let _ = fs::remove_file(path);
+        if let Some(state) = state_path {
+            let _ = fs::remove_file(state);
+        }
+        let _ = files::sync_parent(path);
     }
 }
 
@@ -904,19 +1091,47 @@ pub fn open_stream<R: Read>(input: R, delta: &str, dest: &Path) -> Result<Reader
 }
 
 /// Applies the delta whose header `reader` has read to `target`, opened
-/// beforehand (so that a refusal comes before anything is read).
+/// beforehand (so that a refusal comes before anything is read). A
+/// destination this apply created is removed again when the apply stops
+/// before it wrote anything.
 pub fn apply_to<R: Read>(
-    mut reader: Reader<R>,
+    reader: Reader<R>,
     delta: &str,
     target: OpenDest,
     options: &Options,
 ) -> Result<Applied, ApplyError> {
+    let wrote = Arc::new(AtomicBool::new(false));
+    let (created, path, state_path) = (
+        target.created,
+        target.path.clone(),
+        target.state_path.clone(),
+    );
+    let identity = created
+        .then(|| target.destination.file().try_clone().ok())
+        .flatten();
+    let result = apply_opened(reader, delta, target, options, wrote.clone());
+    if let (Err(_), Some(file)) = (&result, identity) {
+        if !wrote.load(Ordering::SeqCst) {
+            remove_created(&path, &file, state_path.as_deref());
+        }
+    }
+    result
+}
+
+fn apply_opened<R: Read>(
+    mut reader: Reader<R>,
+    delta: &str,
+    target: OpenDest,
+    options: &Options,
+    wrote: Arc<AtomicBool>,
+) -> Result<Applied, ApplyError> {
     let OpenDest {
         path,
         destination,
-        existed,
+        created,
         state_path,
         state: dest_state,
+        _lock,
     } = target;
     let dest = path.as_path();
     let shown = dest.display().to_string();
@@ -927,16 +1142,36 @@ pub fn apply_to<R: Read>(
         destination.size(),
         header.origin_size,
     )?;
-    let dest_size_before = existed.then(|| destination.size());
+    // Only a copy of a whole volume (a seed, a repair), or a file made for
+    // this delta, may be extended with zeroes to the origin's size.
+    let whole = matches!(header.source.kind, SourceKind::Full | SourceKind::Compare);
+    if extend && !whole && !created {
+        return Err(ApplyError::DestTooShort {
+            path: shown,
+            size: destination.size(),
+            origin_size: header.origin_size,
+        });
+    }
+    let dest_size_before = (!created).then(|| destination.size());
     if !options.force {
         state::check(&shown, dest_state.as_ref(), &header)?;
     }
-    let tracker = Tracker::begin(state_path, dest, dest_state.is_some(), &header)?;
+    // Every local precondition before DEST's state changes.
     let snapback = match &options.snapback {
         Some(path) => Some(Snapback::create(path, &destination, &header)?),
         None => None,
     };
+    let tracker = match Tracker::begin(state_path, dest, dest_state.is_some(), &header) {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(snap) = snapback {
+                let _ = fs::remove_file(&snap.path);
+            }
+            return Err(e.into());
+        }
+    };
     let mut a = Applier {
+        wrote,
         dest: destination,
         shown: shown.clone(),
         origin_size: header.origin_size,
@@ -1085,7 +1320,7 @@ pub fn apply_to<R: Read>(
         path: shown.clone(),
         source,
     })?;
-    if !existed {
+    if created {
         let _ = files::sync_parent(dest);
     }
     lock(&a.tracker).finish()?;

@@ -14,7 +14,7 @@
 //! ([`run`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -282,6 +282,19 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
     outcome.transfer.dest = req.dest.clone();
     let dest = Location::parse(&req.dest)?;
     let origin = snapshots::origin(&req.origin)?;
+    // The origin itself as DEST: refused before anything is created.
+    if let Location::Local(path) = &dest {
+        let same = (fs::metadata(path), fs::metadata(origin.device()));
+        if let (Ok(d), Ok(o)) = same {
+            if crate::send::same_file(&d, &o) {
+                return Err(crate::send::SendError::DestIsInput {
+                    dest: path.clone(),
+                    input: origin.full_name(),
+                }
+                .into());
+            }
+        }
+    }
     let tag = snapshots::tag_for(&req.dest);
     let _lock = Lock::take(&tag, &req.origin, &req.dest)?;
     let owned = snapshots::owned(&origin, &tag)?;
@@ -380,6 +393,12 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
         outcome.base = Some(base.snapshot.clone());
     }
     outcome.snapshot = Some(new.full_name());
+    if let Location::Local(path) = &dest {
+        if let Err(e) = delta.check_dest(Path::new(path)) {
+            session.stop();
+            return Err(e.into());
+        }
+    }
     session.check_base(&req.dest, &delta, false)?;
     session.ship(&delta, &mut outcome.transfer)?;
     // DEST holds `new` now, and its state says so: the old base goes.
@@ -433,13 +452,16 @@ fn incremental(origin: &Lv, base: &Lv, new: &Lv, compression: Compression) -> Re
     Ok(delta)
 }
 
-/// One backup of an origin to a DEST at a time: an exclusive `flock` on a
-/// file named after the pair, in `/run/lvmsync-rs` (or the temporary
-/// directory when that cannot be created).
+/// One backup of an origin to a DEST at a time on this host: an exclusive
+/// `flock` on a file named after the pair, in `/run/lvmsync-rs` (or the
+/// temporary directory when that cannot be created), opened without
+/// following a symlink someone may have planted there. (DEST itself is
+/// locked by the apply that writes it: see [`crate::apply::DestLock`].)
 struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
 
 impl Lock {
     fn take(tag: &str, origin: &str, dest: &str) -> Result<Lock, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
         let dir = [PathBuf::from("/run/lvmsync-rs"), std::env::temp_dir()]
             .into_iter()
             .find(|d| fs::create_dir_all(d).is_ok())
@@ -449,6 +471,8 @@ impl Lock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&path)
             .map_err(|source| Error::Open {
                 path: path.display().to_string(),

@@ -11,7 +11,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Alignment that satisfies `O_DIRECT` on every logical block size in use.
@@ -93,6 +93,10 @@ impl Opened {
     pub fn is_block_device(&self) -> bool {
         self.is_block_device
     }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 /// A block device or an image file, opened for reading.
@@ -168,9 +172,14 @@ impl std::ops::Deref for Destination {
 }
 
 impl Destination {
-    /// Opens an existing block device or regular file for reading and writing.
+    /// Opens an existing block device or regular file for reading and
+    /// writing. A block device is opened with `O_EXCL`: the open fails
+    /// (`EBUSY`) while it is mounted, held by another device (device-mapper,
+    /// md, a swap area) or opened exclusively by another program, and while
+    /// it is open here nobody can do any of that (see [`users_of`]).
     pub fn open(path: &Path) -> io::Result<Destination> {
-        Opened::open(path, OpenOptions::new().read(true).write(true), 0).map(Destination::of)
+        let flags = nix::fcntl::OFlag::O_EXCL.bits();
+        Opened::open(path, OpenOptions::new().read(true).write(true), flags).map(Destination::of)
     }
 
     /// Creates `path` as a new, empty regular file; fails if it exists.
@@ -386,6 +395,52 @@ impl std::ops::DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + self.len]
     }
+}
+
+/// What uses block device `rdev`, as far as the kernel says: where it is
+/// mounted, the devices stacked on it (device-mapper, md), a swap area on it.
+pub fn users_of(rdev: u64) -> Vec<String> {
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let mut users = Vec::new();
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let dev = format!("{major}:{minor}");
+        for line in mounts.lines() {
+            // ID PARENT MAJ:MIN ROOT MOUNTPOINT ...
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.get(2) == Some(&dev.as_str()) {
+                if let Some(at) = fields.get(4) {
+                    users.push(format!("mounted at {}", at.replace("\\040", " ")));
+                }
+            }
+        }
+    }
+    if let Ok(holders) = std::fs::read_dir(sys.join("holders")) {
+        for h in holders.flatten() {
+            let kernel = h.file_name().to_string_lossy().into_owned();
+            let name = std::fs::read_to_string(h.path().join("dm/name"))
+                .map(|n| n.trim().to_string())
+                .unwrap_or_else(|_| kernel.clone());
+            users.push(format!("held by {name} ({kernel})"));
+        }
+    }
+    if let (Ok(swaps), Ok(kernel)) = (
+        std::fs::read_to_string("/proc/swaps"),
+        std::fs::read_link(&sys),
+    ) {
+        let kernel = kernel.file_name().map(|n| n.to_string_lossy().into_owned());
+        for line in swaps.lines().skip(1) {
+            let dev = line.split_whitespace().next().unwrap_or("");
+            let same = std::fs::metadata(dev).is_ok_and(|m| m.rdev() == rdev)
+                || kernel
+                    .as_deref()
+                    .is_some_and(|k| dev.ends_with(&format!("/{k}")));
+            if same {
+                users.push("a swap area".into());
+            }
+        }
+    }
+    users
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub enum SendError {
     },
     #[error("the change table lists bytes {offset} to {end}, past the end of the data source ({size} bytes)")]
     ExtentPastSource { offset: u64, end: u64, size: u64 },
+    #[error("{dest} is {input}, which this delta reads or describes (the snapshot, its origin, its COW device or metadata, or the data source): writing to it would destroy what is being copied; nothing was written")]
+    DestIsInput { dest: String, input: String },
     /// Writing the delta failed (a closed pipe, a full disk).
     #[error("writing the delta: {0}")]
     Write(#[source] io::Error),
@@ -65,6 +67,10 @@ pub struct Delta {
     /// The snapshot, image or device the changes come from, as messages
     /// name it.
     pub name: String,
+    /// Every device or file the delta is read from or describes: its data
+    /// source, and the snapshot, origin, COW device or metadata its changes
+    /// come from. None of them may be the destination.
+    pub inputs: Vec<PathBuf>,
 }
 
 impl Delta {
@@ -102,11 +108,14 @@ impl Delta {
             ]),
         };
         let name = listing.name();
+        let mut inputs = inputs_of(&listing);
+        inputs.push(data.path().to_path_buf());
         Ok(Delta {
             header,
             source: Arc::new(data),
             changes: listing.into_change_set(),
             name,
+            inputs,
         })
     }
 
@@ -140,10 +149,29 @@ impl Delta {
         };
         Delta {
             header,
+            inputs: vec![source.path().to_path_buf()],
             source: Arc::new(source),
             changes: ChangeSet::read(ExtentSet::from_extents(extents)),
             name: path,
         }
+    }
+
+    /// Refuses `dest` when it is one of the delta's inputs (the same file,
+    /// or the same block device by another name).
+    pub fn check_dest(&self, dest: &Path) -> Result<(), SendError> {
+        let Ok(d) = fs::metadata(dest) else {
+            // Not there yet: created by the apply.
+            return Ok(());
+        };
+        for input in &self.inputs {
+            if fs::metadata(input).is_ok_and(|i| same_file(&i, &d)) {
+                return Err(SendError::DestIsInput {
+                    dest: dest.display().to_string(),
+                    input: input.display().to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Makes the delta start at `offset`: the part of a transfer that the
@@ -175,6 +203,46 @@ impl Delta {
         let mut w = self.writer(out)?;
         self.send(&mut w, |_| {})?;
         w.finish().map_err(SendError::Write)
+    }
+}
+
+/// Whether two files are one: the same block device, or the same inode.
+pub fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        a.file_type().is_block_device(),
+        b.file_type().is_block_device(),
+    ) {
+        (true, true) => a.rdev() == b.rdev(),
+        (false, false) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The devices and files a listing was read from or names.
+fn inputs_of(listing: &Listing) -> Vec<PathBuf> {
+    match listing {
+        Listing::Cow(l) => {
+            let mut paths = vec![l.cow_path.clone()];
+            if let Some(snap) = &l.snapshot {
+                paths.extend([
+                    snap.device.path(),
+                    snap.origin.path(),
+                    lvm::origin_device(snap),
+                ]);
+            }
+            paths
+        }
+        Listing::Thin(l) => {
+            let mut paths = vec![l.metadata.clone()];
+            if let Some(snap) = &l.snapshot {
+                paths.extend([snap.snapshot.device.path(), snap.origin.device.path()]);
+            }
+            if let Some(c) = &l.compared {
+                paths.push(c.device.path());
+            }
+            paths
+        }
     }
 }
 

@@ -529,8 +529,14 @@ pub fn receive(args: &Receive) -> Result<(), Error> {
                 return;
             }
         });
-        let result = apply::open_stream(input, &name, Path::new(&args.dest))
-            .and_then(|reader| apply::apply_to(reader, &name, dest, &options));
+        let result = match apply::open_stream(input, &name, Path::new(&args.dest)) {
+            Ok(reader) => apply::apply_to(reader, &name, dest, &options),
+            // A DEST made for this delta goes again when its header fails.
+            Err(e) => {
+                dest.discard();
+                Err(e)
+            }
+        };
         drop(stop);
         result
     })?;

@@ -92,51 +92,110 @@ pub enum StateError {
     Write { path: String, source: io::Error },
     #[error("{0}")]
     Refused(String),
+    #[error("{dest}: cannot record which point in time the device holds: it has no name that survives a reboot (no device-mapper UUID or name, WWN, serial, partition UUID or loop backing file), so its state could be taken for another disk's; apply to an LV or a disk the kernel can identify; nothing was written")]
+    NoStableName { dest: String },
 }
 
-/// Where the state of `dest` is kept.
-pub fn location(dest: &Path) -> io::Result<PathBuf> {
+/// Where the state of `dest` is kept; none for a block device that has no
+/// name that survives a reboot (its kernel name, `sdb`, can move to
+/// another disk, whose copy its state would then vouch for): such a
+/// device keeps no state, and a delta that would record one is refused.
+pub fn location(dest: &Path) -> io::Result<Option<PathBuf>> {
     let meta = fs::metadata(dest)?;
     if !meta.file_type().is_block_device() {
         let mut name = dest.as_os_str().to_owned();
         name.push(SUFFIX);
-        return Ok(PathBuf::from(name));
+        return Ok(Some(PathBuf::from(name)));
     }
     let dir = std::env::var_os(STATE_DIR_ENV)
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-    Ok(dir.join(format!("{}.state", device_key(meta.rdev()))))
+    Ok(device_key(meta.rdev()).map(|key| dir.join(format!("{key}.state"))))
 }
 
-/// A name for the block device `rdev` that survives reboots: its dm UUID,
-/// else its dm name, else its kernel name.
-fn device_key(rdev: u64) -> String {
+/// A name for the block device `rdev` that survives reboots and cannot
+/// move to another disk, as kernel names (`sdb`) can: its dm UUID or name,
+/// its WWN, its serial or its partition's UUID (from sysfs and udev), or
+/// for a loop device its backing file; none when it has none of these.
+fn device_key(rdev: u64) -> Option<String> {
     let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
     let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
-    let read = |p: &str| {
-        fs::read_to_string(sys.join(p))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
+    let key = dm_key(&sys)
+        .or_else(|| udev_key(major, minor))
+        .or_else(|| sysfs_key(&sys))
+        .or_else(|| loop_key(&sys))?;
+    Some(
+        key.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.+".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The trimmed, non-empty content of a small sysfs or udev file.
+fn read_small(path: &Path) -> Option<String> {
+    let body = files::read_capped(path, 4096).ok()??;
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+fn dm_key(sys: &Path) -> Option<String> {
+    read_small(&sys.join("dm/uuid"))
+        .or_else(|| read_small(&sys.join("dm/name")).map(|n| format!("dm-name-{n}")))
+}
+
+/// From udev's database: the partition's UUID, else the disk's WWN or
+/// serial (with the partition's number).
+fn udev_key(major: u64, minor: u64) -> Option<String> {
+    let db = read_small(Path::new(&format!("/run/udev/data/b{major}:{minor}")))?;
+    let get = |key: &str| {
+        db.lines()
+            .find_map(|l| l.strip_prefix("E:")?.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+            .filter(|v| !v.is_empty())
     };
-    let key = read("dm/uuid")
-        .or_else(|| read("dm/name").map(|n| format!("dm-name-{n}")))
+    let part = get("ID_PART_ENTRY_NUMBER").map(|n| format!("-part{n}"));
+    if let (Some(uuid), Some(_)) = (get("ID_PART_ENTRY_UUID"), &part) {
+        return Some(format!("partuuid-{uuid}"));
+    }
+    let part = part.unwrap_or_default();
+    get("ID_WWN_WITH_EXTENSION")
+        .or_else(|| get("ID_WWN"))
+        .map(|w| format!("wwn-{w}{part}"))
+        .or_else(|| get("ID_SERIAL").map(|s| format!("serial-{s}{part}")))
+}
+
+/// From sysfs: the disk's WWID or serial, with the partition's number for
+/// a partition.
+fn sysfs_key(sys: &Path) -> Option<String> {
+    let (disk, part) = match read_small(&sys.join("partition")) {
+        Some(n) => (sys.join(".."), format!("-part{n}")),
+        None => (sys.to_path_buf(), String::new()),
+    };
+    ["wwid", "device/wwid"]
+        .iter()
+        .find_map(|f| read_small(&disk.join(f)))
+        .map(|w| format!("wwid-{w}{part}"))
         .or_else(|| {
-            fs::read_link(&sys)
-                .ok()
-                .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+            ["serial", "device/serial"]
+                .iter()
+                .find_map(|f| read_small(&disk.join(f)))
+                .map(|s| format!("serial-{s}{part}"))
         })
-        .unwrap_or_else(|| format!("dev-{major}-{minor}"));
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.+".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+}
+
+/// A loop device is the file behind it, at its offset.
+fn loop_key(sys: &Path) -> Option<String> {
+    let backing = read_small(&sys.join("loop/backing_file"))?;
+    let meta = fs::metadata(backing.trim_end_matches(" (deleted)")).ok()?;
+    let offset = read_small(&sys.join("loop/offset")).unwrap_or_else(|| "0".into());
+    Some(format!("loop-{}-{}-{offset}", meta.dev(), meta.ino()))
 }
 
 /// The largest state file read: a state is a few hundred bytes.
@@ -282,7 +341,7 @@ impl Tracker {
     /// being applied (or, for a delta that produces no point in time, that
     /// the destination's content is no longer known).
     pub fn begin(
-        path: PathBuf,
+        path: Option<PathBuf>,
         dest: &Path,
         had_state: bool,
         header: &Header,
@@ -293,6 +352,15 @@ impl Tracker {
             confirmed: header.resume_from,
         });
         let kept = had_state || applying.is_some();
+        let path = match path {
+            Some(path) => path,
+            None if kept => {
+                return Err(StateError::NoStableName {
+                    dest: dest.display().to_string(),
+                })
+            }
+            None => PathBuf::new(),
+        };
         let t = Tracker {
             path,
             dest: dest.to_path_buf(),
@@ -442,7 +510,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let dest = dir.join("copy.img");
         fs::write(&dest, b"x").unwrap();
-        let path = location(&dest).unwrap();
+        let path = location(&dest).unwrap().unwrap();
         assert_eq!(path, dir.join("copy.img.lvmsync-state"));
         assert_eq!(load(&path).unwrap(), None);
         let st = State {

@@ -3,7 +3,7 @@
 //! without a file on either side; resume a transfer DEST confirmed
 //! partway, and refuse a delta DEST's state says is not for it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::blockdev::Source;
 use crate::changes::ChangeSource;
@@ -56,6 +56,9 @@ pub fn sync(req: &Request, transfer: &mut Transfer) -> Result<(), Error> {
         } => Delta::of_changes(source, data_source.as_deref(), req.compression)?,
     };
     transfer.source = Some(delta.name.clone());
+    if let Location::Local(path) = &dest {
+        delta.check_dest(Path::new(path))?;
+    }
     let mut session = Session::connect(&dest, &req.link, transfer)?;
     if let What::Changes { .. } = req.what {
         let resume = session.resume_point(&delta);

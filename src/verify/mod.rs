@@ -15,6 +15,7 @@ pub mod hash;
 pub mod remote;
 pub mod repair;
 
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::apply::DestLock;
 use crate::blockdev::Source;
 use crate::extents::Extent;
 use crate::ship::Link;
@@ -64,6 +66,8 @@ pub enum VerifyError {
         size: u64,
         src_size: u64,
     },
+    #[error("{src} and {dest} are the same device or file: there is nothing to repair; nothing was written")]
+    SameCopy { src: String, dest: String },
     #[error("the local lvmsync-rs speaks verify protocol {theirs}, this one ({}) protocol {PROTOCOL}: install the same version on both hosts", crate::TOOL)]
     ProtocolMismatch { theirs: u32 },
 }
@@ -209,6 +213,25 @@ fn run(req: &Request, comparison: &mut Comparison) -> Result<(), Error> {
     src.advise_sequential();
     comparison.src = src.path().display().to_string();
     comparison.src_size = src.size();
+    // A repair of SRC onto itself would read what it writes.
+    if let (Location::Local(path), true) = (&dest, req.repair) {
+        let same = (fs::metadata(src.path()), fs::metadata(path));
+        if let (Ok(a), Ok(b)) = same {
+            if crate::send::same_file(&a, &b) {
+                return Err(VerifyError::SameCopy {
+                    src: src.path().display().to_string(),
+                    dest: path.clone(),
+                }
+                .into());
+            }
+        }
+    }
+    // A local DEST to repair is locked before it is read, and stays locked
+    // until the repair is applied: no other writer comes in between.
+    let lock = match (&dest, req.repair) {
+        (Location::Local(path), true) => Some(DestLock::take(Path::new(path))?),
+        _ => None,
+    };
     let side = compare::DestSide::open(req, &dest, &src, comparison)?;
     let dest_is_device = side.is_device;
     if req.repair && dest_is_device && side.size < src.size() {
@@ -223,7 +246,7 @@ fn run(req: &Request, comparison: &mut Comparison) -> Result<(), Error> {
     // With a target, the repair also records in DEST's state that DEST
     // holds that point in time, so it is sent even when nothing differs.
     if req.repair && (!comparison.identical || req.target.is_some()) {
-        let repaired = repair::repair(req, &dest, dest_is_device, &src, comparison)?;
+        let repaired = repair::repair(req, &dest, dest_is_device, &src, comparison, lock)?;
         // A block device larger than SRC keeps its tail.
         comparison.identical_now = repaired.dest_size_after == src.size();
         comparison.repaired = Some(repaired);

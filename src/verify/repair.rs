@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{Comparison, Repaired, Request};
-use crate::apply::{self, DEST_SIZE};
+use crate::apply::{self, DestLock, OpenDest, DEST_SIZE};
 use crate::blockdev::Source;
 use crate::changes::ChangeSet;
 use crate::extents::{Extent, ExtentSet};
@@ -54,6 +54,7 @@ pub fn repair(
     dest_is_device: bool,
     src: &Arc<Source>,
     comparison: &Comparison,
+    lock: Option<DestLock>,
 ) -> Result<Repaired, Error> {
     // What SRC has: the tail of a longer DEST is cut by the apply.
     let extents: Vec<Extent> = comparison
@@ -70,6 +71,7 @@ pub fn repair(
         source: src.clone(),
         changes: ChangeSet::read(ExtentSet::from_extents(extents)),
         name: src.path().display().to_string(),
+        inputs: vec![src.path().to_path_buf()],
     };
     let mut repaired = Repaired {
         dest_size_before: comparison.dest_size,
@@ -77,7 +79,7 @@ pub fn repair(
     };
     match dest {
         Location::Local(path) => {
-            let (applied, delta_bytes) = apply_here(&delta, Path::new(path))?;
+            let (applied, delta_bytes) = apply_here(&delta, Path::new(path), lock)?;
             repaired.records = applied.totals.records;
             repaired.data_bytes = applied.totals.data_bytes;
             repaired.zero_bytes = applied.totals.zero_bytes;
@@ -111,7 +113,11 @@ pub fn repair(
 
 /// Writes `delta` into a pipe on one thread and applies it from the pipe
 /// on this one, with every check of `apply`.
-fn apply_here(delta: &Delta, dest: &Path) -> Result<(apply::Applied, u64), Error> {
+fn apply_here(
+    delta: &Delta,
+    dest: &Path,
+    lock: Option<DestLock>,
+) -> Result<(apply::Applied, u64), Error> {
     let (r, w) = nix::unistd::pipe().map_err(|e| Error::Output(e.into()))?;
     let (read_end, write_end) = (File::from(r), File::from(w));
     std::thread::scope(|scope| {
@@ -123,7 +129,11 @@ fn apply_here(delta: &Delta, dest: &Path) -> Result<(apply::Applied, u64), Error
             Ok(len)
         });
         let input = BufReader::with_capacity(DELTA_READ_BUF, read_end);
-        let applied = apply::apply(input, "the repair delta", dest, &apply::Options::default());
+        let name = "the repair delta";
+        let applied = apply::open_stream(input, name, dest).and_then(|reader| {
+            let target = OpenDest::open_locked(dest, false, None, false, lock)?;
+            apply::apply_to(reader, name, target, &apply::Options::default())
+        });
         let written = writer.join().unwrap_or_else(|_| {
             Err(SendError::Write(io::Error::other(
                 "the thread writing the repair delta stopped unexpectedly",

@@ -44,6 +44,8 @@ pub enum Error {
     Backup(#[from] BackupError),
     #[error(transparent)]
     Input(#[from] DeltaInputError),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
     #[error("{0}")]
     Usage(String),
     #[error("writing output: {0}")]

@@ -13,7 +13,8 @@
 //! - the delta stream: [`stream`] (the format), [`send`] (making one),
 //!   [`apply`] (replaying one), [`state`] (what a copy holds);
 //! - the far end: [`transport`] (the remote shell), [`ship`] (both halves
-//!   of shipping a delta), [`sync`], [`backup`], [`verify`];
+//!   of shipping a delta), [`sync`], [`backup`], [`verify`], [`serve`]
+//!   (the far end restricted to some paths);
 //! - around them: [`blockdev`], [`files`], [`units`], [`error`].
 
 pub mod apply;
@@ -28,6 +29,7 @@ pub mod extents;
 pub mod files;
 pub mod lvm;
 pub mod send;
+pub mod serve;
 pub mod ship;
 pub mod snapshots;
 pub mod state;

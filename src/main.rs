@@ -109,12 +109,24 @@ enum Command {
         incomplete, after showing what could be read."
     )]
     Inspect(commands::inspect::Args),
+    /// The far end for a backup host's authorized_keys: only the far ends
+    /// of sync, backup and verify, only on paths under --restrict-to
+    #[command(
+        after_help = "Put it in the backup host's ~/.ssh/authorized_keys, on the line of the sending \
+            host's key; sshd then runs it whatever the client asks, and hands what the client \
+            asked for over in SSH_ORIGINAL_COMMAND:\n\n  \
+            command=\"lvmsync-rs serve --restrict-to /dev/backupvg --restrict-to /srv/copies\",restrict ssh-ed25519 AAAA... root@source\n\n\
+            Only `apply --remote` (sync and backup) and `verify --remote-side` (verify) are run, \
+            and only on a regular file whose real path is under a prefix, or a block device named \
+            under a prefix in /dev. Anything else is refused with one line."
+    )]
+    Serve(commands::serve::Args),
 }
 
 /// Subcommands; any other first argument (a snapshot, or an option) means
 /// `sync`.
 const SUBCOMMANDS: &[&str] = &[
-    "list", "send", "apply", "inspect", "sync", "backup", "verify", "help",
+    "list", "send", "apply", "inspect", "sync", "backup", "verify", "serve", "help",
 ];
 
 /// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`.
@@ -142,6 +154,11 @@ fn main() -> ExitCode {
         Command::Verify(args) => match commands::verify::run(args) {
             Ok(true) => Ok(()),
             // The copies differ: a result, not an error.
+            Ok(false) => return ExitCode::from(commands::verify::DIFFER),
+            Err(e) => Err(e),
+        },
+        Command::Serve(args) => match commands::serve::run(args) {
+            Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(commands::verify::DIFFER),
             Err(e) => Err(e),
         },

@@ -203,7 +203,7 @@ fn check_host(host: &str) -> Result<(), &'static str> {
 /// whitespace separates words; `'...'` and `"..."` quote (a backslash
 /// escapes `"` and `\` inside double quotes); a backslash outside quotes
 /// escapes the next character.
-fn split_words(cmd: &str) -> Result<Vec<String>, &'static str> {
+pub fn split_words(cmd: &str) -> Result<Vec<String>, &'static str> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod inspect;
 pub mod list;
 pub mod send;
+pub mod serve;
 pub mod sync;
 pub mod verify;
 

@@ -50,7 +50,7 @@ pub enum SendError {
     },
     #[error("the change table lists bytes {offset} to {end}, past the end of the data source ({size} bytes)")]
     ExtentPastSource { offset: u64, end: u64, size: u64 },
-    #[error("{dest} is {input}, which this delta reads or describes (the snapshot, its origin, its COW device or metadata, or the data source): writing to it would destroy what is being copied; nothing was written")]
+    #[error("{}: writing to it would destroy what is being copied; nothing was written", dest_is_input(.dest, .input))]
     DestIsInput { dest: String, input: String },
     /// Writing the delta failed (a closed pipe, a full disk).
     #[error("writing the delta: {0}")]
@@ -523,6 +523,16 @@ fn file_error(e: SendError, write_err: &impl Fn(io::Error) -> Error) -> Error {
     match e {
         SendError::Write(source) => write_err(source),
         other => other.into(),
+    }
+}
+
+/// `DEST is INPUT, which this delta reads ...`, without saying a name twice.
+fn dest_is_input(dest: &str, input: &str) -> String {
+    let what = "the snapshot, its origin, its COW device or metadata, or the data source";
+    if dest == input {
+        format!("{dest}: this delta is read from it ({what})")
+    } else {
+        format!("{dest} is {input}, which this delta is read from ({what})")
     }
 }
 

@@ -10,6 +10,9 @@
 #   toosmall apply onto a device smaller than the origin: refused, untouched
 #   datasrc  send vg/snapA --data-source /dev/vg/snapB: the backup must equal
 #            the later snapshot snapB, not the origin written after it
+#   inuse    apply onto a mounted LV and onto one held by device-mapper,
+#            sync onto the snapshot's origin, its COW device and the data
+#            source: all refused, every device unchanged
 #
 # For each case $RESULTS/<case>/ holds the commands' rc/out/err
 # (send.*, apply.*, inspect.*) and sums.txt: "NAME SHA256" for the volumes
@@ -94,3 +97,36 @@ record_sum origin /dev/$VG/origin
 step send "$LVMSYNC" send "$VG/snapA" --data-source /dev/$VG/snapB -o "$SDIR/d2.delta"
 step apply "$LVMSYNC" apply "$SDIR/d2.delta" /dev/$VG/backup3
 record_sum backup /dev/$VG/backup3
+
+# ------------------------------------- devices in use, and the delta's inputs
+scenario_begin inuse
+make_origin "$VG" mounted "$SIZE"
+make_origin "$VG" held "$SIZE"
+fill_range /dev/$VG/held 0 $((4 * MiB)) random
+# Read-only and without journal replay, so that mounting changes nothing
+# on the device and its sum before and after means what apply did.
+modprobe ext4 2>/dev/null || true
+mkfs.ext4 -q -F /dev/$VG/mounted
+mkdir -p /tmp/lvmsync-mnt
+record_sum mounted-before /dev/$VG/mounted
+mount -o ro,noload /dev/$VG/mounted /tmp/lvmsync-mnt
+step mounted "$LVMSYNC" apply "$RESULTS/file/d1.delta" /dev/$VG/mounted
+umount /tmp/lvmsync-mnt
+record_sum mounted-after /dev/$VG/mounted
+record_sum held-before /dev/$VG/held
+dmsetup create lvmsync-holder --table "0 $(blockdev --getsz /dev/$VG/held) linear /dev/$VG/held 0"
+step held "$LVMSYNC" apply "$RESULTS/file/d1.delta" /dev/$VG/held
+dmsetup remove lvmsync-holder
+record_sum held-after /dev/$VG/held
+# The snapshot's own devices and the data source as DEST.
+record_sum origin-before /dev/$VG/origin
+record_sum snapB-before /dev/$VG/snapB
+record_sum cow-before "/dev/mapper/$(dm_name "$VG" snapA)-cow"
+step origin "$LVMSYNC" sync "$VG/snapA" /dev/$VG/origin
+step cow "$LVMSYNC" sync "$VG/snapA" "/dev/mapper/$(dm_name "$VG" snapA)-cow"
+step datasource "$LVMSYNC" sync "$VG/snapA" --data-source /dev/$VG/snapB /dev/$VG/snapB
+step backup-origin "$LVMSYNC" backup "$VG/origin" /dev/$VG/origin
+record_sum origin-after /dev/$VG/origin
+record_sum snapB-after /dev/$VG/snapB
+record_sum cow-after "/dev/mapper/$(dm_name "$VG" snapA)-cow"
+lvs --noheadings -o lv_name "$VG" > "$SDIR/lvs.txt"

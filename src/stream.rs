@@ -918,32 +918,13 @@ impl<R: Read> Reader<R> {
         self.position += RECORD_HEADER_LEN as u64;
         let head =
             RecordHeader::decode(&raw).ok_or(StreamError::DamagedRecordHeader { index, at })?;
-        let bad = |reason: String| StreamError::BadRecord { index, at, reason };
-        match head.kind {
-            KIND_END => return self.read_end(at, &head).map(|()| None),
-            KIND_DATA if head.flags & !FLAG_LZ4 != 0 => {
-                return Err(bad(format!("unknown flags 0x{:02x}", head.flags)))
-            }
-            KIND_ZERO if head.flags != 0 => {
-                return Err(bad(format!("unknown flags 0x{:02x}", head.flags)))
-            }
-            KIND_DATA | KIND_ZERO => {}
-            other => return Err(bad(format!("unknown record kind 0x{other:02x}"))),
+        if head.kind == KIND_END {
+            return self.read_end(at, &head).map(|()| None);
         }
+        let bad = |reason: String| StreamError::BadRecord { index, at, reason };
+        check_head(&head, self.header.compression, self.header.origin_size).map_err(bad)?;
         self.hasher.update(&raw);
         let length = u64::from(head.length);
-        if head.length == 0 || head.length > MAX_RECORD_LEN {
-            return Err(bad(format!(
-                "its length {length} is not within 1 to {MAX_RECORD_LEN} bytes"
-            )));
-        }
-        let end = head.offset.checked_add(length);
-        if end.is_none_or(|end| end > self.header.origin_size) {
-            return Err(bad(format!(
-                "its extent (offset {}, length {length}) ends past the end of the origin ({} bytes)",
-                head.offset, self.header.origin_size
-            )));
-        }
         if head.offset < self.prev_end {
             return Err(bad(format!(
                 "it starts at offset {}, before the end of the previous record or the offset the delta resumes at ({}); records must be in increasing order without overlap",
@@ -951,34 +932,8 @@ impl<R: Read> Reader<R> {
             )));
         }
         let compressed = head.kind == KIND_DATA && head.flags & FLAG_LZ4 != 0;
-        match head.kind {
-            KIND_ZERO if head.stored != 0 || head.checksum != 0 => {
-                return Err(bad(
-                    "a ZERO record with a payload or a content checksum".into()
-                ))
-            }
-            KIND_DATA if compressed && self.header.compression != Compression::Lz4 => {
-                return Err(bad(
-                    "an lz4 record in a stream whose header says no compression".into(),
-                ))
-            }
-            KIND_DATA if compressed && (head.stored == 0 || head.stored >= head.length) => {
-                return Err(bad(format!(
-                    "lz4 payload of {} bytes for {length} bytes of content (must be smaller)",
-                    head.stored
-                )))
-            }
-            KIND_DATA if !compressed && head.stored != head.length => {
-                return Err(bad(format!(
-                    "raw payload of {} bytes for {length} bytes of content",
-                    head.stored
-                )))
-            }
-            _ => {}
-        }
         let len = head.length as usize;
         let stored = head.stored as usize;
-        let damaged = |reason: String| StreamError::DamagedPayload { index, at, reason };
         let kind = if head.kind == KIND_ZERO {
             RecordKind::Zero
         } else {
@@ -998,27 +953,14 @@ impl<R: Read> Reader<R> {
             }
             self.hasher.update(buf);
             self.position += stored as u64;
-            if compressed {
-                match lz4_flex::block::decompress_into(
-                    &self.payload[..stored],
-                    &mut self.content[..len],
-                ) {
-                    Ok(n) if n == len => {}
-                    Ok(n) => {
-                        return Err(damaged(format!(
-                            "its lz4 data decompresses to {n} bytes instead of {len}"
-                        )))
-                    }
-                    Err(e) => {
-                        return Err(damaged(format!(
-                            "its lz4 data cannot be decompressed ({e})"
-                        )))
-                    }
-                }
-            }
-            if xxh3_64(&self.content[..len]) != head.checksum {
-                return Err(damaged("content checksum mismatch".into()));
-            }
+            let (payload, content) = (&self.payload[..], &mut self.content[..]);
+            let payload = if compressed {
+                &payload[..stored]
+            } else {
+                &[][..]
+            };
+            decode_payload(&head, payload, content)
+                .map_err(|reason| StreamError::DamagedPayload { index, at, reason })?;
             RecordKind::Data { compressed }
         };
         self.prev_end = head.offset + length;
@@ -1128,6 +1070,133 @@ impl<R: Read> Reader<R> {
         });
         Ok(())
     }
+}
+
+/// What is wrong with a DATA or ZERO record's header, in a stream with
+/// this `compression` and origin size: everything [`Reader`] checks of a
+/// record on its own (not its place among the others).
+fn check_head(
+    head: &RecordHeader,
+    compression: Compression,
+    origin_size: u64,
+) -> Result<(), String> {
+    match head.kind {
+        KIND_DATA if head.flags & !FLAG_LZ4 != 0 => {
+            return Err(format!("unknown flags 0x{:02x}", head.flags))
+        }
+        KIND_ZERO if head.flags != 0 => return Err(format!("unknown flags 0x{:02x}", head.flags)),
+        KIND_DATA | KIND_ZERO => {}
+        other => return Err(format!("unknown record kind 0x{other:02x}")),
+    }
+    let length = u64::from(head.length);
+    if head.length == 0 || head.length > MAX_RECORD_LEN {
+        return Err(format!(
+            "its length {length} is not within 1 to {MAX_RECORD_LEN} bytes"
+        ));
+    }
+    let end = head.offset.checked_add(length);
+    if end.is_none_or(|end| end > origin_size) {
+        return Err(format!(
+            "its extent (offset {}, length {length}) ends past the end of the origin ({origin_size} bytes)",
+            head.offset
+        ));
+    }
+    let compressed = head.kind == KIND_DATA && head.flags & FLAG_LZ4 != 0;
+    match head.kind {
+        KIND_ZERO if head.stored != 0 || head.checksum != 0 => {
+            Err("a ZERO record with a payload or a content checksum".into())
+        }
+        KIND_DATA if compressed && compression != Compression::Lz4 => {
+            Err("an lz4 record in a stream whose header says no compression".into())
+        }
+        KIND_DATA if compressed && (head.stored == 0 || head.stored >= head.length) => {
+            Err(format!(
+                "lz4 payload of {} bytes for {length} bytes of content (must be smaller)",
+                head.stored
+            ))
+        }
+        KIND_DATA if !compressed && head.stored != head.length => Err(format!(
+            "raw payload of {} bytes for {length} bytes of content",
+            head.stored
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Decompresses a DATA record's lz4 `payload` into `content` (a raw
+/// payload is already there), and checks the content's checksum.
+fn decode_payload(head: &RecordHeader, payload: &[u8], content: &mut [u8]) -> Result<(), String> {
+    let len = head.length as usize;
+    if head.flags & FLAG_LZ4 != 0 {
+        match lz4_flex::block::decompress_into(payload, &mut content[..len]) {
+            Ok(n) if n == len => {}
+            Ok(n) => {
+                return Err(format!(
+                    "its lz4 data decompresses to {n} bytes instead of {len}"
+                ))
+            }
+            Err(e) => return Err(format!("its lz4 data cannot be decompressed ({e})")),
+        }
+    }
+    if xxh3_64(&content[..len]) != head.checksum {
+        return Err("content checksum mismatch".into());
+    }
+    Ok(())
+}
+
+/// One DATA or ZERO record on its own, as `bytes` (its header and payload,
+/// cut out of a stream at byte `at`, where it is record `index`): checked
+/// as [`Reader`] checks it, its content decoded into `content` (at least
+/// [`MAX_RECORD_LEN`] bytes). A reader of only some records of a stream
+/// (the archive's restore) checks each of them so before writing it.
+pub fn check_record(
+    bytes: &[u8],
+    compression: Compression,
+    origin_size: u64,
+    index: u64,
+    at: u64,
+    content: &mut [u8],
+) -> Result<(RecordHeader, RecordKind), StreamError> {
+    let truncated = || StreamError::Truncated {
+        at: at + bytes.len() as u64,
+        context: format!("inside the record that starts at byte {at} (record {index})"),
+    };
+    let raw: &[u8; RECORD_HEADER_LEN] = bytes
+        .get(..RECORD_HEADER_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(truncated)?;
+    let head = RecordHeader::decode(raw).ok_or(StreamError::DamagedRecordHeader { index, at })?;
+    let bad = |reason: String| StreamError::BadRecord { index, at, reason };
+    if head.kind == KIND_END {
+        return Err(bad(
+            "an END record where a DATA or ZERO record was expected".into(),
+        ));
+    }
+    check_head(&head, compression, origin_size).map_err(bad)?;
+    let payload = &bytes[RECORD_HEADER_LEN..];
+    if payload.len() != head.stored as usize {
+        return Err(if payload.len() < head.stored as usize {
+            truncated()
+        } else {
+            bad(format!(
+                "{} bytes follow its header, its payload is {}",
+                payload.len(),
+                head.stored
+            ))
+        });
+    }
+    let kind = if head.kind == KIND_ZERO {
+        RecordKind::Zero
+    } else {
+        let compressed = head.flags & FLAG_LZ4 != 0;
+        if !compressed {
+            content[..payload.len()].copy_from_slice(payload);
+        }
+        decode_payload(&head, if compressed { payload } else { &[] }, content)
+            .map_err(|reason| StreamError::DamagedPayload { index, at, reason })?;
+        RecordKind::Data { compressed }
+    };
+    Ok((head, kind))
 }
 
 /// Fills `buf` as far as the input goes; returns the bytes read. A read

@@ -35,8 +35,8 @@ use crate::blockdev::Destination;
 use crate::files::{self, DeltaInput, DELTA_READ_BUF};
 use crate::state::{self, State, StateError, Tracker};
 use crate::stream::{
-    Compression, Header, Reader, RecordKind, SourceInfo, SourceKind, StreamError, Totals, Writer,
-    MAX_RECORD_LEN,
+    Compression, Header, PointInTime, Reader, RecordKind, SourceInfo, SourceKind, StreamError,
+    Totals, Writer, MAX_RECORD_LEN,
 };
 use crate::units::human;
 
@@ -1028,6 +1028,183 @@ impl OpenDest {
         if self.created {
             remove_created(&self.path, self.destination.file(), None);
         }
+    }
+}
+
+/// A destination written piece by piece in any order, by a caller that
+/// checked each piece before handing it over (a restore from an archive):
+/// the state says a transfer from `base` to `target` is under way until
+/// [`PieceWriter::finish`] has synced the destination.
+pub struct PieceWriter {
+    dest: Destination,
+    shown: String,
+    path: PathBuf,
+    created: bool,
+    state_path: Option<PathBuf>,
+    tracker: Tracker,
+    origin_size: u64,
+    /// Whether the pieces cover the whole volume (a file longer than it is
+    /// then cut to it).
+    whole: bool,
+    writeback: Option<crate::blockdev::Writeback>,
+    unflushed: u64,
+    /// Pieces and bytes written.
+    pub pieces: u64,
+    pub bytes: u64,
+    _lock: DestLock,
+}
+
+impl OpenDest {
+    /// Starts writing a volume of `origin_size` bytes onto the destination
+    /// piece by piece: `whole` when the pieces will cover all of it (a
+    /// shorter file is then extended), else only what differs from what it
+    /// holds. Unless `force`, a state that names another transfer partway,
+    /// or a point in time other than `base`, is refused.
+    pub fn pieces(
+        self,
+        origin_size: u64,
+        base: Option<PointInTime>,
+        target: PointInTime,
+        whole: bool,
+        force: bool,
+    ) -> Result<PieceWriter, ApplyError> {
+        let shown = self.path.display().to_string();
+        let size = self.destination.size();
+        let extend = check_dest_size(
+            &shown,
+            self.destination.is_block_device(),
+            size,
+            origin_size,
+        )?;
+        if extend && !whole && !self.created {
+            return Err(ApplyError::DestTooShort {
+                path: shown,
+                size,
+                origin_size,
+            });
+        }
+        let header = Header {
+            origin_size,
+            chunk_size: 0,
+            source: SourceInfo::of_kind(SourceKind::Full),
+            compression: Compression::None,
+            tool: crate::TOOL.into(),
+            base,
+            target: Some(target),
+            resume_from: 0,
+            properties: BTreeMap::new(),
+        };
+        if !force && !whole {
+            state::check(&shown, self.state.as_ref(), &header)?;
+        }
+        let tracker = Tracker::begin(
+            self.state_path.clone(),
+            &self.path,
+            self.state.is_some(),
+            &header,
+        )?;
+        let mut dest = self.destination;
+        if extend {
+            dest.set_len(origin_size)
+                .map_err(|source| ApplyError::DestExtend {
+                    path: shown.clone(),
+                    size: origin_size,
+                    source,
+                    progress: Box::default(),
+                })?;
+        }
+        Ok(PieceWriter {
+            writeback: dest.writeback().ok(),
+            dest,
+            shown,
+            path: self.path,
+            created: self.created,
+            state_path: self.state_path,
+            tracker,
+            origin_size,
+            whole,
+            unflushed: 0,
+            pieces: 0,
+            bytes: 0,
+            _lock: self._lock,
+        })
+    }
+}
+
+impl PieceWriter {
+    fn progress(&self) -> Box<Progress> {
+        Box::new(Progress {
+            dest: self.shown.clone(),
+            records: self.pieces,
+            bytes: self.bytes,
+            snapback: None,
+            confirmed: None,
+        })
+    }
+
+    /// Writes `data` at `offset` (`None`: zeroes of `len` bytes).
+    pub fn write(&mut self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<(), ApplyError> {
+        let result = match data {
+            Some(d) => self.dest.write_all_at(d, offset),
+            None => self.dest.write_zeroes(offset, len),
+        };
+        result.map_err(|source| ApplyError::DestWrite {
+            path: self.shown.clone(),
+            offset,
+            source,
+            progress: self.progress(),
+        })?;
+        self.pieces += 1;
+        self.bytes += len;
+        if data.is_some() {
+            self.unflushed += len;
+            if self.unflushed >= WRITEBACK_BYTES {
+                self.unflushed = 0;
+                if let Some(wb) = &self.writeback {
+                    let _ = wb.start();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts a longer file to the volume's size (when the pieces covered
+    /// all of it), syncs, and records that the destination holds the
+    /// target.
+    pub fn finish(mut self) -> Result<(), ApplyError> {
+        if self.whole && !self.dest.is_block_device() && self.dest.size() > self.origin_size {
+            self.dest
+                .set_len(self.origin_size)
+                .map_err(|source| ApplyError::DestTruncate {
+                    path: self.shown.clone(),
+                    size: self.origin_size,
+                    source,
+                })?;
+        }
+        self.dest.sync().map_err(|source| ApplyError::DestSync {
+            path: self.shown.clone(),
+            source,
+        })?;
+        if self.created {
+            let _ = files::sync_parent(&self.path);
+        }
+        Ok(self.tracker.finish()?)
+    }
+
+    /// After an error: syncs what was written (the state still says the
+    /// transfer is partway), or removes a destination this run created
+    /// and wrote nothing to.
+    pub fn abandon(self) {
+        if self.created && self.pieces == 0 {
+            remove_created(&self.path, self.dest.file(), self.state_path.as_deref());
+        } else {
+            let _ = self.dest.sync();
+        }
+    }
+
+    /// How it is named in messages.
+    pub fn name(&self) -> &str {
+        &self.shown
     }
 }
 

@@ -14,10 +14,13 @@
 //! ([`run`]).
 
 use std::fs::{self, File, OpenOptions};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive::catalog;
+use crate::archive::{self, Archive, ArchiveError};
 use crate::blockdev::Source;
 use crate::changes::ChangeSource;
 use crate::lvm::Lv;
@@ -25,6 +28,7 @@ use crate::send::Delta;
 use crate::ship::{Link, Session, Transfer};
 use crate::snapshots::{self, SnapshotSize};
 use crate::state::State;
+use crate::store::StoreOptions;
 use crate::stream::{Compression, SourceInfo, SourceKind};
 use crate::transport::Location;
 use crate::units::human;
@@ -49,6 +53,38 @@ pub struct Request {
     pub link: Link,
     /// Copy the whole snapshot even when DEST holds a base.
     pub reseed: bool,
+    /// With an archive as DEST: the volume's name there (else
+    /// `HOST/VG/LV`), and how to reach its store.
+    pub name: Option<String>,
+    pub store: StoreOptions,
+}
+
+/// Whether `dest` names an archive rather than a copy: an `s3://` or
+/// `file://` location, or an existing directory.
+pub fn is_archive(dest: &str) -> bool {
+    dest.starts_with("s3://")
+        || dest.starts_with("file://")
+        || (!dest.contains(':') || dest.starts_with('/')) && Path::new(dest).is_dir()
+}
+
+/// A volume's name in an archive when none is given: `HOST/VG/LV`.
+pub fn default_volume_name(origin: &Lv) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{host}/{}/{}", origin.vg_name, origin.lv_name)
 }
 
 /// What a run did: what `backup --json` prints.
@@ -67,6 +103,9 @@ pub struct Outcome {
     pub snapshot: Option<String>,
     /// Tool-owned snapshots removed by this run.
     pub removed: Vec<String>,
+    /// With an archive: the volume's name there and the point stored.
+    pub volume: Option<String>,
+    pub point: Option<u64>,
     pub notes: Vec<String>,
     #[serde(flatten)]
     pub transfer: Transfer,
@@ -280,6 +319,9 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
     outcome.origin = req.origin.clone();
     outcome.dest = req.dest.clone();
     outcome.transfer.dest = req.dest.clone();
+    if is_archive(&req.dest) {
+        return run_to_archive(req, outcome, note);
+    }
     let dest = Location::parse(&req.dest)?;
     let origin = snapshots::origin(&req.origin)?;
     // The origin itself as DEST: refused before anything is created.
@@ -402,6 +444,134 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
     session.check_base(&req.dest, &delta, false)?;
     session.ship(&delta, &mut outcome.transfer)?;
     // DEST holds `new` now, and its state says so: the old base goes.
+    remove_all_but(&origin, &tag, &new, outcome)
+}
+
+/// A backup into an archive: a new point of the volume, stored as a delta
+/// from the latest one (a seed when there is none, or when the snapshot
+/// that froze the latest is gone).
+fn run_to_archive(
+    req: &Request,
+    outcome: &mut Outcome,
+    mut note: impl FnMut(&str),
+) -> Result<(), Error> {
+    let origin = snapshots::origin(&req.origin)?;
+    let volume = match &req.name {
+        Some(name) => name.clone(),
+        None => default_volume_name(&origin),
+    };
+    archive::check_volume_name(&volume)?;
+    outcome.volume = Some(volume.clone());
+    let archive = Archive::open(&req.dest, &req.store, true)?;
+    let tag = snapshots::tag_for(&format!("{}#{volume}", req.dest));
+    let _lock = Lock::take(&tag, &req.origin, &format!("{}#{volume}", req.dest))?;
+    let owned = snapshots::owned(&origin, &tag)?;
+    let catalog = archive.catalog(&volume)?;
+    if let Some(c) = &catalog {
+        if c.origin.uuid != origin.lv_uuid {
+            return Err(ArchiveError::OtherOrigin {
+                volume,
+                has: format!("{} of {}", c.origin.name, c.origin.host),
+                uuid: c.origin.uuid.clone(),
+                this: origin.full_name(),
+            }
+            .into());
+        }
+        if c.origin_size != origin.size() && !c.points.is_empty() {
+            return Err(ArchiveError::Mismatch {
+                location: archive.location(),
+                key: format!("volumes/{volume}"),
+                reason: format!(
+                    "its points are of a volume of {} bytes, {} is {} bytes now; give another --name for the resized volume",
+                    c.origin_size,
+                    origin.full_name(),
+                    origin.size()
+                ),
+            }
+            .into());
+        }
+    }
+    let latest = catalog.as_ref().and_then(|c| c.latest()).cloned();
+    let state = latest.as_ref().map(|p| State {
+        holds: Some(p.point.clone()),
+        applying: None,
+    });
+    let shown = format!("{}#{volume}", archive.location());
+    let decision = decide(&Situation {
+        origin: &origin,
+        owned: &owned,
+        state: state.as_ref(),
+        dest: &shown,
+        reseed: req.reseed,
+    })?;
+    for text in &decision.notes {
+        // An archive has no copy to compare: a point without a base is a
+        // new seed.
+        let text = text.replace(
+            "comparing it with a new snapshot and sending what differs, instead of copying everything",
+            "storing a full copy, which starts a new chain",
+        );
+        let text = text.replace(
+            &format!("comparing {shown} with a new snapshot and sending what differs instead"),
+            "storing a full copy instead, which starts a new chain",
+        );
+        note(&text);
+        outcome.notes.push(text);
+    }
+    for lv in &decision.leftovers {
+        snapshots::remove(lv, &tag)?;
+        outcome.removed.push(lv.full_name());
+    }
+    let new = snapshots::create(
+        &origin,
+        &snapshots::new_name(&origin),
+        &tag,
+        &req.snapshot_size,
+    )?;
+    outcome.snapshot = Some(new.full_name());
+    let (delta, base) = match &decision.plan {
+        Plan::Incremental { base } => {
+            let number = latest.as_ref().map(|p| p.number);
+            (incremental(&origin, base, &new, req.compression)?, number)
+        }
+        _ => (full_copy(&origin, &new, req.compression)?, None),
+    };
+    let kind = if base.is_some() {
+        "incremental"
+    } else {
+        "seed"
+    };
+    outcome.kind = Some(kind.into());
+    outcome.base = delta.header.base.as_ref().map(|b| b.snapshot.clone());
+    let new_volume = archive::NewVolume {
+        volume: volume.clone(),
+        origin: catalog::Origin {
+            host: volume.split('/').next().unwrap_or("").to_string(),
+            name: origin.full_name(),
+            uuid: origin.lv_uuid.clone(),
+        },
+    };
+    let bar = crate::ship::progress_bar(req.link.progress && std::io::stderr().is_terminal());
+    bar.set_length(delta.changes.as_changes().total_bytes());
+    let time = crate::time::parse(&new.lv_time).unwrap_or_else(crate::time::now);
+    let stored = archive.store_point(
+        catalog,
+        new_volume,
+        &delta,
+        new.point_in_time(&origin),
+        time,
+        |done| bar.set_position(done),
+    );
+    bar.finish_and_clear();
+    let (number, totals, delta_ref) = stored?;
+    let t = &mut outcome.transfer;
+    t.bytes_read = totals.data_bytes + totals.zero_bytes;
+    t.data_bytes = totals.data_bytes;
+    t.zero_bytes = totals.zero_bytes;
+    t.records = totals.records;
+    t.bytes_on_wire = delta_ref.bytes;
+    outcome.point = Some(number);
+    // The archive holds `new` now: it is the next base.
     remove_all_but(&origin, &tag, &new, outcome)
 }
 

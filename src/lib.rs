@@ -18,6 +18,7 @@
 //! - around them: [`blockdev`], [`files`], [`units`], [`error`].
 
 pub mod apply;
+pub mod archive;
 pub mod backup;
 pub mod blockdev;
 pub mod changes;
@@ -39,6 +40,7 @@ pub mod sync;
 pub mod thin;
 #[cfg(any(test, feature = "devtools"))]
 pub mod thingen;
+pub mod time;
 pub mod tool;
 pub mod transport;
 pub mod units;

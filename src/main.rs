@@ -109,6 +109,19 @@ enum Command {
         incomplete, after showing what could be read."
     )]
     Inspect(commands::inspect::Args),
+    /// Restore a point in time of a volume from an archive onto a device
+    /// or file
+    #[command(
+        after_help = "Each byte needed is read once: for every extent, from the newest delta up to the \
+            point that wrote it. Every record is checked before it is written. When DEST's state \
+            says it holds another point of the same volume, only what differs is restored.\n\n\
+            Examples:\n  lvmsync-rs restore /srv/archive db1/vg0/data /dev/vg0/data-restored\n  \
+            lvmsync-rs restore s3://backups/lvm db1/vg0/data@12 data.img --create"
+    )]
+    Restore(commands::restore::Args),
+    /// List, check and prune an archive of points in time
+    #[command(subcommand)]
+    Archive(commands::archive::Args),
     /// The far end for a backup host's authorized_keys: only the far ends
     /// of sync, backup and verify, only on paths under --restrict-to
     #[command(
@@ -126,7 +139,8 @@ enum Command {
 /// Subcommands; any other first argument (a snapshot, or an option) means
 /// `sync`.
 const SUBCOMMANDS: &[&str] = &[
-    "list", "send", "apply", "inspect", "sync", "backup", "verify", "serve", "help",
+    "list", "send", "apply", "inspect", "sync", "backup", "restore", "archive", "verify", "serve",
+    "help",
 ];
 
 /// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`.
@@ -154,6 +168,13 @@ fn main() -> ExitCode {
         Command::Verify(args) => match commands::verify::run(args) {
             Ok(true) => Ok(()),
             // The copies differ: a result, not an error.
+            Ok(false) => return ExitCode::from(commands::verify::DIFFER),
+            Err(e) => Err(e),
+        },
+        Command::Restore(args) => commands::restore::run(args),
+        Command::Archive(args) => match commands::archive::run(args) {
+            Ok(true) => Ok(()),
+            // A check found damage: said on stdout, not an error of the run.
             Ok(false) => return ExitCode::from(commands::verify::DIFFER),
             Err(e) => Err(e),
         },

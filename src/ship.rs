@@ -457,7 +457,7 @@ impl Drop for ClearOnDrop {
 
 /// Bytes of changed data sent of the total, the rate and the time left, on
 /// stderr when it is a terminal (`shown`); a hidden bar otherwise.
-fn progress_bar(shown: bool) -> ProgressBar {
+pub(crate) fn progress_bar(shown: bool) -> ProgressBar {
     if !shown {
         return ProgressBar::hidden();
     }

@@ -2,8 +2,6 @@
 //! destination they serve, found by that tag, and removed only when they
 //! carry it. Snapshots without the tag are never touched.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::lvm::{self, Lv, LvmError};
@@ -98,39 +96,13 @@ impl SnapshotSize {
 /// A name for a new snapshot of `origin`: `ORIGIN-lvmsync-YYYYmmddHHMMSS`
 /// (UTC), the origin's part shortened to fit lvm2's 127 characters.
 pub fn new_name(origin: &Lv) -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let stamp = utc_stamp(secs);
+    let stamp = crate::time::compact(crate::time::now());
     let keep = 127 - NAME_MARK.len() - stamp.len();
     let mut base: String = origin.lv_name.chars().take(keep).collect();
     while base.len() > keep {
         base.pop();
     }
     format!("{base}{NAME_MARK}{stamp}")
-}
-
-/// `YYYYmmddHHMMSS` for `secs` after the epoch, in UTC.
-fn utc_stamp(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil date from a day count (proleptic Gregorian calendar).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Creates a snapshot of `origin` named `name`, tagged `tag`, and returns
@@ -189,9 +161,6 @@ mod tests {
 
     #[test]
     fn dates_and_names() {
-        assert_eq!(utc_stamp(0), "19700101000000");
-        assert_eq!(utc_stamp(951_782_400), "20000229000000");
-        assert_eq!(utc_stamp(1_795_683_661), "20261126090101");
         let lv = |name: &str| Lv {
             vg_name: "vg".into(),
             lv_name: name.into(),

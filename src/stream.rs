@@ -436,6 +436,35 @@ pub struct Writer<W: Write> {
     encoder: Encoder,
     /// Where records written one at a time are encoded.
     scratch: Encoded,
+    /// Where each record went, when asked for ([`Writer::keep_locations`]).
+    locations: Option<Vec<RecordLocation>>,
+}
+
+/// Where a record is in a stream, and what it covers: what an index of a
+/// stream holds, so that single records can be read without the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLocation {
+    /// Its extent in the origin.
+    pub offset: u64,
+    pub length: u32,
+    /// Its payload's length.
+    pub stored: u32,
+    /// [`KIND_DATA`] or [`KIND_ZERO`].
+    pub kind: u8,
+    /// The stream offset of its header.
+    pub at: u64,
+}
+
+impl RecordLocation {
+    /// Its header and payload's length in the stream.
+    pub fn size(&self) -> u64 {
+        RECORD_HEADER_LEN as u64 + u64::from(self.stored)
+    }
+
+    /// The end of its extent.
+    pub fn end(&self) -> u64 {
+        self.offset + u64::from(self.length)
+    }
 }
 
 impl<W: Write> Writer<W> {
@@ -452,7 +481,19 @@ impl<W: Write> Writer<W> {
             totals: Totals::default(),
             encoder: Encoder::new(header.compression),
             scratch: Encoded::default(),
+            locations: None,
         })
+    }
+
+    /// From now on, keeps where each record goes (see
+    /// [`Writer::take_locations`]): memory grows by 32 bytes a record.
+    pub fn keep_locations(&mut self) {
+        self.locations.get_or_insert_with(Vec::new);
+    }
+
+    /// Where each record went, since [`Writer::keep_locations`].
+    pub fn take_locations(&mut self) -> Vec<RecordLocation> {
+        self.locations.take().unwrap_or_default()
     }
 
     /// Bytes written so far.
@@ -507,6 +548,25 @@ impl<W: Write> Writer<W> {
     /// the records written so far in offset order.
     pub fn append(&mut self, records: &Encoded) -> io::Result<()> {
         let bytes = records.as_bytes();
+        if let Some(locations) = &mut self.locations {
+            let mut pos = 0;
+            while pos + RECORD_HEADER_LEN <= bytes.len() {
+                let raw: &[u8; RECORD_HEADER_LEN] = bytes[pos..pos + RECORD_HEADER_LEN]
+                    .try_into()
+                    .expect("RECORD_HEADER_LEN bytes");
+                let Some(head) = RecordHeader::decode(raw) else {
+                    break;
+                };
+                locations.push(RecordLocation {
+                    offset: head.offset,
+                    length: head.length,
+                    stored: head.stored,
+                    kind: head.kind,
+                    at: self.position + pos as u64,
+                });
+                pos += RECORD_HEADER_LEN + head.stored as usize;
+            }
+        }
         self.out.write_all(bytes)?;
         self.hasher.update(bytes);
         self.position += bytes.len() as u64;

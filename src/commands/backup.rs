@@ -8,7 +8,7 @@ use lvmsync::snapshots::{SnapshotSize, DEFAULT_SNAPSHOT_SIZE};
 use lvmsync::units::human;
 use lvmsync::Error;
 
-use super::Shipping;
+use super::{Shipping, StoreArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,8 +23,14 @@ pub struct Args {
     /// Copy the whole volume, whatever DEST holds
     #[arg(long)]
     pub reseed: bool,
+    /// With an archive as DEST: the volume's name in it (default
+    /// HOST/VG/LV)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     #[command(flatten)]
     pub ship: Shipping,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -35,6 +41,8 @@ pub fn run(args: Args) -> Result<(), Error> {
         compression: args.ship.compress.into(),
         link: args.ship.link(false),
         reseed: args.reseed,
+        name: args.name.clone(),
+        store: args.store.options(),
     };
     let started = Instant::now();
     let mut outcome = Outcome {
@@ -76,6 +84,9 @@ pub fn run(args: Args) -> Result<(), Error> {
         );
         if t.resumed_from > 0 {
             line.push_str(&format!(", resumed at byte {}", t.resumed_from));
+        }
+        if let (Some(volume), Some(point)) = (&outcome.volume, outcome.point) {
+            line.push_str(&format!("; stored as point {point} of {volume}"));
         }
         if !outcome.removed.is_empty() {
             line.push_str(&format!("; removed {}", outcome.removed.join(", ")));

@@ -3,9 +3,11 @@
 //! checked once.
 
 pub mod apply;
+pub mod archive;
 pub mod backup;
 pub mod inspect;
 pub mod list;
+pub mod restore;
 pub mod send;
 pub mod serve;
 pub mod sync;
@@ -183,6 +185,30 @@ impl RemoteShell {
             force: false,
             timeout: Duration::from_secs(self.timeout),
             progress: false,
+        }
+    }
+}
+
+/// How to reach an archive on S3-compatible storage: the options of
+/// backup, restore and archive. Credentials come from the environment
+/// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws (AWS_PROFILE).
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// The S3 endpoint (MinIO, Ceph RGW, Garage...: path-style addressing
+    /// is then used); AWS_ENDPOINT_URL otherwise, else AWS
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region; AWS_REGION otherwise, else us-east-1
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn options(&self) -> lvmsync::store::StoreOptions {
+        lvmsync::store::StoreOptions {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            ..lvmsync::store::StoreOptions::default()
         }
     }
 }

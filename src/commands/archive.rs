@@ -1,0 +1,296 @@
+//! `lvmsync-rs archive list|check|prune ARCHIVE`: what an archive holds,
+//! whether it is whole, and retention (see [`lvmsync::archive`]).
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use lvmsync::archive::catalog::Catalog;
+use lvmsync::archive::prune::{self, Keep};
+use lvmsync::archive::{check, Archive};
+use lvmsync::units::human;
+use lvmsync::Error;
+
+use super::{usage_error, StoreArgs};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Args {
+    /// The volumes an archive holds and their points in time
+    List {
+        /// The archive: a directory, file:///PATH, or s3://BUCKET[/PREFIX]
+        archive: String,
+        /// Only this volume
+        volume: Option<String>,
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Check that every object is there and every chain whole; with
+    /// --read-data, every checksum
+    Check {
+        archive: String,
+        /// Only this volume
+        volume: Option<String>,
+        /// Read every delta through and check every record, END record and
+        /// digest
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Drop points by retention rules; the deltas of dropped points are
+    /// merged into the next kept one
+    Prune {
+        archive: String,
+        /// Only this volume (default: every volume)
+        volume: Option<String>,
+        /// Keep the N latest points
+        #[arg(long, value_name = "N")]
+        keep_last: Option<u64>,
+        /// Keep the latest point of each of the N latest days that have one
+        #[arg(long, value_name = "N")]
+        keep_daily: Option<u64>,
+        /// Keep the latest point of each of the N latest weeks that have one
+        #[arg(long, value_name = "N")]
+        keep_weekly: Option<u64>,
+        /// Keep the latest point of each of the N latest months that have one
+        #[arg(long, value_name = "N")]
+        keep_monthly: Option<u64>,
+        /// Say what would be kept and dropped, change nothing
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Serialize)]
+struct Listed {
+    volume: String,
+    origin: String,
+    host: String,
+    origin_size: u64,
+    points: Vec<ListedPoint>,
+}
+
+#[derive(Serialize)]
+struct ListedPoint {
+    number: u64,
+    time: String,
+    snapshot: String,
+    kind: String,
+    base: Option<u64>,
+    delta_bytes: u64,
+    data_bytes: u64,
+    zero_bytes: u64,
+}
+
+fn listed(c: &Catalog) -> Listed {
+    Listed {
+        volume: c.volume.clone(),
+        origin: c.origin.name.clone(),
+        host: c.origin.host.clone(),
+        origin_size: c.origin_size,
+        points: c
+            .points
+            .iter()
+            .map(|p| ListedPoint {
+                number: p.number,
+                time: p.time.clone(),
+                snapshot: p.point.snapshot.clone(),
+                kind: p.delta.kind.clone(),
+                base: p.delta.base,
+                delta_bytes: p.delta.bytes,
+                data_bytes: p.delta.data_bytes,
+                zero_bytes: p.delta.zero_bytes,
+            })
+            .collect(),
+    }
+}
+
+/// The volumes named, or all.
+fn volumes(archive: &Archive, volume: Option<String>) -> Result<Vec<String>, Error> {
+    Ok(match volume {
+        Some(v) => vec![v],
+        None => archive.volumes()?,
+    })
+}
+
+/// Runs the subcommand; `Ok(false)` when a check found problems.
+pub fn run(args: Args) -> Result<bool, Error> {
+    match args {
+        Args::List {
+            archive,
+            volume,
+            json,
+            store,
+        } => {
+            let archive = Archive::open(&archive, &store.options(), false)?;
+            let mut out = Vec::new();
+            for v in volumes(&archive, volume)? {
+                out.push(listed(&lvmsync::archive::restore::catalog_of(
+                    &archive, &v,
+                )?));
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "archive": archive.location(), "volumes": out })
+                );
+                return Ok(true);
+            }
+            let mut o = std::io::stdout().lock();
+            let print = |o: &mut std::io::StdoutLock| -> std::io::Result<()> {
+                writeln!(o, "archive: {}", archive.location())?;
+                if out.is_empty() {
+                    writeln!(o, "no volumes")?;
+                }
+                for v in &out {
+                    writeln!(o)?;
+                    writeln!(
+                        o,
+                        "{}: {} on {}, {} ({}), {} point{}",
+                        v.volume,
+                        v.origin,
+                        v.host,
+                        v.origin_size,
+                        human(v.origin_size),
+                        v.points.len(),
+                        if v.points.len() == 1 { "" } else { "s" }
+                    )?;
+                    writeln!(
+                        o,
+                        "{:>8}  {:<20}  {:<11}  {:>12}  snapshot",
+                        "point", "time", "kind", "stored"
+                    )?;
+                    for p in &v.points {
+                        writeln!(
+                            o,
+                            "{:>8}  {:<20}  {:<11}  {:>12}  {}",
+                            p.number,
+                            p.time,
+                            p.kind,
+                            human(p.delta_bytes),
+                            p.snapshot
+                        )?;
+                    }
+                }
+                Ok(())
+            };
+            print(&mut o).map_err(Error::Output)?;
+            Ok(true)
+        }
+        Args::Check {
+            archive,
+            volume,
+            read_data,
+            json,
+            store,
+        } => {
+            let archive = Archive::open(&archive, &store.options(), false)?;
+            let mut all = Vec::new();
+            for v in volumes(&archive, volume)? {
+                all.push(check::check(&archive, &v, read_data)?);
+            }
+            let whole = all.iter().all(|c| c.problems.is_empty());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "archive": archive.location(), "whole": whole, "volumes": all })
+                );
+            } else {
+                for c in &all {
+                    let read = if read_data {
+                        format!(
+                            ", {} deltas ({}) read and checked",
+                            c.deltas_read,
+                            human(c.bytes_read)
+                        )
+                    } else {
+                        String::new()
+                    };
+                    let verdict = if c.problems.is_empty() {
+                        "whole"
+                    } else {
+                        "DAMAGED"
+                    };
+                    println!(
+                        "{}: {} points{read}, {} objects no catalogue names: {verdict}",
+                        c.volume, c.points, c.unnamed_objects
+                    );
+                    for p in &c.problems {
+                        println!("  {}", lvmsync::units::printable(p));
+                    }
+                }
+                if all.is_empty() {
+                    println!("{}: no volumes", archive.location());
+                }
+            }
+            Ok(whole)
+        }
+        Args::Prune {
+            archive,
+            volume,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            dry_run,
+            json,
+            store,
+        } => {
+            let keep = Keep {
+                last: keep_last,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+            };
+            if keep.is_empty() {
+                usage_error("say what to keep: --keep-last N, --keep-daily N, --keep-weekly N or --keep-monthly N");
+            }
+            let archive = Archive::open(&archive, &store.options(), false)?;
+            let mut all = Vec::new();
+            for v in volumes(&archive, volume)? {
+                all.push(prune::prune(&archive, &v, &keep, dry_run)?);
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "archive": archive.location(), "dry_run": dry_run, "volumes": all })
+                );
+                return Ok(true);
+            }
+            let list = |v: &[u64]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                }
+            };
+            for p in &all {
+                eprintln!(
+                    "lvmsync-rs archive prune: {}: {}kept {}; dropped {}; merged into {}; {} → {} of deltas{}",
+                    p.volume,
+                    if dry_run { "would have " } else { "" },
+                    list(&p.kept),
+                    list(&p.dropped),
+                    list(&p.merged),
+                    human(p.bytes_before),
+                    if dry_run { "?".to_string() } else { human(p.bytes_after) },
+                    if dry_run {
+                        String::new()
+                    } else {
+                        format!(", {} objects removed", p.removed_objects)
+                    }
+                );
+            }
+            Ok(true)
+        }
+    }
+}

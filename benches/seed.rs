@@ -24,7 +24,7 @@ mod measure;
 #[path = "common/workload.rs"]
 mod workload;
 
-#[path = "../tests/common/sshd.rs"]
+#[path = "../tests/suite/common/sshd.rs"]
 mod sshd;
 
 use measure::{drop_cache, env_f64, median};

@@ -32,7 +32,7 @@ mod measure;
 #[path = "common/workload.rs"]
 mod workload;
 
-#[path = "../tests/common/sshd.rs"]
+#[path = "../tests/suite/common/sshd.rs"]
 mod sshd;
 
 use measure::{env_f64, median};

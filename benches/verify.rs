@@ -22,7 +22,7 @@
 #[path = "common/measure.rs"]
 mod measure;
 
-#[path = "../tests/common/sshd.rs"]
+#[path = "../tests/suite/common/sshd.rs"]
 mod sshd;
 
 use measure::{drop_cache, env_f64, median};

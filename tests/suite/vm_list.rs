@@ -6,13 +6,11 @@
 //! Needs qemu-system-x86, linux-image-amd64, lvm2, busybox-static
 //! (`tests/run` installs them).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 
 struct Scenario {
     dir: PathBuf,

@@ -1,14 +1,10 @@
 //! `lvmsync-rs sync` over real OpenSSH: each test starts its own sshd on
-//! 127.0.0.1 (tests/common/sshd.rs) and ships a delta between images made
+//! 127.0.0.1 (tests/suite/common/sshd.rs) and ships a delta between images made
 //! here to `root@127.0.0.1:DEST`, with this build as the remote lvmsync-rs.
 //! Failures (a missing remote binary, a refused login, a DEST that cannot be
 //! opened, a connection cut midway, another format version) must end within
 //! seconds with one clear line, and the same command again must complete the
 //! sync.
-
-mod common;
-#[path = "common/sshd.rs"]
-mod sshd;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::sshd::Sshd;
+use crate::common::*;
 use lvmsync::cowgen::CowImage;
-use sshd::Sshd;
 
 const CHUNK: u64 = 4096;
 const HOST: &str = "root@127.0.0.1";

@@ -1,10 +1,8 @@
 //! `lvmsync-rs backup`, and `sync --full` (the seed it sends), refusing bad
 //! input before they touch anything (the workflow itself runs in the
-//! real-kernel guest: tests/vm_backup.rs).
+//! real-kernel guest: tests/suite/vm_backup.rs).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn bad_origins_and_sizes_are_refused_in_one_line() {

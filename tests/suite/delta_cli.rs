@@ -4,14 +4,12 @@
 //! for byte; damaged deltas must be refused with one line, and the copy must
 //! hold exactly the records before the damage.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use lvmsync::cowgen::CowImage;
 use lvmsync::stream::{self, Compression, Header, SourceInfo, SourceKind, Totals, Writer};
 

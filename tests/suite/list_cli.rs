@@ -1,11 +1,9 @@
 //! `lvmsync-rs list --cow` through the binary, on stores built in the
 //! kernel's layout: output, totals, and refusals of bad input.
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
 use lvmsync::cowgen::CowImage;
 
 fn image(dir: &std::path::Path, name: &str, chunk: u64, chunks: &[u64]) -> String {

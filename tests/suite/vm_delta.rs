@@ -5,12 +5,10 @@
 //!
 //! Needs what `tests/run` installs (qemu, a Debian kernel, lvm2).
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn step(dir: &Path, tag: &str) -> Result<String, String> {
     let read = |ext: &str| fs::read_to_string(dir.join(format!("{tag}.{ext}"))).unwrap_or_default();

@@ -9,13 +9,11 @@
 //! Needs what `tests/run` installs (qemu, a Debian kernel, lvm2,
 //! thin-provisioning-tools).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn pairs(dir: &Path, file: &str) -> BTreeMap<String, String> {
     fs::read_to_string(dir.join(file))

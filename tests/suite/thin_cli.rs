@@ -8,14 +8,12 @@
 //!
 //! Needs thin-provisioning-tools (`tests/run` installs it).
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use lvmsync::cowgen::Rng;
 use lvmsync::thingen::ThinPair;
 
@@ -142,7 +140,7 @@ fn with_path(bin: &Path, args: &[&str]) -> Output {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    Command::new(common::bin())
+    Command::new(crate::common::bin())
         .args(args)
         .env("PATH", path)
         .env_remove("RUST_BACKTRACE")
@@ -232,7 +230,7 @@ fn malformed_or_failing_thin_delta_output_is_refused_in_one_line() {
     // Not installed at all.
     let empty = dir.join("empty");
     fs::create_dir_all(&empty).unwrap();
-    let out = Command::new(common::bin())
+    let out = Command::new(bin())
         .args(args)
         .env("PATH", &empty)
         .output()

@@ -1,20 +1,16 @@
 //! `lvmsync-rs verify SRC DEST [--repair]` through the binary: images made
 //! here, differences put at known places, compared locally and through a
-//! real OpenSSH server on 127.0.0.1 (tests/common/sshd.rs) with this build
-//! as the remote lvmsync-rs.
-
-mod common;
-#[path = "common/sshd.rs"]
-mod sshd;
+//! real OpenSSH server on 127.0.0.1 (tests/suite/common/sshd.rs) with this
+//! build as the remote lvmsync-rs.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::sshd::Sshd;
+use crate::common::*;
 use lvmsync::cowgen::Rng;
-use sshd::Sshd;
 
 const HOST: &str = "root@127.0.0.1";
 /// The block size of most tests: small, so that images are small and

@@ -2,8 +2,13 @@
 //! how it failed.
 #![allow(dead_code)]
 
+pub mod s3;
+pub mod sshd;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lvmsync-rs"))
@@ -17,8 +22,16 @@ pub fn run(args: &[&str]) -> Output {
         .expect("run lvmsync-rs")
 }
 
-/// A fresh directory for one test.
+/// A fresh directory for one test. All the tests run in one process, so
+/// `name` must be unique among them: a name given twice is refused, rather
+/// than two tests sharing a directory.
 pub fn scratch(name: &str) -> Scratch {
+    static NAMES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let fresh = NAMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_string());
+    assert!(fresh, "scratch directory {name:?} is taken by another test");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -150,9 +163,14 @@ pub fn read_writes(path: &Path) -> Vec<(u64, u64)> {
 /// Runs `tests/vm/scenarios/SCRIPT` in the real-kernel guest
 /// (`tests/vm/run-in-guest.sh`) with its results in a fresh directory for
 /// `name`; fails the test if the guest run fails. Returns the results
-/// directory and the guest's log.
+/// directory and the guest's log. One guest runs at a time, as each keeps a
+/// core busy for minutes: the other real-kernel tests wait for it.
 pub fn run_scenario(name: &str, script: &str) -> (Scratch, String) {
+    static GUEST: Mutex<()> = Mutex::new(());
     let results = scratch(name);
+    // A test that failed with the guest held leaves the lock poisoned; the
+    // next guest does not depend on it.
+    let _guest = GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("bash")
         .arg(repo.join("tests/vm/run-in-guest.sh"))

@@ -3,12 +3,10 @@
 //! each delta, and a transfer cut midway is confirmed up to where it got
 //! and accepts a resumed delta from there only.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use lvmsync::cowgen::Rng;
 use lvmsync::state::{self, State};
 use lvmsync::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, Writer};

@@ -5,12 +5,10 @@
 //!
 //! Needs what `tests/run` installs (qemu, a Debian kernel, lvm2).
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn read(dir: &Path, name: &str) -> String {
     fs::read_to_string(dir.join(name)).unwrap_or_default()

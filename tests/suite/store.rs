@@ -1,17 +1,13 @@
 //! The store module (`lvmsync::store`) against both kinds: a local directory
-//! and a real S3 server (s3s-fs on 127.0.0.1, see tests/common/s3.rs).
-
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
+//! and a real S3 server (s3s-fs on 127.0.0.1, see tests/suite/common/s3.rs).
 
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{scratch, Scratch};
+use crate::common::s3::{self, S3Server};
+use crate::common::{scratch, Scratch};
 use lvmsync::store::{Location, Store, StoreError, StoreOptions};
-use s3::S3Server;
 use xxhash_rust::xxh3::xxh3_128;
 
 const MIB: usize = 1 << 20;

@@ -6,13 +6,11 @@
 //! `dm-fixtures/capture.sh`. `dm-fixtures/damaged/cases.tsv` lists damaged
 //! images and the error each must give.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dm-fixtures")

@@ -129,7 +129,7 @@ fn main() {
     let (cow, new, changed) = make_change(&dir, size, 0.01);
     let server = sshd::Sshd::start(&dir.join("sshd"));
     let rsh = server.rsh();
-    let ssh = server.ssh_words().join(" ");
+    let ssh = &rsh;
     let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
     let copy = dir.join("copy.img");
     let dest = format!("root@127.0.0.1:{}", copy.display());

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: running the binary and checking
 //! how it failed.
-#![allow(dead_code)]
 
 pub mod s3;
 pub mod sshd;

@@ -1,7 +1,6 @@
 //! A private OpenSSH server on 127.0.0.1, for the tests and the benchmark
 //! that ship deltas over ssh: its own host key, client key, authorized keys
 //! and port, stopped when dropped.
-#![allow(dead_code)]
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +11,6 @@ use std::time::{Duration, Instant};
 pub const SSHD: &str = "/usr/sbin/sshd";
 
 pub struct Sshd {
-    pub dir: PathBuf,
     pub port: u16,
     /// The client's private key.
     pub key: PathBuf,
@@ -84,7 +82,6 @@ impl Sshd {
             .spawn()
             .expect("start sshd");
         let mut sshd = Sshd {
-            dir: dir.to_path_buf(),
             port,
             key,
             child,
@@ -115,11 +112,6 @@ impl Sshd {
     /// The ssh command line (for `-e`).
     pub fn rsh(&self) -> String {
         self.rsh_with(&self.key)
-    }
-
-    /// The same, as words.
-    pub fn ssh_words(&self) -> Vec<String> {
-        self.rsh().split(' ').map(String::from).collect()
     }
 }
 

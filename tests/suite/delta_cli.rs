@@ -126,10 +126,6 @@ impl Fixture {
     }
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A record as `inspect --json` lists it.
 #[derive(Debug, Clone)]
 struct Rec {
@@ -167,14 +163,6 @@ fn expected(f: &Fixture, recs: &[Rec], k: usize) -> Vec<u8> {
         e[a..b].copy_from_slice(&f.new[a..b]);
     }
     e
-}
-
-fn assert_same(path: &Path, want: &[u8], what: &str) {
-    let got = fs::read(path).unwrap();
-    assert_eq!(got.len(), want.len(), "{what}: size");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("{what}: first difference at byte {i}");
-    }
 }
 
 #[test]
@@ -239,7 +227,7 @@ fn a_delta_applied_to_a_copy_of_the_old_image_makes_the_new_one() {
 fn send_piped_into_apply() {
     let f = Fixture::new("delta-pipe");
     let copy = f.copy_of_old("copy.img");
-    let mut sender = Command::new(bin())
+    let mut sender = command()
         .args([
             "send",
             "--cow",
@@ -253,7 +241,7 @@ fn send_piped_into_apply() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let applier = Command::new(bin())
+    let applier = command()
         .args(["apply", "-", s(&copy)])
         .stdin(sender.stdout.take().unwrap())
         .output()
@@ -399,7 +387,7 @@ fn check_damaged(f: &Fixture, recs: &[Rec], name: &str, bytes: &[u8], needle: &s
     assert_same(&copy, &expected(f, recs, k), name);
     // The same through stdin.
     let copy2 = f.copy_of_old(&format!("{name}-stdin.img"));
-    let mut child = Command::new(bin())
+    let mut child = command()
         .args(["apply", "-", s(&copy2)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -738,7 +726,7 @@ fn inspect_shows_a_good_delta_and_stops_at_damage() {
         assert!(text.contains(needle), "{needle:?} in {text}");
     }
     // From stdin too.
-    let mut child = Command::new(bin())
+    let mut child = command()
         .args(["inspect", "--json", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,25 +1,22 @@
 //! `lvmsync-rs sync` over real OpenSSH: each test starts its own sshd on
-//! 127.0.0.1 (tests/suite/common/sshd.rs) and ships a delta between images made
-//! here to `root@127.0.0.1:DEST`, with this build as the remote lvmsync-rs.
+//! 127.0.0.1 (tests/suite/common/sshd.rs) and ships a delta between images
+//! made here to `root@127.0.0.1:DEST`, with this build as the remote
+//! lvmsync-rs.
 //! Failures (a missing remote binary, a refused login, a DEST that cannot be
 //! opened, a connection cut midway, another format version) must end within
 //! seconds with one clear line, and the same command again must complete the
 //! sync.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::common::sshd::Sshd;
+use crate::common::sshd::{self, Sshd, HOST};
 use crate::common::*;
-use lvmsync::cowgen::CowImage;
+use lvmsync::cowgen::{CowImage, Rng};
 
 const CHUNK: u64 = 4096;
-const HOST: &str = "root@127.0.0.1";
-
-use lvmsync::cowgen::Rng;
 
 /// An sshd, an old image, a new one, and the COW image of their difference.
 struct Fixture {
@@ -90,10 +87,7 @@ impl Fixture {
 
     /// An executable script in the test's directory.
     fn script(&self, name: &str, body: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        p
+        script(&self.path(name), body)
     }
 
     /// `lvmsync-rs sync --cow ... --data-source ... -e SSH --remote-path
@@ -123,26 +117,12 @@ impl Fixture {
     }
 
     fn assert_synced(&self, path: &Path) {
-        let got = fs::read(path).unwrap();
-        assert!(
-            got == self.new,
-            "{} differs from the new image",
-            path.display()
+        assert_same(
+            path,
+            &self.new,
+            &format!("{} against the new image", path.display()),
         );
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output) {
-    assert!(o.status.success(), "status {:?}: {}", o.status, stderr(o));
-    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
 }
 
 /// Runs `f`, checks it failed cleanly with `needle` within 30 s.
@@ -292,11 +272,7 @@ fn a_missing_remote_binary_or_a_refused_login_ends_at_once() {
     assert!(stderr(&o).contains("--remote-path"), "{}", stderr(&o));
 
     let other_key = f.path("other_key");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-t", "ed25519", "-f", s(&other_key)])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sshd::keygen(&other_key);
     let o = fails_quickly("could not connect or log in (exit status 255)", || {
         f.sync_with(&f.sshd.rsh_with(&other_key), s(&bin()), &[], &dest)
     });
@@ -319,7 +295,7 @@ fn a_missing_remote_binary_or_a_refused_login_ends_at_once() {
         f.sync_with("/nonexistent/ssh -p 1", s(&bin()), &[], &dest)
     });
     // Nothing was written; the same command with what was missing works.
-    assert_eq!(fs::read(&copy).unwrap(), f.old);
+    assert_same(&copy, &f.old, "the untouched copy");
     assert_ok(&f.sync(&[], &dest));
     f.assert_synced(&copy);
 }
@@ -483,10 +459,10 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
     // What it said, on stdout and on stderr, is the reason.
     assert!(stderr(&o).contains("something else"), "{}", stderr(&o));
     assert!(stderr(&o).contains("it failed"), "{}", stderr(&o));
-    assert_eq!(fs::read(&copy).unwrap(), f.old);
+    assert_same(&copy, &f.old, "the untouched copy");
 
     // The remote's check: a sender writing format version 99.
-    let o = Command::new(bin())
+    let o = command()
         .args(["apply", "--remote", "--expect-format", "99", "--", "-"])
         .arg(&copy)
         .stdin(std::process::Stdio::null())
@@ -497,7 +473,7 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
         "the sender writes delta format version 99, but this lvmsync-rs",
     );
     // The hello a current sender gets.
-    let o = Command::new(bin())
+    let o = command()
         .args(["apply", "--remote", "--expect-format"])
         .arg(lvmsync::stream::VERSION.to_string())
         .args(["--", "-"])
@@ -576,7 +552,7 @@ fn a_full_copy_seeds_a_new_copy_with_holes_and_overwrites_an_old_one() {
     let copy = f.path("seed.img");
     let o = full(&copy, &["--create"]);
     let doc = json(&o);
-    assert_eq!(fs::read(&copy).unwrap(), image);
+    assert_same(&copy, &image, "the seeded copy");
     assert_eq!(doc["zero_bytes"], 16u64 << 20);
     assert!(doc["bytes_on_wire"].as_u64().unwrap() < 13 << 20, "{doc}");
     let allocated = fs::metadata(&copy).unwrap().blocks() * 512;
@@ -585,5 +561,5 @@ fn a_full_copy_seeds_a_new_copy_with_holes_and_overwrites_an_old_one() {
     let old = f.copy_of_old("old.img");
     let o = full(&old, &[]);
     json(&o);
-    assert_eq!(fs::read(&old).unwrap(), image);
+    assert_same(&old, &image, "the overwritten copy");
 }

@@ -7,16 +7,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::common::*;
-use lvmsync::cowgen::Rng;
 use lvmsync::state::{self, State};
 use lvmsync::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, Writer};
 
 const SIZE: usize = 1 << 20;
 const BLOCK: usize = 64 << 10;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn pit(snap: &str) -> PointInTime {
     PointInTime {
@@ -60,12 +55,6 @@ fn delta(path: &Path, h: &Header, content: &[u8], from: usize) -> Vec<u64> {
     ends
 }
 
-fn random(seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; SIZE];
-    Rng(seed).fill(&mut v);
-    v
-}
-
 fn state_of(dest: &Path) -> Option<State> {
     state::load(&state::location(dest).unwrap()).unwrap()
 }
@@ -79,7 +68,7 @@ impl Case {
     fn new(name: &str) -> Case {
         let dir = scratch(name);
         let dest = dir.join("copy.img");
-        fs::write(&dest, random(1)).unwrap();
+        fs::write(&dest, random(SIZE, 1)).unwrap();
         Case { dir, dest }
     }
 
@@ -95,11 +84,11 @@ impl Case {
 #[test]
 fn a_delta_for_another_base_is_refused_until_forced() {
     let c = Case::new("state-base");
-    let (a, b, x) = (random(2), random(3), random(4));
+    let (a, b, x) = (random(SIZE, 2), random(SIZE, 3), random(SIZE, 4));
     // A full copy to A names no base: taken whatever DEST holds.
     delta(&c.dir.join("seed.lvd"), &header(None, Some("a"), 0), &a, 0);
     assert!(c.apply("seed.lvd", &[]).status.success());
-    assert_eq!(fs::read(&c.dest).unwrap(), a);
+    assert_same(&c.dest, &a, "DEST against a");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("a")));
 
     // A delta from X (not what DEST holds): refused, DEST untouched.
@@ -112,7 +101,7 @@ fn a_delta_for_another_base_is_refused_until_forced() {
     let out = c.apply("x.lvd", &[]);
     assert_clean_failure(&out, "it holds vg/a taken 2026-11-26 08:00:00 +0000 (snapshot uuid a-uuid), but the delta applies to vg/x");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
-    assert_eq!(fs::read(&c.dest).unwrap(), a);
+    assert_same(&c.dest, &a, "DEST against a");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("a")));
 
     // From A to B: applied, and DEST holds B.
@@ -123,7 +112,7 @@ fn a_delta_for_another_base_is_refused_until_forced() {
         0,
     );
     assert!(c.apply("ab.lvd", &[]).status.success());
-    assert_eq!(fs::read(&c.dest).unwrap(), b);
+    assert_same(&c.dest, &b, "DEST against b");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
     // The same delta again: DEST holds B now, not A.
     assert_clean_failure(&c.apply("ab.lvd", &[]), "it was made for another copy");
@@ -135,7 +124,7 @@ fn a_delta_for_another_base_is_refused_until_forced() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(fs::read(&c.dest).unwrap(), x);
+    assert_same(&c.dest, &x, "DEST against x");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("y")));
 
     // Data from a live volume: what DEST holds is no longer known, and
@@ -156,7 +145,7 @@ fn a_delta_for_another_base_is_refused_until_forced() {
 #[test]
 fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
     let c = Case::new("state-resume");
-    let (a, b) = (random(5), random(6));
+    let (a, b) = (random(SIZE, 5), random(SIZE, 6));
     delta(&c.dir.join("seed.lvd"), &header(None, Some("a"), 0), &a, 0);
     assert!(c.apply("seed.lvd", &[]).status.success());
 
@@ -210,7 +199,7 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
     );
     assert!(fs::metadata(&rest).unwrap().len() < bytes.len() as u64);
     assert!(c.apply("rest.lvd", &[]).status.success());
-    assert_eq!(fs::read(&c.dest).unwrap(), b);
+    assert_same(&c.dest, &b, "DEST against b");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
     assert_eq!(state_of(&c.dest).unwrap().applying, None);
 
@@ -224,7 +213,7 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
         &c.apply("bad.lvd", &["--force"]),
         "before the end of the previous record or the offset the delta resumes at",
     );
-    assert_eq!(fs::read(&c.dest).unwrap(), b);
+    assert_same(&c.dest, &b, "DEST against b");
 }
 
 /// A long apply confirms as it goes (every 256 MiB), without waiting for
@@ -234,7 +223,7 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
 #[test]
 fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     const MIB: u64 = 1 << 20;
@@ -267,7 +256,7 @@ fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
     // Feed the records up to 600 MiB, then wait for a confirmation past
     // 512 MiB while the apply waits for more.
     let fed = ends.iter().find(|(end, _)| *end == 600 * MIB).unwrap().1 as usize;
-    let mut apply = Command::new(bin())
+    let mut apply = command()
         .args(["apply", "-"])
         .arg(&dest)
         .stdin(Stdio::piped())

@@ -8,34 +8,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
-use crate::common::sshd::Sshd;
+use crate::common::sshd::{self, Sshd, HOST};
 use crate::common::*;
-use lvmsync::cowgen::Rng;
 
-const HOST: &str = "root@127.0.0.1";
 /// The block size of most tests: small, so that images are small and
 /// have many blocks.
 const BS: u64 = 64 << 10;
 /// An image size that is not a whole number of blocks.
 const SIZE: usize = 3 * (1 << 20) + 12345;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng(seed).fill(&mut v);
-    v
-}
 
 /// `verify --json --block-size BS` (unless `extra` has one) plus `extra`,
 /// SRC, DEST: the status and the object.
@@ -62,12 +42,7 @@ fn verify_json(extra: &[&str], src: &str, dest: &str) -> (i32, serde_json::Value
 
 /// `[(offset, length)]` of the object's `differences`.
 fn differences(doc: &serde_json::Value) -> Vec<(u64, u64)> {
-    doc["differences"]
-        .as_array()
-        .expect("differences array")
-        .iter()
-        .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
-        .collect()
+    extents(&doc["differences"])
 }
 
 /// The block of `BS` holding byte `at`, clipped to `size`.
@@ -153,7 +128,7 @@ fn single_flipped_bits_are_found_at_their_block_and_repaired() {
         assert_eq!(doc["identical"], false, "as found");
         assert_eq!(doc["identical_now"], true);
         assert_eq!(doc["repaired"]["data_bytes"], want.1);
-        assert!(fs::read(&dest).unwrap() == data, "repair at {at}");
+        assert_same(&dest, &data, &format!("repair at {at}"));
         let (code, doc) = verify_json(&[], s(&src), s(&dest));
         assert_eq!(code, 0, "after the repair: {doc}");
     }
@@ -181,7 +156,7 @@ fn flips_on_both_sides_of_a_boundary_make_one_range() {
     let o = run(&["verify", "--repair", s(&src), s(&dest)]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("repaired: "), "{}", stdout(&o));
-    assert!(fs::read(&dest).unwrap() == data);
+    assert_same(&dest, &data, "repaired");
 }
 
 #[test]
@@ -219,7 +194,7 @@ fn copies_of_different_sizes_are_reported_and_repaired() {
     let (code, doc) = verify_json(&["--repair"], s(&src), s(&dest));
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["repaired"]["dest_size_after"], size);
-    assert!(fs::read(&dest).unwrap() == data, "extended and repaired");
+    assert_same(&dest, &data, "extended and repaired");
     assert_eq!(verify_json(&[], s(&src), s(&dest)).0, 0);
 
     // DEST longer: its tail differs, and the repair cuts it.
@@ -246,7 +221,7 @@ fn copies_of_different_sizes_are_reported_and_repaired() {
         "{}",
         stdout(&o)
     );
-    assert!(fs::read(&dest).unwrap() == data, "cut and repaired");
+    assert_same(&dest, &data, "cut and repaired");
     assert_eq!(verify_json(&[], s(&src), s(&dest)).0, 0);
 
     // An empty DEST: everything differs.
@@ -255,7 +230,7 @@ fn copies_of_different_sizes_are_reported_and_repaired() {
     let (code, doc) = verify_json(&["--repair"], s(&src), s(&empty));
     assert_eq!(code, 0);
     assert_eq!(differences(&doc), [(0, size)]);
-    assert!(fs::read(&empty).unwrap() == data);
+    assert_same(&empty, &data, "the empty copy, repaired");
 }
 
 #[test]
@@ -409,7 +384,7 @@ fn over_ssh_differences_are_found_and_repaired() {
     let (code, doc) = r.verify(&["--repair"], &src, &dest);
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["repaired"]["data_bytes"], doc["differing_bytes"]);
-    assert!(fs::read(&dest).unwrap() == data, "repaired over ssh");
+    assert_same(&dest, &data, "repaired over ssh");
     assert_eq!(r.verify(&[], &src, &dest).0, 0);
     assert!(!r.dir.join("x").exists() && !Path::new("/root/x").exists());
 
@@ -425,7 +400,7 @@ fn over_ssh_differences_are_found_and_repaired() {
         [(3 * BS, BS), ((SIZE / 2) as u64, size - (SIZE / 2) as u64)]
     );
     assert_eq!(r.verify(&["--repair"], &src, &dest).0, 0);
-    assert!(fs::read(&dest).unwrap() == data, "extended over ssh");
+    assert_same(&dest, &data, "extended over ssh");
     let mut long = data.clone();
     long.extend_from_slice(&[1u8; 5000]);
     fs::write(&dest, &long).unwrap();
@@ -435,7 +410,7 @@ fn over_ssh_differences_are_found_and_repaired() {
     let o = r.run(&["--repair"], &src, &format!("{HOST}:{}", dest.display()));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("DEST was cut from"), "{}", stdout(&o));
-    assert!(fs::read(&dest).unwrap() == data, "cut over ssh");
+    assert_same(&dest, &data, "cut over ssh");
 }
 
 #[test]
@@ -466,7 +441,7 @@ fn over_ssh_hashes_larger_than_the_pipes_stream_through() {
         r.verify(&["--block-size", "4k", "--repair"], &src, &dest).0,
         0
     );
-    assert!(fs::read(&dest).unwrap() == data);
+    assert_same(&dest, &data, "repaired in blocks of 4 KiB");
 }
 
 #[test]
@@ -499,13 +474,10 @@ fn over_ssh_failures_are_one_line_errors() {
     assert_clean_failure(&o, "nope.img: cannot open: No such file");
 
     // Another version on the far side.
-    let fake = r.dir.join("fake-lvmsync");
-    fs::write(
-        &fake,
-        "#!/bin/sh\necho 'LVMSYNC-VERIFY 7 1 200000 65536 file'\nsleep 1\n",
-    )
-    .unwrap();
-    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = script(
+        &r.dir.join("fake-lvmsync"),
+        "echo 'LVMSYNC-VERIFY 7 1 200000 65536 file'\nsleep 1",
+    );
     let rsh = r.sshd.rsh();
     let dest = format!("{HOST}:{}", src.display());
     let o = run(&[
@@ -520,11 +492,10 @@ fn over_ssh_failures_are_one_line_errors() {
     assert_clean_failure(&o, "speaks protocol 7 and block hash version 1");
 
     // A far side that stops sending hashes midway.
-    fs::write(
+    script(
         &fake,
-        "#!/bin/sh\necho 'LVMSYNC-VERIFY 1 1 200000 65536 file'\nprintf 0123456789abcdef\necho 'lvmsync-rs: error: disk on fire' >&2\nexit 1\n",
-    )
-    .unwrap();
+        "echo 'LVMSYNC-VERIFY 1 1 200000 65536 file'\nprintf 0123456789abcdef\necho 'lvmsync-rs: error: disk on fire' >&2\nexit 1",
+    );
     let o = run(&[
         "verify",
         "--block-size",
@@ -541,12 +512,7 @@ fn over_ssh_failures_are_one_line_errors() {
 
     // A refused login.
     let other_key = r.dir.join("other_key");
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-t", "ed25519", "-f"])
-        .arg(&other_key)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sshd::keygen(&other_key);
     let o = run(&[
         "verify",
         "-e",
@@ -625,7 +591,7 @@ fn block_devices_are_read_directly_and_never_resized() {
         "the block device is 1048576 bytes, smaller than SRC (2097152 bytes): --repair cannot make it a copy",
     );
     drop(small_dev);
-    assert!(fs::read(&small).unwrap() == small_data, "nothing written");
+    assert_same(&small, &small_data, "nothing written");
 
     // A device larger than SRC: repaired, but its tail remains (exit 3).
     let big = dir.join("big.img");
@@ -645,5 +611,5 @@ fn block_devices_are_read_directly_and_never_resized() {
     assert_eq!(code, 3);
     assert_eq!(differences(&doc), [(2 << 20, 1 << 20)], "only the tail");
     drop(big_dev);
-    assert!(fs::read(&big).unwrap()[..2 << 20] == data[..]);
+    assert_same_bytes(&fs::read(&big).unwrap()[..2 << 20], &data, "big");
 }

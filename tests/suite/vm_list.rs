@@ -156,7 +156,7 @@ fn check_ok(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut
                 doc["chunk_size"], doc["origin_size"]
             ));
         }
-        let got = extents(&doc);
+        let got = extents(&doc["extents"]);
         if got != expected {
             failures.push(format!(
                 "{name} [{tag}]: extents {got:?}\n  expected {expected:?}"
@@ -182,7 +182,7 @@ fn check_ok(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut
         let out = list_image(&img, origin_size);
         match out.status.success() {
             true => {
-                let got = extents(&json(&out));
+                let got = extents(&json(&out)["extents"]);
                 if got != expected {
                     failures.push(format!(
                         "{name} [cow.img]: extents {got:?}\n  expected {expected:?}"

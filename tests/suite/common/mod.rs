@@ -1,24 +1,75 @@
-//! Helpers shared by the integration tests: running the binary and checking
-//! how it failed.
+//! Helpers shared by the integration tests: running the binary, scratch
+//! directories, and checking what it printed and how it failed.
 
+pub mod images;
 pub mod s3;
 pub mod sshd;
 
 use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
+pub use images::random;
+
+/// The lvmsync-rs binary of this build.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lvmsync-rs"))
 }
 
+/// The binary as a command to complete, without RUST_BACKTRACE from the
+/// environment: a panic is then one recognisable message.
+pub fn command() -> Command {
+    let mut command = Command::new(bin());
+    command.env_remove("RUST_BACKTRACE");
+    command
+}
+
 pub fn run(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run lvmsync-rs")
+    command().args(args).output().expect("run lvmsync-rs")
+}
+
+/// A path as an argument (the tests make only UTF-8 paths).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts that the command succeeded, and did not panic on the way.
+pub fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "status {:?}: {}", o.status, stderr(o));
+    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
+}
+
+/// Writes an executable shell script with `body` to `path`.
+pub fn script(path: &Path, body: &str) -> PathBuf {
+    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_path_buf()
+}
+
+/// Asserts that the file at `path` holds exactly `want`; a difference is
+/// named by its offset, not printed.
+pub fn assert_same(path: &Path, want: &[u8], what: &str) {
+    assert_same_bytes(&fs::read(path).unwrap(), want, what);
+}
+
+/// Asserts that `got` is `want`; a difference is named by its offset, not
+/// printed.
+pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: size");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {i}");
+    }
 }
 
 /// A fresh directory for one test. All the tests run in one process, so
@@ -100,11 +151,11 @@ pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
 }
 
-/// `[(offset, length)]` from a listing's `extents`.
-pub fn extents(doc: &serde_json::Value) -> Vec<(u64, u64)> {
-    doc["extents"]
-        .as_array()
-        .expect("extents array")
+/// `[(offset, length)]` from an array of `{"offset", "length"}` objects: a
+/// listing's `extents` or `zero_extents`, verify's `differences`.
+pub fn extents(list: &serde_json::Value) -> Vec<(u64, u64)> {
+    list.as_array()
+        .expect("an array of extents")
         .iter()
         .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
         .collect()

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 pub const SSHD: &str = "/usr/sbin/sshd";
 
+/// Who logs in, where: root (the server runs as root), on this host.
+pub const HOST: &str = "root@127.0.0.1";
+
 pub struct Sshd {
     pub port: u16,
     /// The client's private key.
@@ -17,7 +20,8 @@ pub struct Sshd {
     child: Child,
 }
 
-fn keygen(path: &Path) {
+/// Makes a key pair without a passphrase: `path` and `path.pub`.
+pub fn keygen(path: &Path) {
     let _ = fs::remove_file(path);
     let _ = fs::remove_file(path.with_extension("pub"));
     let status = Command::new("ssh-keygen")
@@ -81,11 +85,7 @@ impl Sshd {
             .stderr(log)
             .spawn()
             .expect("start sshd");
-        let mut sshd = Sshd {
-            port,
-            key,
-            child,
-        };
+        let mut sshd = Sshd { port, key, child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = sshd.child.try_wait() {

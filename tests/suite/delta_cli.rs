@@ -6,24 +6,24 @@
 
 use std::fs;
 use std::io::Write;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::common::images::{delta_bytes, image_header, Change, Fill};
 use crate::common::*;
-use lvmsync::cowgen::CowImage;
-use lvmsync::stream::{self, Compression, Header, SourceInfo, SourceKind, Totals, Writer};
+use lvmsync::stream::{self, Totals};
 
 const CHUNK: u64 = 4096;
 
-use lvmsync::cowgen::Rng;
-
 /// An old image, a new one, and the COW image listing the chunks that differ.
-struct Fixture {
-    dir: Scratch,
-    old: Vec<u8>,
-    new: Vec<u8>,
-    new_path: PathBuf,
-    cow_path: PathBuf,
+struct Fixture(Change);
+
+impl Deref for Fixture {
+    type Target = Change;
+    fn deref(&self) -> &Change {
+        &self.0
+    }
 }
 
 impl Fixture {
@@ -31,68 +31,28 @@ impl Fixture {
     /// scattered chunks of random data and of text, a run longer than a
     /// record, zeroed chunks inside and outside runs, and the last chunk.
     fn new(name: &str) -> Fixture {
-        let dir = scratch(name);
-        let size = (4 << 20) + 1536;
-        let mut rng = Rng(0x1234_5678_9abc_def1);
-        let mut old = vec![0u8; size];
-        rng.fill(&mut old);
-        let mut new = old.clone();
-        let mut chunks: Vec<u64> = Vec::new();
-        let mut set = |chunk: u64, what: u8, rng: &mut Rng, chunks: &mut Vec<u64>| {
-            let start = (chunk * CHUNK) as usize;
-            let end = (start + CHUNK as usize).min(size);
-            let b = &mut new[start..end];
-            match what {
-                b'r' => rng.fill(b),
-                b'z' => b.fill(0),
-                _ => {
-                    for (i, x) in b.iter_mut().enumerate() {
-                        *x = b"the quick brown fox jumps over the lazy dog\n"[i % 44];
-                    }
-                }
-            }
-            chunks.push(chunk);
-        };
+        use Fill::{Random, Text, Zero};
         // Scattered single chunks, in write order, not sorted.
-        for (c, what) in [(7, b'r'), (3, b't'), (12, b'z'), (40, b'r'), (41, b't')] {
-            set(c, what, &mut rng, &mut chunks);
-        }
+        let scattered = [(7, Random), (3, Text), (12, Zero), (40, Random), (41, Text)];
         // A run of 300 chunks (1.2 MiB, more than one record): text, then
         // 20 zeroed chunks, then random.
-        for c in 100..400 {
-            let what = match c {
-                100..=179 => b't',
-                180..=199 => b'z',
-                _ => b'r',
-            };
-            set(c, what, &mut rng, &mut chunks);
-        }
+        let run = (100..400).map(|c| match c {
+            100..=179 => (c, Text),
+            180..=199 => (c, Zero),
+            _ => (c, Random),
+        });
         // 300 zeroed chunks in a row: ZERO records up to the record limit.
-        for c in 500..800 {
-            set(c, b'z', &mut rng, &mut chunks);
-        }
+        let zeroes = (500..800).map(|c| (c, Zero));
         // A chunk written twice, and the last, partial chunk.
-        set(7, b'r', &mut rng, &mut chunks);
-        set(1024, b'r', &mut rng, &mut chunks);
-        let mut cow = CowImage::new(CHUNK);
-        for &c in &chunks {
-            cow.push(c);
-        }
-        let new_path = dir.join("new.img");
-        let cow_path = dir.join("snap.cow");
-        fs::write(&new_path, &new).unwrap();
-        fs::write(&cow_path, cow.to_vec()).unwrap();
-        Fixture {
-            dir,
-            old,
-            new,
-            new_path,
-            cow_path,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        let last = [(7, Random), (1024, Random)];
+        let changes = scattered.into_iter().chain(run).chain(zeroes).chain(last);
+        Fixture(Change::new(
+            scratch(name),
+            (4 << 20) + 1536,
+            CHUNK,
+            0x1234_5678_9abc_def1,
+            changes,
+        ))
     }
 
     /// `send --cow --data-source NEW -o FILE` plus `extra` options.
@@ -116,13 +76,6 @@ impl Fixture {
         );
         assert!(o.stdout.is_empty());
         out
-    }
-
-    /// A fresh copy of the old image.
-    fn copy_of_old(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, &self.old).unwrap();
-        p
     }
 }
 
@@ -616,21 +569,6 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
     check_damaged(&f, &recs, "kind", &odd, "unknown record kind 0x51", 2);
 }
 
-/// A header for deltas made with the encoder API.
-fn header(origin_size: u64) -> Header {
-    Header {
-        origin_size,
-        chunk_size: CHUNK,
-        source: SourceInfo::of_kind(SourceKind::Image),
-        compression: Compression::Lz4,
-        tool: "test".into(),
-        base: None,
-        target: None,
-        resume_from: 0,
-        properties: Default::default(),
-    }
-}
-
 #[test]
 fn records_outside_the_origin_or_out_of_order_are_refused() {
     let f = Fixture::new("delta-crafted");
@@ -648,10 +586,10 @@ fn records_outside_the_origin_or_out_of_order_are_refused() {
             .collect()
     };
     // Past the end of the origin: the second record.
-    let mut w = Writer::new(Vec::new(), &header(size)).unwrap();
-    w.data(8192, &f.new[8192..16384]).unwrap();
-    w.data(size - 4096, &[0xaa; 8192]).unwrap();
-    let (bytes, _, _) = w.finish().unwrap();
+    let bytes = delta_bytes(&image_header(size, CHUNK), |w| {
+        w.data(8192, &f.new[8192..16384]).unwrap();
+        w.data(size - 4096, &[0xaa; 8192]).unwrap();
+    });
     check_damaged(
         &f,
         &recs(&[(8192, 8192)]),
@@ -661,10 +599,10 @@ fn records_outside_the_origin_or_out_of_order_are_refused() {
         1,
     );
     // Overlapping the previous record.
-    let mut w = Writer::new(Vec::new(), &header(size)).unwrap();
-    w.data(65536, &f.new[65536..73728]).unwrap();
-    w.data(69632, &[0xbb; 4096]).unwrap();
-    let (bytes, _, _) = w.finish().unwrap();
+    let bytes = delta_bytes(&image_header(size, CHUNK), |w| {
+        w.data(65536, &f.new[65536..73728]).unwrap();
+        w.data(69632, &[0xbb; 4096]).unwrap();
+    });
     check_damaged(
         &f,
         &recs(&[(65536, 8192)]),

@@ -3,17 +3,15 @@
 
 use std::fs;
 
+use crate::common::images::cow_image;
 use crate::common::*;
 use lvmsync::cowgen::CowImage;
 
+/// A COW image `dir/name` (see cow_image), as an argument.
 fn image(dir: &std::path::Path, name: &str, chunk: u64, chunks: &[u64]) -> String {
-    let mut img = CowImage::new(chunk);
-    for &c in chunks {
-        img.push(c);
-    }
     let path = dir.join(name);
-    fs::write(&path, img.to_vec()).unwrap();
-    path.to_str().unwrap().to_string()
+    cow_image(&path, chunk, chunks);
+    s(&path).to_string()
 }
 
 #[test]

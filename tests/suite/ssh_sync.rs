@@ -8,24 +8,29 @@
 //! sync.
 
 use std::fs;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::common::images::{Change, Fill};
 use crate::common::sshd::{self, Sshd, HOST};
 use crate::common::*;
-use lvmsync::cowgen::{CowImage, Rng};
+use lvmsync::cowgen::Rng;
 
 const CHUNK: u64 = 4096;
 
 /// An sshd, an old image, a new one, and the COW image of their difference.
 struct Fixture {
     sshd: Sshd,
-    dir: Scratch,
-    old: Vec<u8>,
-    new: Vec<u8>,
-    new_path: PathBuf,
-    cow_path: PathBuf,
+    change: Change,
+}
+
+impl Deref for Fixture {
+    type Target = Change;
+    fn deref(&self) -> &Change {
+        &self.change
+    }
 }
 
 impl Fixture {
@@ -36,53 +41,14 @@ impl Fixture {
         let dir = scratch(name);
         let sshd = Sshd::start(&dir.join("sshd"));
         let size = 24usize << 20;
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut old = vec![0u8; size];
-        rng.fill(&mut old);
-        let mut new = old.clone();
-        let mut cow = CowImage::new(CHUNK);
-        let chunks = size as u64 / CHUNK;
-        for c in 0..chunks {
-            let what = match c % 12 {
-                0..=7 => b'r',
-                8 => b't',
-                9 => b'z',
-                _ => continue,
-            };
-            let b = &mut new[(c * CHUNK) as usize..((c + 1) * CHUNK) as usize];
-            match what {
-                b'r' => rng.fill(b),
-                b'z' => b.fill(0),
-                _ => {
-                    for (i, x) in b.iter_mut().enumerate() {
-                        *x = b"lvmsync over ssh\n"[i % 17];
-                    }
-                }
-            }
-            cow.push(c);
-        }
-        let new_path = dir.join("new.img");
-        let cow_path = dir.join("snap.cow");
-        fs::write(&new_path, &new).unwrap();
-        fs::write(&cow_path, cow.to_vec()).unwrap();
-        Fixture {
-            sshd,
-            dir,
-            old,
-            new,
-            new_path,
-            cow_path,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn copy_of_old(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, &self.old).unwrap();
-        p
+        let changes = (0..size as u64 / CHUNK).filter_map(|c| match c % 12 {
+            0..=7 => Some((c, Fill::Random)),
+            8 => Some((c, Fill::Text)),
+            9 => Some((c, Fill::Zero)),
+            _ => None,
+        });
+        let change = Change::new(dir, size, CHUNK, 0x9e37_79b9_7f4a_7c15, changes);
+        Fixture { sshd, change }
     }
 
     /// An executable script in the test's directory.

@@ -6,9 +6,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::common::images::{delta_bytes, image_header};
 use crate::common::*;
 use lvmsync::state::{self, State};
-use lvmsync::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, Writer};
+use lvmsync::stream::{Header, PointInTime, SourceInfo, SourceKind, Writer};
 
 const SIZE: usize = 1 << 20;
 const BLOCK: usize = 64 << 10;
@@ -22,10 +23,10 @@ fn pit(snap: &str) -> PointInTime {
     }
 }
 
+/// The header of a delta of a classic snapshot of vg/origin, from the
+/// snapshot `base` (none: a full copy) to `target` (none: a live volume).
 fn header(base: Option<&str>, target: Option<&str>, resume_from: u64) -> Header {
     Header {
-        origin_size: SIZE as u64,
-        chunk_size: BLOCK as u64,
         source: SourceInfo {
             vg: Some("vg".into()),
             snapshot: base.map(String::from),
@@ -33,24 +34,23 @@ fn header(base: Option<&str>, target: Option<&str>, resume_from: u64) -> Header 
             origin_uuid: Some("origin-uuid".into()),
             ..SourceInfo::of_kind(SourceKind::Classic)
         },
-        compression: Compression::Lz4,
-        tool: "test".into(),
         base: base.map(pit),
         target: target.map(pit),
         resume_from,
-        properties: Default::default(),
+        ..image_header(SIZE as u64, BLOCK as u64)
     }
 }
 
-/// A delta setting every block of `content` from `from` on.
+/// A delta setting every block of `content` from `from` on; the offset in
+/// it where each record ends.
 fn delta(path: &Path, h: &Header, content: &[u8], from: usize) -> Vec<u64> {
-    let mut w = Writer::new(Vec::new(), h).unwrap();
     let mut ends = Vec::new();
-    for off in (from..content.len()).step_by(BLOCK) {
-        w.data(off as u64, &content[off..off + BLOCK]).unwrap();
-        ends.push(w.position());
-    }
-    let (bytes, _, _) = w.finish().unwrap();
+    let bytes = delta_bytes(h, |w| {
+        for off in (from..content.len()).step_by(BLOCK) {
+            w.data(off as u64, &content[off..off + BLOCK]).unwrap();
+            ends.push(w.position());
+        }
+    });
     fs::write(path, bytes).unwrap();
     ends
 }
@@ -205,9 +205,9 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
 
     // A resumed delta that holds a record before where it says it resumes
     // is damaged.
-    let mut w = Writer::new(Vec::new(), &header(Some("b"), Some("c"), 2 * BLOCK as u64)).unwrap();
-    w.data(0, &a[..BLOCK]).unwrap();
-    let (bad, _, _) = w.finish().unwrap();
+    let bad = delta_bytes(&header(Some("b"), Some("c"), 2 * BLOCK as u64), |w| {
+        w.data(0, &a[..BLOCK]).unwrap();
+    });
     fs::write(c.dir.join("bad.lvd"), bad).unwrap();
     assert_clean_failure(
         &c.apply("bad.lvd", &["--force"]),
@@ -248,10 +248,8 @@ fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
             ends.push(((i + 1) * MIB, w.position()));
         }
     };
-    let mut w = Writer::new(Vec::new(), &head(0)).unwrap();
     let mut ends = Vec::new();
-    records(&mut w, 0, &mut ends);
-    let (whole, _, _) = w.finish().unwrap();
+    let whole = delta_bytes(&head(0), |w| records(w, 0, &mut ends));
 
     // Feed the records up to 600 MiB, then wait for a confirmation past
     // 512 MiB while the apply waits for more.
@@ -292,9 +290,9 @@ fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
     assert_eq!(partway.confirmed % MIB, 0, "a record boundary");
 
     // The delta resumed from there completes the copy.
-    let mut w = Writer::new(Vec::new(), &head(partway.confirmed)).unwrap();
-    records(&mut w, partway.confirmed, &mut Vec::new());
-    let (rest, _, _) = w.finish().unwrap();
+    let rest = delta_bytes(&head(partway.confirmed), |w| {
+        records(w, partway.confirmed, &mut Vec::new())
+    });
     assert!(rest.len() < whole.len());
     fs::write(dir.join("rest.lvd"), rest).unwrap();
     let out = run(&["apply", s(&dir.join("rest.lvd")), s(&dest)]);

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: running the binary, scratch
 //! directories, and checking what it printed and how it failed.
 
+pub mod guest;
 pub mod images;
 pub mod s3;
 pub mod sshd;
@@ -207,42 +208,5 @@ pub fn read_writes(path: &Path) -> Vec<(u64, u64)> {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() == 3).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
         })
-        .collect()
-}
-
-/// Runs `tests/vm/scenarios/SCRIPT` in the real-kernel guest
-/// (`tests/vm/run-in-guest.sh`) with its results in a fresh directory for
-/// `name`; fails the test if the guest run fails. Returns the results
-/// directory and the guest's log. One guest runs at a time, as each keeps a
-/// core busy for minutes: the other real-kernel tests wait for it.
-pub fn run_scenario(name: &str, script: &str) -> (Scratch, String) {
-    static GUEST: Mutex<()> = Mutex::new(());
-    let results = scratch(name);
-    // A test that failed with the guest held leaves the lock poisoned; the
-    // next guest does not depend on it.
-    let _guest = GUEST.lock().unwrap_or_else(|e| e.into_inner());
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .arg(repo.join("tests/vm/run-in-guest.sh"))
-        .arg(repo.join("tests/vm/scenarios").join(script))
-        .arg(&results)
-        .env("LVMSYNC", bin())
-        .status()
-        .expect("run the guest");
-    let log = std::fs::read_to_string(results.join("guest.log")).unwrap_or_default();
-    assert!(
-        status.success(),
-        "guest run failed ({status}); guest log:\n{log}"
-    );
-    (results, log)
-}
-
-/// The `NAME SHA256` lines a scenario wrote to DIR/sums.txt.
-pub fn sums(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    std::fs::read_to_string(dir.join("sums.txt"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
 }

@@ -124,11 +124,7 @@ fn a_delta_applied_to_a_copy_of_the_old_image_makes_the_new_one() {
     let delta = f.send("d.lvd", &[]);
     let copy = f.copy_of_old("copy.img");
     let out = run(&["apply", s(&delta), s(&copy)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("lvmsync-rs apply: applied "), "{stderr}");
@@ -200,21 +196,13 @@ fn send_piped_into_apply() {
         .output()
         .unwrap();
     let sent = sender.wait_with_output().unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    assert_ok(&sent);
     assert!(
         String::from_utf8_lossy(&sent.stderr).starts_with("lvmsync-rs send: "),
         "{}",
         String::from_utf8_lossy(&sent.stderr)
     );
-    assert!(
-        applier.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applier.stderr)
-    );
+    assert_ok(&applier);
     assert!(String::from_utf8_lossy(&applier.stderr).contains("applied stdin to "));
     assert_same(&copy, &f.new, "copy");
 }
@@ -230,7 +218,7 @@ fn without_compression_every_data_record_is_raw() {
         .iter()
         .all(|r| r.stored == if r.kind == "zero" { 0 } else { r.length }));
     let copy = f.copy_of_old("copy.img");
-    assert!(run(&["apply", s(&delta), s(&copy)]).status.success());
+    assert_ok(&run(&["apply", s(&delta), s(&copy)]));
     assert_same(&copy, &f.new, "copy");
     // Compression made the other delta smaller.
     let lz4 = f.send("lz4.lvd", &[]);
@@ -244,11 +232,7 @@ fn a_snapback_restores_the_old_copy() {
     let copy = f.copy_of_old("copy.img");
     let snapback = f.path("undo.lvd");
     let out = run(&["apply", "--snapback", s(&snapback), s(&delta), s(&copy)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("Snapback: "));
     assert_same(&copy, &f.new, "copy after the delta");
     let (doc, _) = inspect(&snapback);
@@ -258,11 +242,7 @@ fn a_snapback_restores_the_old_copy() {
     let again = run(&["apply", "--snapback", s(&snapback), s(&delta), s(&copy)]);
     assert_clean_failure(&again, "already exists; a snapback is never overwritten");
     let out = run(&["apply", s(&snapback), s(&copy)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_same(&copy, &f.old, "copy after the snapback");
 }
 
@@ -277,11 +257,7 @@ fn a_missing_destination_needs_create_and_a_short_file_is_extended() {
     );
     assert!(!dest.exists());
     let out = run(&["apply", "--create", s(&delta), s(&dest)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // Unchanged ranges of a new file are zeroes.
     let (_, recs) = inspect(&delta);
     let mut want = vec![0u8; f.new.len()];
@@ -296,11 +272,7 @@ fn a_missing_destination_needs_create_and_a_short_file_is_extended() {
     fs::write(&short, &f.old[..1 << 20]).unwrap();
     let snapback = f.path("short-undo.lvd");
     let out = run(&["apply", "--snapback", s(&snapback), s(&delta), s(&short)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("was extended from 1048576 bytes"));
     let mut want = f.old[..1 << 20].to_vec();
     want.resize(f.new.len(), 0);
@@ -310,7 +282,7 @@ fn a_missing_destination_needs_create_and_a_short_file_is_extended() {
     }
     assert_same(&short, &want, "extended copy");
     // Its snapback restores the old bytes; the extension stays, as zeroes.
-    assert!(run(&["apply", s(&snapback), s(&short)]).status.success());
+    assert_ok(&run(&["apply", s(&snapback), s(&short)]));
     let mut want = f.old[..1 << 20].to_vec();
     want.resize(f.new.len(), 0);
     assert_same(&short, &want, "restored copy");
@@ -638,7 +610,7 @@ fn a_failed_apply_leaves_a_complete_snapback() {
     assert_same(&copy, &expected(&f, &recs, k), "partly applied copy");
     let (doc, _) = inspect(&snapback);
     assert_eq!(doc["whole"], true);
-    assert!(run(&["apply", s(&snapback), s(&copy)]).status.success());
+    assert_ok(&run(&["apply", s(&snapback), s(&copy)]));
     assert_same(&copy, &f.old, "restored copy");
 }
 

@@ -87,7 +87,7 @@ fn a_delta_for_another_base_is_refused_until_forced() {
     let (a, b, x) = (random(SIZE, 2), random(SIZE, 3), random(SIZE, 4));
     // A full copy to A names no base: taken whatever DEST holds.
     delta(&c.dir.join("seed.lvd"), &header(None, Some("a"), 0), &a, 0);
-    assert!(c.apply("seed.lvd", &[]).status.success());
+    assert_ok(&c.apply("seed.lvd", &[]));
     assert_same(&c.dest, &a, "DEST against a");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("a")));
 
@@ -111,7 +111,7 @@ fn a_delta_for_another_base_is_refused_until_forced() {
         &b,
         0,
     );
-    assert!(c.apply("ab.lvd", &[]).status.success());
+    assert_ok(&c.apply("ab.lvd", &[]));
     assert_same(&c.dest, &b, "DEST against b");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
     // The same delta again: DEST holds B now, not A.
@@ -119,26 +119,22 @@ fn a_delta_for_another_base_is_refused_until_forced() {
 
     // --force applies the delta from X anyway.
     let out = c.apply("x.lvd", &["--force"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_same(&c.dest, &x, "DEST against x");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("y")));
 
     // Data from a live volume: what DEST holds is no longer known, and
     // any delta is then taken.
     delta(&c.dir.join("live.lvd"), &header(Some("y"), None, 0), &a, 0);
-    assert!(c.apply("live.lvd", &[]).status.success());
+    assert_ok(&c.apply("live.lvd", &[]));
     assert_eq!(state_of(&c.dest).unwrap(), State::default());
-    assert!(c.apply("ab.lvd", &[]).status.success());
+    assert_ok(&c.apply("ab.lvd", &[]));
 
     // A damaged state file is an error, unless --force.
     let path = state::location(&c.dest).unwrap();
     fs::write(&path, "{").unwrap();
     assert_clean_failure(&c.apply("ab.lvd", &[]), "damaged state file");
-    assert!(c.apply("ab.lvd", &["--force"]).status.success());
+    assert_ok(&c.apply("ab.lvd", &["--force"]));
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
 }
 
@@ -147,7 +143,7 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
     let c = Case::new("state-resume");
     let (a, b) = (random(SIZE, 5), random(SIZE, 6));
     delta(&c.dir.join("seed.lvd"), &header(None, Some("a"), 0), &a, 0);
-    assert!(c.apply("seed.lvd", &[]).status.success());
+    assert_ok(&c.apply("seed.lvd", &[]));
 
     // The delta from A to B, cut after its sixth record.
     let whole = c.dir.join("ab.lvd");
@@ -198,7 +194,7 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
         6 * BLOCK,
     );
     assert!(fs::metadata(&rest).unwrap().len() < bytes.len() as u64);
-    assert!(c.apply("rest.lvd", &[]).status.success());
+    assert_ok(&c.apply("rest.lvd", &[]));
     assert_same(&c.dest, &b, "DEST against b");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
     assert_eq!(state_of(&c.dest).unwrap().applying, None);
@@ -296,11 +292,7 @@ fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
     assert!(rest.len() < whole.len());
     fs::write(dir.join("rest.lvd"), rest).unwrap();
     let out = run(&["apply", s(&dir.join("rest.lvd")), s(&dest)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let st = state_of(&dest).unwrap();
     assert_eq!((st.holds, st.applying), (Some(pit("a")), None));
     let copy = fs::File::open(&dest).unwrap();

@@ -263,11 +263,7 @@ fn unmapped_blocks_travel_as_zero_records_without_being_read() {
         "-o",
         delta.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     let doc = json(&run(&["inspect", "--json", delta.to_str().unwrap()]));
     assert_eq!(doc["whole"], true);
@@ -298,11 +294,7 @@ fn unmapped_blocks_travel_as_zero_records_without_being_read() {
     // Applied to the old copy: the changed blocks hold the new data, the
     // unmapped ones zeroes, the rest is untouched.
     let out = run(&["apply", delta.to_str().unwrap(), copy.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let mut expect = old.clone();
     for e in data.iter() {
         let r = e.offset as usize..e.end() as usize;

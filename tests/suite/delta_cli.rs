@@ -295,7 +295,9 @@ fn check_damaged(f: &Fixture, recs: &[Rec], name: &str, bytes: &[u8], needle: &s
     fs::write(&delta, bytes).unwrap();
     let copy = f.copy_of_old(&format!("{name}.img"));
     let out = run(&["apply", s(&delta), s(&copy)]);
-    assert_clean_failure(&out, needle);
+    if let Err(why) = clean_failure(&out, needle) {
+        panic!("{name}: {why}");
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     if k == 0 {
         assert!(
@@ -321,7 +323,9 @@ fn check_damaged(f: &Fixture, recs: &[Rec], name: &str, bytes: &[u8], needle: &s
         .unwrap();
     let _ = child.stdin.take().unwrap().write_all(bytes);
     let out = child.wait_with_output().unwrap();
-    assert_clean_failure(&out, needle);
+    if let Err(why) = clean_failure(&out, needle) {
+        panic!("{name}, from stdin: {why}");
+    }
     assert_same(&copy2, &expected(f, recs, k), name);
     fs::remove_file(&copy).unwrap();
     fs::remove_file(&copy2).unwrap();
@@ -687,141 +691,108 @@ fn bad_arguments_are_refused() {
     let f = Fixture::new("delta-args");
     let delta = f.send("d.lvd", &[]);
     let missing = f.path("missing");
-    let (cow, new) = (s(&f.cow_path), s(&f.new_path));
-    // send
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            s(&missing),
-            "--data-source",
-            new,
-            "-o",
-            "-",
-        ]),
-        "missing: cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            s(&missing),
-            "-o",
-            "-",
-        ]),
-        "missing: cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            new,
-            "--origin-size",
-            "8M",
-            "-o",
-            "-",
-        ]),
-        "the data source is 4195840 bytes, smaller than the origin (8388608 bytes)",
-    );
     let small = f.path("small.img");
     fs::write(&small, &f.new[..1 << 20]).unwrap();
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            s(&small),
-            "--origin-size",
-            "4195840",
-            "-o",
-            "-",
-        ]),
-        "small.img: the data source is 1048576 bytes, smaller than the origin",
-    );
-    // A table naming chunks past the end of a small data source.
-    assert_clean_failure(
-        &run(&["send", "--cow", cow, "--data-source", s(&small), "-o", "-"]),
-        "past the end of the origin",
-    );
     let out_dir = f.path("out-dir");
     fs::create_dir(&out_dir).unwrap();
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            new,
-            "-o",
-            s(&out_dir),
-        ]),
-        "out-dir: cannot create: is a directory",
-    );
-    assert_clean_failure(
-        &run(&["send", "vg-that-is-not/there", "-o", "-"]),
-        "no such device",
-    );
-    for args in [
-        vec!["send", "--cow", cow, "--data-source", new],
-        vec!["send", "--cow", cow, "-o", "-"],
-        vec![
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            new,
-            "-o",
-            "-",
-            "--compress",
-            "zstd",
-        ],
-        vec!["send", "vg/lv", "--origin-size", "1G", "-o", "-"],
-        vec!["send", "-o", "-"],
-        vec!["apply", s(&delta)],
-        vec!["inspect"],
-    ] {
-        let out = run(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    }
-    // apply
     let copy = f.copy_of_old("copy.img");
-    assert_clean_failure(
-        &run(&["apply", s(&missing), s(&copy)]),
-        "missing: cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&["apply", s(&delta), s(&f.dir)]),
-        "is a directory; name a regular file or a block device",
-    );
-    assert_clean_failure(
-        &run(&["apply", s(&f.dir), s(&copy)]),
-        "cannot open: is a directory",
-    );
-    assert_clean_failure(&run(&["apply", s(&delta), s(&delta)]), "are the same file");
-    assert_clean_failure(
-        &run(&["apply", s(&f.cow_path), s(&copy)]),
-        "not an lvmsync-rs delta: it starts with 53 6e 41 70",
-    );
-    assert_clean_failure(
-        &run(&["apply", s(&delta), "/dev/null"]),
-        "not a regular file or a block device",
-    );
+    let (delta, missing, small, out_dir) = (s(&delta), s(&missing), s(&small), s(&out_dir));
+    let (cow, new, dir, copy_arg) = (s(&f.cow_path), s(&f.new_path), s(&f.dir), s(&copy));
+    let no_such_file = "missing: cannot open: No such file or directory";
+    assert_refusals(&[
+        // send
+        (
+            &["send", "--cow", missing, "--data-source", new, "-o", "-"],
+            no_such_file,
+        ),
+        (
+            &["send", "--cow", cow, "--data-source", missing, "-o", "-"],
+            no_such_file,
+        ),
+        (
+            &[
+                "send",
+                "--cow",
+                cow,
+                "--data-source",
+                new,
+                "--origin-size",
+                "8M",
+                "-o",
+                "-",
+            ],
+            "the data source is 4195840 bytes, smaller than the origin (8388608 bytes)",
+        ),
+        (
+            &[
+                "send",
+                "--cow",
+                cow,
+                "--data-source",
+                small,
+                "--origin-size",
+                "4195840",
+                "-o",
+                "-",
+            ],
+            "small.img: the data source is 1048576 bytes, smaller than the origin",
+        ),
+        // A table naming chunks past the end of a small data source.
+        (
+            &["send", "--cow", cow, "--data-source", small, "-o", "-"],
+            "past the end of the origin",
+        ),
+        (
+            &["send", "--cow", cow, "--data-source", new, "-o", out_dir],
+            "out-dir: cannot create: is a directory",
+        ),
+        (
+            &["send", "vg-that-is-not/there", "-o", "-"],
+            "no such device",
+        ),
+        // apply
+        (&["apply", missing, copy_arg], no_such_file),
+        (
+            &["apply", delta, dir],
+            "is a directory; name a regular file or a block device",
+        ),
+        (&["apply", dir, copy_arg], "cannot open: is a directory"),
+        (&["apply", delta, delta], "are the same file"),
+        (
+            &["apply", cow, copy_arg],
+            "not an lvmsync-rs delta: it starts with 53 6e 41 70",
+        ),
+        (
+            &["apply", delta, "/dev/null"],
+            "not a regular file or a block device",
+        ),
+        // inspect
+        (&["inspect", missing], no_such_file),
+        (&["inspect", new], "not an lvmsync-rs delta"),
+    ]);
+    assert_usage_errors(&[
+        (&["send", "--cow", cow, "--data-source", new], ""),
+        (&["send", "--cow", cow, "-o", "-"], ""),
+        (
+            &[
+                "send",
+                "--cow",
+                cow,
+                "--data-source",
+                new,
+                "-o",
+                "-",
+                "--compress",
+                "zstd",
+            ],
+            "",
+        ),
+        (&["send", "vg/lv", "--origin-size", "1G", "-o", "-"], ""),
+        (&["send", "-o", "-"], ""),
+        (&["apply", delta], ""),
+        (&["inspect"], ""),
+    ]);
     assert_same(&copy, &f.old, "untouched copy");
-    // inspect
-    assert_clean_failure(
-        &run(&["inspect", s(&missing)]),
-        "missing: cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&["inspect", s(&f.new_path)]),
-        "not an lvmsync-rs delta",
-    );
     assert!(!fs::exists(f.path("d.lvd.partial")).unwrap());
 }
 

@@ -153,12 +153,14 @@ fn damaged_headers_and_images_are_refused_with_a_reason() {
     for (name, bytes, needle) in cases {
         let path = dir.join(name);
         fs::write(&path, bytes).unwrap();
-        let out = run(&["list", "--cow", path.to_str().unwrap()]);
-        assert_clean_failure(&out, needle);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let out = run(&["list", "--cow", s(&path)]);
+        if let Err(why) = clean_failure(&out, needle) {
+            panic!("{name}: {why}");
+        }
         assert!(
-            stderr.contains(path.to_str().unwrap()),
-            "names the file: {stderr}"
+            stderr(&out).contains(s(&path)),
+            "{name}: names the file: {}",
+            stderr(&out)
         );
     }
 }
@@ -168,31 +170,29 @@ fn bad_arguments_are_refused() {
     let dir = scratch("list-args");
     let img = image(&dir, "a.cow", 4096, &[1]);
     let missing = dir.join("missing.cow");
-    assert_clean_failure(
-        &run(&["list", "--cow", missing.to_str().unwrap()]),
-        "cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&["list", "--cow", dir.to_str().unwrap()]),
-        "not a block device or a regular file",
-    );
-    // A snapshot name that is a regular file, or nothing at all.
-    assert_clean_failure(&run(&["list", &img]), "not a block device");
-    assert_clean_failure(
-        &run(&["list", "novg/nolv"]),
-        "novg/nolv: no such device (/dev/novg/nolv)",
-    );
+    assert_refusals(&[
+        (
+            &["list", "--cow", s(&missing)],
+            "cannot open: No such file or directory",
+        ),
+        (
+            &["list", "--cow", s(&dir)],
+            "not a block device or a regular file",
+        ),
+        // A snapshot name that is a regular file, or nothing at all.
+        (&["list", &img], "not a block device"),
+        (
+            &["list", "novg/nolv"],
+            "novg/nolv: no such device (/dev/novg/nolv)",
+        ),
+    ]);
     // Usage errors come from the argument parser, with status 2.
-    for args in [
-        vec!["list"],
-        vec!["list", "vg/lv", "--cow", &img],
-        vec!["list", "vg/lv", "--origin-size", "1G"],
-        vec!["list", "--cow", &img, "--origin-size", "lots"],
-    ] {
-        let out = run(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    }
+    assert_usage_errors(&[
+        (&["list"], ""),
+        (&["list", "vg/lv", "--cow", &img], ""),
+        (&["list", "vg/lv", "--origin-size", "1G"], ""),
+        (&["list", "--cow", &img, "--origin-size", "lots"], ""),
+    ]);
 }
 
 #[test]

@@ -163,28 +163,27 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
     assert_eq!(copy[..6 * BLOCK], b[..6 * BLOCK]);
     assert_eq!(copy[6 * BLOCK..], a[6 * BLOCK..]);
 
-    // Another delta is refused while DEST is partway.
-    delta(
-        &c.dir.join("ac.lvd"),
-        &header(Some("a"), Some("c"), 0),
-        &b,
-        0,
-    );
-    assert_clean_failure(
-        &c.apply("ac.lvd", &[]),
-        "partway through a delta that brings it to vg/b",
-    );
-    // A resumed delta starting past what DEST confirmed is refused.
-    delta(
-        &c.dir.join("late.lvd"),
-        &header(Some("a"), Some("b"), 8 * BLOCK as u64),
-        &b,
-        8 * BLOCK,
-    );
-    assert_clean_failure(
-        &c.apply("late.lvd", &[]),
-        "confirmed only the bytes before 393216",
-    );
+    // While DEST is partway, another delta is refused, and so is a resumed
+    // delta starting past what DEST confirmed.
+    for (name, h, from, needle) in [
+        (
+            "ac.lvd",
+            header(Some("a"), Some("c"), 0),
+            0,
+            "partway through a delta that brings it to vg/b",
+        ),
+        (
+            "late.lvd",
+            header(Some("a"), Some("b"), 8 * BLOCK as u64),
+            8 * BLOCK,
+            "confirmed only the bytes before 393216",
+        ),
+    ] {
+        delta(&c.dir.join(name), &h, &b, from);
+        if let Err(why) = clean_failure(&c.apply(name, &[]), needle) {
+            panic!("{name}: {why}");
+        }
+    }
     // The resumed delta from where DEST stopped completes it.
     let rest = c.dir.join("rest.lvd");
     delta(

@@ -239,42 +239,36 @@ fn missing_or_unusable_paths_are_one_line_errors() {
     let a = dir.join("a.img");
     fs::write(&a, random(100_000, 6)).unwrap();
     let missing = dir.join("missing.img");
-    let o = run(&["verify", s(&missing), s(&a)]);
-    assert_clean_failure(
-        &o,
-        &format!("{}: cannot open: No such file", missing.display()),
-    );
-    let o = run(&["verify", s(&a), s(&missing)]);
-    assert_clean_failure(
-        &o,
-        &format!("{}: cannot open: No such file", missing.display()),
-    );
-    let o = run(&["verify", "--repair", s(&a), s(&missing)]);
-    assert_clean_failure(&o, "cannot open: No such file");
-    assert!(!missing.exists(), "--repair creates nothing");
-    let o = run(&["verify", s(&dir), s(&a)]);
-    assert_clean_failure(&o, "is a directory");
-    let o = run(&["verify", s(&a), s(&dir)]);
-    assert_clean_failure(&o, "is a directory");
-    let o = run(&["verify", s(&a), "/dev/null"]);
-    assert_clean_failure(&o, "not a block device or a regular file");
-    let o = run(&["verify", s(&a), s(&a.join("x"))]);
-    assert_clean_failure(&o, "cannot open: Not a directory");
+    let under_a_file = a.join("x");
+    let missing_named = format!("{}: cannot open: No such file", missing.display());
+    let (a, missing, dir, under_a_file) = (s(&a), s(&missing), s(&dir), s(&under_a_file));
+    assert_refusals(&[
+        (&["verify", missing, a], &missing_named),
+        (&["verify", a, missing], &missing_named),
+        (
+            &["verify", "--repair", a, missing],
+            "cannot open: No such file",
+        ),
+        (&["verify", dir, a], "is a directory"),
+        (&["verify", a, dir], "is a directory"),
+        (
+            &["verify", a, "/dev/null"],
+            "not a block device or a regular file",
+        ),
+        (&["verify", a, under_a_file], "cannot open: Not a directory"),
+    ]);
+    assert!(!Path::new(missing).exists(), "--repair creates nothing");
 
     // Usage errors: status 2.
-    for args in [
-        vec!["verify", s(&a)],
-        vec!["verify", "--block-size", "3000", s(&a), s(&a)],
-        vec!["verify", "--block-size", "2k", s(&a), s(&a)],
-        vec!["verify", "--block-size", "1G", s(&a), s(&a)],
-        vec!["verify", s(&a), s(&a), s(&a)],
-    ] {
-        let o = run(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(!stderr(&o).contains("panicked"));
-    }
+    assert_usage_errors(&[
+        (&["verify", a], ""),
+        (&["verify", "--block-size", "3000", a, a], ""),
+        (&["verify", "--block-size", "2k", a, a], ""),
+        (&["verify", "--block-size", "1G", a, a], ""),
+        (&["verify", a, a, a], ""),
+    ]);
     // A file compared with itself.
-    assert_eq!(verify_json(&[], s(&a), s(&a)).0, 0);
+    assert_eq!(verify_json(&[], a, a).0, 0);
 }
 
 #[test]
@@ -450,79 +444,117 @@ fn over_ssh_failures_are_one_line_errors() {
     let src = r.dir.join("src.img");
     fs::write(&src, random(200_000, 8)).unwrap();
     let missing = r.dir.join("no such dir/copy.img");
-    let o = r.run(&[], &src, &format!("{HOST}:{}", missing.display()));
-    assert_clean_failure(&o, &format!("{HOST}: the verify refused: "));
-    assert!(
-        stderr(&o).contains("cannot open: No such file"),
-        "{}",
-        stderr(&o)
-    );
-    let o = r.run(
-        &["--repair"],
-        &src,
-        &format!("{HOST}:{}", missing.display()),
-    );
-    assert_clean_failure(&o, "cannot open: No such file");
-    assert!(!missing.exists());
-
-    // A missing local SRC needs no connection.
-    let o = r.run(
-        &[],
-        &r.dir.join("nope.img"),
-        &format!("{HOST}:{}", src.display()),
-    );
-    assert_clean_failure(&o, "nope.img: cannot open: No such file");
-
+    let nope = r.dir.join("nope.img");
     // Another version on the far side.
-    let fake = script(
-        &r.dir.join("fake-lvmsync"),
+    let other_version = script(
+        &r.dir.join("fake-other-version"),
         "echo 'LVMSYNC-VERIFY 7 1 200000 65536 file'\nsleep 1",
     );
-    let rsh = r.sshd.rsh();
-    let dest = format!("{HOST}:{}", src.display());
-    let o = run(&[
-        "verify",
-        "-e",
-        &rsh,
-        "--remote-path",
-        s(&fake),
-        s(&src),
-        &dest,
-    ]);
-    assert_clean_failure(&o, "speaks protocol 7 and block hash version 1");
-
     // A far side that stops sending hashes midway.
-    script(
-        &fake,
+    let stops = script(
+        &r.dir.join("fake-stops-midway"),
         "echo 'LVMSYNC-VERIFY 1 1 200000 65536 file'\nprintf 0123456789abcdef\necho 'lvmsync-rs: error: disk on fire' >&2\nexit 1",
     );
-    let o = run(&[
-        "verify",
-        "--block-size",
-        "64k",
-        "-e",
-        &rsh,
-        "--remote-path",
-        s(&fake),
-        s(&src),
-        &dest,
-    ]);
-    assert_clean_failure(&o, "stopped after sending 1 of 4 block hashes");
-    assert!(stderr(&o).contains("disk on fire"), "{}", stderr(&o));
-
-    // A refused login.
     let other_key = r.dir.join("other_key");
     sshd::keygen(&other_key);
-    let o = run(&[
-        "verify",
-        "-e",
-        &r.sshd.rsh_with(&other_key),
-        "--remote-path",
-        s(&bin()),
-        s(&src),
-        &dest,
-    ]);
-    assert_clean_failure(&o, "could not connect or log in (exit status 255)");
+    let (rsh, other_rsh, bin) = (r.sshd.rsh(), r.sshd.rsh_with(&other_key), bin());
+    let (rsh, other_rsh, bin, src_arg) = (rsh.as_str(), other_rsh.as_str(), s(&bin), s(&src));
+    let to_missing = format!("{HOST}:{}", missing.display());
+    let dest = format!("{HOST}:{}", src.display());
+    let refused = format!("{HOST}: the verify refused: ");
+    // The arguments, the text the error line must hold, and more that it
+    // must hold.
+    let cases: &[(&[&str], &str, &[&str])] = &[
+        (
+            &[
+                "verify",
+                "-e",
+                rsh,
+                "--remote-path",
+                bin,
+                src_arg,
+                &to_missing,
+            ],
+            &refused,
+            &["cannot open: No such file"],
+        ),
+        (
+            &[
+                "verify",
+                "-e",
+                rsh,
+                "--remote-path",
+                bin,
+                "--repair",
+                src_arg,
+                &to_missing,
+            ],
+            "cannot open: No such file",
+            &[],
+        ),
+        // A missing local SRC needs no connection.
+        (
+            &["verify", "-e", rsh, "--remote-path", bin, s(&nope), &dest],
+            "nope.img: cannot open: No such file",
+            &[],
+        ),
+        (
+            &[
+                "verify",
+                "-e",
+                rsh,
+                "--remote-path",
+                s(&other_version),
+                src_arg,
+                &dest,
+            ],
+            "speaks protocol 7 and block hash version 1",
+            &[],
+        ),
+        (
+            &[
+                "verify",
+                "--block-size",
+                "64k",
+                "-e",
+                rsh,
+                "--remote-path",
+                s(&stops),
+                src_arg,
+                &dest,
+            ],
+            "stopped after sending 1 of 4 block hashes",
+            &["disk on fire"],
+        ),
+        // A refused login.
+        (
+            &[
+                "verify",
+                "-e",
+                other_rsh,
+                "--remote-path",
+                bin,
+                src_arg,
+                &dest,
+            ],
+            "could not connect or log in (exit status 255)",
+            &[],
+        ),
+    ];
+    for &(args, needle, also) in cases {
+        let o = run(args);
+        if let Err(why) = clean_failure(&o, needle) {
+            panic!("{args:?}: {why}");
+        }
+        for text in also {
+            assert!(
+                stderr(&o).contains(text),
+                "{args:?}: expected {text:?} in {}",
+                stderr(&o)
+            );
+        }
+    }
+    assert!(!missing.exists());
 }
 
 /// A loop device over a file, detached when dropped.

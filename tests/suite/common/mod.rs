@@ -46,6 +46,7 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// Asserts that the command succeeded, and did not panic on the way.
+#[track_caller]
 pub fn assert_ok(o: &Output) {
     assert!(o.status.success(), "status {:?}: {}", o.status, stderr(o));
     assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
@@ -60,12 +61,14 @@ pub fn script(path: &Path, body: &str) -> PathBuf {
 
 /// Asserts that the file at `path` holds exactly `want`; a difference is
 /// named by its offset, not printed.
+#[track_caller]
 pub fn assert_same(path: &Path, want: &[u8], what: &str) {
     assert_same_bytes(&fs::read(path).unwrap(), want, what);
 }
 
 /// Asserts that `got` is `want`; a difference is named by its offset, not
 /// printed.
+#[track_caller]
 pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: size");
     if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
@@ -125,23 +128,96 @@ impl Drop for Scratch {
 
 /// Asserts that the command failed the way a user should see it: exit status
 /// 1, one line on stderr that contains `needle`, nothing on stdout, no panic.
+#[track_caller]
 pub fn assert_clean_failure(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "exit status; stderr: {stderr}");
+    if let Err(why) = clean_failure(out, needle) {
+        panic!("{why}");
+    }
+}
+
+/// What makes `out` other than a clean failure naming `needle` (see
+/// assert_clean_failure), if anything.
+pub fn clean_failure(out: &Output, needle: &str) -> Result<(), String> {
+    let stderr = stderr(out);
+    if out.status.code() != Some(1) {
+        return Err(format!(
+            "exit status {:?}, not 1; stderr: {stderr}",
+            out.status.code()
+        ));
+    }
+    if stderr.contains("panicked") || stderr.contains("RUST_BACKTRACE") {
+        return Err(format!("panic: {stderr}"));
+    }
+    if stderr.trim_end().lines().count() != 1 {
+        return Err(format!("not one line: {stderr:?}"));
+    }
+    if !stderr.starts_with("lvmsync-rs: error: ") {
+        return Err(format!("not an error line: {stderr:?}"));
+    }
+    if !stderr.contains(needle) {
+        return Err(format!("expected {needle:?} in {stderr:?}"));
+    }
+    if !out.stdout.is_empty() {
+        return Err(format!("stdout: {:?}", stdout(out)));
+    }
+    Ok(())
+}
+
+/// A table of refusals: runs the binary with each case's arguments, each of
+/// which must fail cleanly with the case's text (see assert_clean_failure).
+/// Every case runs; the test fails naming each that did not.
+#[track_caller]
+pub fn assert_refusals(cases: &[(&[&str], &str)]) {
+    assert_cases(cases, clean_failure);
+}
+
+/// What makes `out` other than a usage error (exit status 2, from the
+/// argument parser, no panic) with `needle` on stderr, if anything.
+pub fn usage_error(out: &Output, needle: &str) -> Result<(), String> {
+    let stderr = stderr(out);
+    if out.status.code() != Some(2) {
+        return Err(format!(
+            "exit status {:?}, not 2; stderr: {stderr}",
+            out.status.code()
+        ));
+    }
+    if stderr.contains("panicked") {
+        return Err(format!("panic: {stderr}"));
+    }
+    if !stderr.contains(needle) {
+        return Err(format!("expected {needle:?} in {stderr:?}"));
+    }
+    Ok(())
+}
+
+/// A table of usage errors: runs the binary with each case's arguments;
+/// each must be a usage error with the case's text ("": any) on stderr.
+/// Every case runs; the test fails naming each that did not.
+#[track_caller]
+pub fn assert_usage_errors(cases: &[(&[&str], &str)]) {
+    assert_cases(cases, usage_error);
+}
+
+#[track_caller]
+fn assert_cases(cases: &[(&[&str], &str)], judge: fn(&Output, &str) -> Result<(), String>) {
+    let failed: Vec<String> = cases
+        .iter()
+        .filter_map(|&(args, needle)| {
+            judge(&run(args), needle)
+                .err()
+                .map(|why| format!("{args:?}: {why}"))
+        })
+        .collect();
     assert!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "panic: {stderr}"
-    );
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
-    assert!(stderr.starts_with("lvmsync-rs: error: "), "{stderr}");
-    assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
-    assert!(
-        out.stdout.is_empty(),
-        "stdout: {:?}",
-        String::from_utf8_lossy(&out.stdout)
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
     );
 }
 
+#[track_caller]
 pub fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),

@@ -24,7 +24,7 @@ mod measure;
 #[path = "common/workload.rs"]
 mod workload;
 
-#[path = "../tests/common/sshd.rs"]
+#[path = "../tests/suite/common/sshd.rs"]
 mod sshd;
 
 use measure::{drop_cache, env_f64, median};
@@ -129,10 +129,9 @@ fn main() {
     let (cow, new, changed) = make_change(&dir, size, 0.01);
     let server = sshd::Sshd::start(&dir.join("sshd"));
     let rsh = server.rsh();
-    let ssh = server.ssh_words().join(" ");
     let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
     let copy = dir.join("copy.img");
-    let dest = format!("root@127.0.0.1:{}", copy.display());
+    let dest = format!("{}:{}", sshd::HOST, copy.display());
 
     // What the full copy puts on the wire (not timed).
     let lz4_bytes: u64 = {
@@ -156,9 +155,10 @@ fn main() {
         let status = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "dd if='{img}' bs=1M status=none | lz4 -1 -c | {ssh} root@127.0.0.1 \"lz4 -d -c | dd of='{copy}' bs=1M status=none conv=fsync\"",
+                "dd if='{img}' bs=1M status=none | lz4 -1 -c | {rsh} {host} \"lz4 -d -c | dd of='{copy}' bs=1M status=none conv=fsync\"",
                 img = image.display(),
-                copy = copy.display()
+                copy = copy.display(),
+                host = sshd::HOST,
             ))
             .status()
             .unwrap();

@@ -32,7 +32,7 @@ mod measure;
 #[path = "common/workload.rs"]
 mod workload;
 
-#[path = "../tests/common/sshd.rs"]
+#[path = "../tests/suite/common/sshd.rs"]
 mod sshd;
 
 use measure::{env_f64, median};
@@ -78,7 +78,7 @@ fn cat_through(ssh: &[String], delta: &Path) -> f64 {
     let t = Instant::now();
     let status = Command::new(&ssh[0])
         .args(&ssh[1..])
-        .args(["root@127.0.0.1", "cat > /dev/null"])
+        .args([sshd::HOST, "cat > /dev/null"])
         .stdin(File::open(delta).unwrap())
         .status()
         .expect("run ssh");
@@ -96,7 +96,7 @@ fn sync(rsh: &str, work: &Workload, copy: &Path, compress: &str) -> (f64, serde_
         .arg("--data-source")
         .arg(&work.new)
         .args(["-e", rsh, "--remote-path", bin])
-        .arg(format!("root@127.0.0.1:{}", copy.display()))
+        .arg(format!("{}:{}", sshd::HOST, copy.display()))
         .stderr(Stdio::inherit())
         .output()
         .expect("run lvmsync-rs sync");

@@ -22,7 +22,7 @@
 #[path = "common/measure.rs"]
 mod measure;
 
-#[path = "../tests/common/sshd.rs"]
+#[path = "../tests/suite/common/sshd.rs"]
 mod sshd;
 
 use measure::{drop_cache, env_f64, median};
@@ -156,7 +156,7 @@ fn main() {
     let server = sshd::Sshd::start(&dir.join("sshd"));
     let rsh = server.rsh();
     let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
-    let remote_dest = format!("root@127.0.0.1:{}", dest.display());
+    let remote_dest = format!("{}:{}", sshd::HOST, dest.display());
     let local_dest = dest.display().to_string();
     let both: [&Path; 2] = [&src, &dest];
     let remote_args = ["-e", rsh.as_str(), "--remote-path", bin];

@@ -24,7 +24,7 @@
 #
 # Each case's directory holds the commands' rc/out/err, sums.txt ("NAME
 # SHA256"), and owned.txt (tool-owned snapshots, one per line).
-# tests/vm_backup.rs judges them.
+# tests/suite/vm_backup.rs judges them.
 
 [ -f tests/vm/lib.sh ] || cd "$(dirname "$0")/../../.." || exit 1
 . tests/vm/lib.sh

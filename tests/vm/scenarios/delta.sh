@@ -16,7 +16,7 @@
 #
 # For each case $RESULTS/<case>/ holds the commands' rc/out/err
 # (send.*, apply.*, inspect.*) and sums.txt: "NAME SHA256" for the volumes
-# compared. tests/vm_delta.rs judges them.
+# compared. tests/suite/vm_delta.rs judges them.
 #
 # Exit status: 0 when every LVM step of the setup succeeded (what
 # lvmsync-rs does is recorded, not judged here).

@@ -23,7 +23,7 @@
 #
 # For each case $RESULTS/<case>/ holds the commands' cmd/rc/out/err,
 # sums.txt ("NAME SHA256"), held.txt ("WHEN HELD-ROOT" of the pool) and
-# facts.txt ("KEY VALUE"). tests/vm_thin.rs judges them.
+# facts.txt ("KEY VALUE"). tests/suite/vm_thin.rs judges them.
 #
 # Exit status: 0 when every LVM step of the setup succeeded (what
 # lvmsync-rs does is recorded, not judged here).

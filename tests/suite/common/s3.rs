@@ -3,7 +3,6 @@
 //! tests/run does), on a free port, with its own data directory and random
 //! credentials; stopped when dropped. A bucket is a directory under its
 //! root.
-#![allow(dead_code)]
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};

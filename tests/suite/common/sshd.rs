@@ -1,7 +1,6 @@
 //! A private OpenSSH server on 127.0.0.1, for the tests and the benchmark
 //! that ship deltas over ssh: its own host key, client key, authorized keys
 //! and port, stopped when dropped.
-#![allow(dead_code)]
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -11,15 +10,18 @@ use std::time::{Duration, Instant};
 
 pub const SSHD: &str = "/usr/sbin/sshd";
 
+/// Who logs in, where: root (the server runs as root), on this host.
+pub const HOST: &str = "root@127.0.0.1";
+
 pub struct Sshd {
-    pub dir: PathBuf,
     pub port: u16,
     /// The client's private key.
     pub key: PathBuf,
     child: Child,
 }
 
-fn keygen(path: &Path) {
+/// Makes a key pair without a passphrase: `path` and `path.pub`.
+pub fn keygen(path: &Path) {
     let _ = fs::remove_file(path);
     let _ = fs::remove_file(path.with_extension("pub"));
     let status = Command::new("ssh-keygen")
@@ -83,12 +85,7 @@ impl Sshd {
             .stderr(log)
             .spawn()
             .expect("start sshd");
-        let mut sshd = Sshd {
-            dir: dir.to_path_buf(),
-            port,
-            key,
-            child,
-        };
+        let mut sshd = Sshd { port, key, child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = sshd.child.try_wait() {
@@ -115,11 +112,6 @@ impl Sshd {
     /// The ssh command line (for `-e`).
     pub fn rsh(&self) -> String {
         self.rsh_with(&self.key)
-    }
-
-    /// The same, as words.
-    pub fn ssh_words(&self) -> Vec<String> {
-        self.rsh().split(' ').map(String::from).collect()
     }
 }
 

@@ -1,21 +1,17 @@
 //! `lvmsync-rs list --cow` through the binary, on stores built in the
 //! kernel's layout: output, totals, and refusals of bad input.
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::images::cow_image;
+use crate::common::*;
 use lvmsync::cowgen::CowImage;
 
+/// A COW image `dir/name` (see cow_image), as an argument.
 fn image(dir: &std::path::Path, name: &str, chunk: u64, chunks: &[u64]) -> String {
-    let mut img = CowImage::new(chunk);
-    for &c in chunks {
-        img.push(c);
-    }
     let path = dir.join(name);
-    fs::write(&path, img.to_vec()).unwrap();
-    path.to_str().unwrap().to_string()
+    cow_image(&path, chunk, chunks);
+    s(&path).to_string()
 }
 
 #[test]
@@ -36,7 +32,7 @@ fn json_lists_coalesced_extents_and_totals() {
     assert_eq!(doc["extent_count"], 4);
     assert_eq!(doc["changed_bytes"], 7 * 65536);
     assert_eq!(
-        extents(&doc),
+        extents(&doc["extents"]),
         vec![
             (0, 65536),
             (5 * 65536, 65536),
@@ -52,7 +48,7 @@ fn without_origin_size_the_size_is_unknown_not_invented() {
     let img = image(&dir, "a.cow", 4096, &[3]);
     let doc = json(&run(&["list", "--json", "--cow", &img]));
     assert!(doc["origin_size"].is_null());
-    assert_eq!(extents(&doc), vec![(3 * 4096, 4096)]);
+    assert_eq!(extents(&doc["extents"]), vec![(3 * 4096, 4096)]);
 }
 
 #[test]
@@ -68,7 +64,7 @@ fn an_empty_table_lists_nothing() {
         "64M",
     ]));
     assert_eq!(doc["changed_bytes"], 0);
-    assert_eq!(extents(&doc), vec![]);
+    assert_eq!(extents(&doc["extents"]), vec![]);
     let out = run(&["list", "--cow", &img, "--origin-size", "64M"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -111,9 +107,7 @@ fn an_entry_past_the_origin_is_refused() {
         "names origin chunk 256 (byte 1048576), past the end of the origin (1048576 bytes)",
     );
     // The same table is fine for a larger origin.
-    assert!(run(&["list", "--cow", &img, "--origin-size", "2M"])
-        .status
-        .success());
+    assert_ok(&run(&["list", "--cow", &img, "--origin-size", "2M"]));
 }
 
 #[test]
@@ -159,12 +153,14 @@ fn damaged_headers_and_images_are_refused_with_a_reason() {
     for (name, bytes, needle) in cases {
         let path = dir.join(name);
         fs::write(&path, bytes).unwrap();
-        let out = run(&["list", "--cow", path.to_str().unwrap()]);
-        assert_clean_failure(&out, needle);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let out = run(&["list", "--cow", s(&path)]);
+        if let Err(why) = clean_failure(&out, needle) {
+            panic!("{name}: {why}");
+        }
         assert!(
-            stderr.contains(path.to_str().unwrap()),
-            "names the file: {stderr}"
+            stderr(&out).contains(s(&path)),
+            "{name}: names the file: {}",
+            stderr(&out)
         );
     }
 }
@@ -174,31 +170,29 @@ fn bad_arguments_are_refused() {
     let dir = scratch("list-args");
     let img = image(&dir, "a.cow", 4096, &[1]);
     let missing = dir.join("missing.cow");
-    assert_clean_failure(
-        &run(&["list", "--cow", missing.to_str().unwrap()]),
-        "cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&["list", "--cow", dir.to_str().unwrap()]),
-        "not a block device or a regular file",
-    );
-    // A snapshot name that is a regular file, or nothing at all.
-    assert_clean_failure(&run(&["list", &img]), "not a block device");
-    assert_clean_failure(
-        &run(&["list", "novg/nolv"]),
-        "novg/nolv: no such device (/dev/novg/nolv)",
-    );
+    assert_refusals(&[
+        (
+            &["list", "--cow", s(&missing)],
+            "cannot open: No such file or directory",
+        ),
+        (
+            &["list", "--cow", s(&dir)],
+            "not a block device or a regular file",
+        ),
+        // A snapshot name that is a regular file, or nothing at all.
+        (&["list", &img], "not a block device"),
+        (
+            &["list", "novg/nolv"],
+            "novg/nolv: no such device (/dev/novg/nolv)",
+        ),
+    ]);
     // Usage errors come from the argument parser, with status 2.
-    for args in [
-        vec!["list"],
-        vec!["list", "vg/lv", "--cow", &img],
-        vec!["list", "vg/lv", "--origin-size", "1G"],
-        vec!["list", "--cow", &img, "--origin-size", "lots"],
-    ] {
-        let out = run(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    }
+    assert_usage_errors(&[
+        (&["list"], ""),
+        (&["list", "vg/lv", "--cow", &img], ""),
+        (&["list", "vg/lv", "--origin-size", "1G"], ""),
+        (&["list", "--cow", &img, "--origin-size", "lots"], ""),
+    ]);
 }
 
 #[test]
@@ -206,7 +200,7 @@ fn a_closed_pipe_ends_quietly() {
     let dir = scratch("list-pipe");
     let chunks: Vec<u64> = (0..20000).map(|i| i * 2).collect();
     let img = image(&dir, "a.cow", 4096, &chunks);
-    let mut child = std::process::Command::new(bin())
+    let mut child = command()
         .args(["list", "--cow", &img])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

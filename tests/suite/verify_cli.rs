@@ -1,45 +1,21 @@
 //! `lvmsync-rs verify SRC DEST [--repair]` through the binary: images made
 //! here, differences put at known places, compared locally and through a
-//! real OpenSSH server on 127.0.0.1 (tests/common/sshd.rs) with this build
-//! as the remote lvmsync-rs.
-
-mod common;
-#[path = "common/sshd.rs"]
-mod sshd;
+//! real OpenSSH server on 127.0.0.1 (tests/suite/common/sshd.rs) with this
+//! build as the remote lvmsync-rs.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
-use lvmsync::cowgen::Rng;
-use sshd::Sshd;
+use crate::common::sshd::{self, Sshd, HOST};
+use crate::common::*;
 
-const HOST: &str = "root@127.0.0.1";
 /// The block size of most tests: small, so that images are small and
 /// have many blocks.
 const BS: u64 = 64 << 10;
 /// An image size that is not a whole number of blocks.
 const SIZE: usize = 3 * (1 << 20) + 12345;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng(seed).fill(&mut v);
-    v
-}
 
 /// `verify --json --block-size BS` (unless `extra` has one) plus `extra`,
 /// SRC, DEST: the status and the object.
@@ -66,12 +42,7 @@ fn verify_json(extra: &[&str], src: &str, dest: &str) -> (i32, serde_json::Value
 
 /// `[(offset, length)]` of the object's `differences`.
 fn differences(doc: &serde_json::Value) -> Vec<(u64, u64)> {
-    doc["differences"]
-        .as_array()
-        .expect("differences array")
-        .iter()
-        .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
-        .collect()
+    extents(&doc["differences"])
 }
 
 /// The block of `BS` holding byte `at`, clipped to `size`.
@@ -157,7 +128,7 @@ fn single_flipped_bits_are_found_at_their_block_and_repaired() {
         assert_eq!(doc["identical"], false, "as found");
         assert_eq!(doc["identical_now"], true);
         assert_eq!(doc["repaired"]["data_bytes"], want.1);
-        assert!(fs::read(&dest).unwrap() == data, "repair at {at}");
+        assert_same(&dest, &data, &format!("repair at {at}"));
         let (code, doc) = verify_json(&[], s(&src), s(&dest));
         assert_eq!(code, 0, "after the repair: {doc}");
     }
@@ -185,7 +156,7 @@ fn flips_on_both_sides_of_a_boundary_make_one_range() {
     let o = run(&["verify", "--repair", s(&src), s(&dest)]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("repaired: "), "{}", stdout(&o));
-    assert!(fs::read(&dest).unwrap() == data);
+    assert_same(&dest, &data, "repaired");
 }
 
 #[test]
@@ -223,7 +194,7 @@ fn copies_of_different_sizes_are_reported_and_repaired() {
     let (code, doc) = verify_json(&["--repair"], s(&src), s(&dest));
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["repaired"]["dest_size_after"], size);
-    assert!(fs::read(&dest).unwrap() == data, "extended and repaired");
+    assert_same(&dest, &data, "extended and repaired");
     assert_eq!(verify_json(&[], s(&src), s(&dest)).0, 0);
 
     // DEST longer: its tail differs, and the repair cuts it.
@@ -250,7 +221,7 @@ fn copies_of_different_sizes_are_reported_and_repaired() {
         "{}",
         stdout(&o)
     );
-    assert!(fs::read(&dest).unwrap() == data, "cut and repaired");
+    assert_same(&dest, &data, "cut and repaired");
     assert_eq!(verify_json(&[], s(&src), s(&dest)).0, 0);
 
     // An empty DEST: everything differs.
@@ -259,7 +230,7 @@ fn copies_of_different_sizes_are_reported_and_repaired() {
     let (code, doc) = verify_json(&["--repair"], s(&src), s(&empty));
     assert_eq!(code, 0);
     assert_eq!(differences(&doc), [(0, size)]);
-    assert!(fs::read(&empty).unwrap() == data);
+    assert_same(&empty, &data, "the empty copy, repaired");
 }
 
 #[test]
@@ -268,42 +239,36 @@ fn missing_or_unusable_paths_are_one_line_errors() {
     let a = dir.join("a.img");
     fs::write(&a, random(100_000, 6)).unwrap();
     let missing = dir.join("missing.img");
-    let o = run(&["verify", s(&missing), s(&a)]);
-    assert_clean_failure(
-        &o,
-        &format!("{}: cannot open: No such file", missing.display()),
-    );
-    let o = run(&["verify", s(&a), s(&missing)]);
-    assert_clean_failure(
-        &o,
-        &format!("{}: cannot open: No such file", missing.display()),
-    );
-    let o = run(&["verify", "--repair", s(&a), s(&missing)]);
-    assert_clean_failure(&o, "cannot open: No such file");
-    assert!(!missing.exists(), "--repair creates nothing");
-    let o = run(&["verify", s(&dir), s(&a)]);
-    assert_clean_failure(&o, "is a directory");
-    let o = run(&["verify", s(&a), s(&dir)]);
-    assert_clean_failure(&o, "is a directory");
-    let o = run(&["verify", s(&a), "/dev/null"]);
-    assert_clean_failure(&o, "not a block device or a regular file");
-    let o = run(&["verify", s(&a), s(&a.join("x"))]);
-    assert_clean_failure(&o, "cannot open: Not a directory");
+    let under_a_file = a.join("x");
+    let missing_named = format!("{}: cannot open: No such file", missing.display());
+    let (a, missing, dir, under_a_file) = (s(&a), s(&missing), s(&dir), s(&under_a_file));
+    assert_refusals(&[
+        (&["verify", missing, a], &missing_named),
+        (&["verify", a, missing], &missing_named),
+        (
+            &["verify", "--repair", a, missing],
+            "cannot open: No such file",
+        ),
+        (&["verify", dir, a], "is a directory"),
+        (&["verify", a, dir], "is a directory"),
+        (
+            &["verify", a, "/dev/null"],
+            "not a block device or a regular file",
+        ),
+        (&["verify", a, under_a_file], "cannot open: Not a directory"),
+    ]);
+    assert!(!Path::new(missing).exists(), "--repair creates nothing");
 
     // Usage errors: status 2.
-    for args in [
-        vec!["verify", s(&a)],
-        vec!["verify", "--block-size", "3000", s(&a), s(&a)],
-        vec!["verify", "--block-size", "2k", s(&a), s(&a)],
-        vec!["verify", "--block-size", "1G", s(&a), s(&a)],
-        vec!["verify", s(&a), s(&a), s(&a)],
-    ] {
-        let o = run(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(!stderr(&o).contains("panicked"));
-    }
+    assert_usage_errors(&[
+        (&["verify", a], ""),
+        (&["verify", "--block-size", "3000", a, a], ""),
+        (&["verify", "--block-size", "2k", a, a], ""),
+        (&["verify", "--block-size", "1G", a, a], ""),
+        (&["verify", a, a, a], ""),
+    ]);
     // A file compared with itself.
-    assert_eq!(verify_json(&[], s(&a), s(&a)).0, 0);
+    assert_eq!(verify_json(&[], a, a).0, 0);
 }
 
 #[test]
@@ -413,7 +378,7 @@ fn over_ssh_differences_are_found_and_repaired() {
     let (code, doc) = r.verify(&["--repair"], &src, &dest);
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["repaired"]["data_bytes"], doc["differing_bytes"]);
-    assert!(fs::read(&dest).unwrap() == data, "repaired over ssh");
+    assert_same(&dest, &data, "repaired over ssh");
     assert_eq!(r.verify(&[], &src, &dest).0, 0);
     assert!(!r.dir.join("x").exists() && !Path::new("/root/x").exists());
 
@@ -429,7 +394,7 @@ fn over_ssh_differences_are_found_and_repaired() {
         [(3 * BS, BS), ((SIZE / 2) as u64, size - (SIZE / 2) as u64)]
     );
     assert_eq!(r.verify(&["--repair"], &src, &dest).0, 0);
-    assert!(fs::read(&dest).unwrap() == data, "extended over ssh");
+    assert_same(&dest, &data, "extended over ssh");
     let mut long = data.clone();
     long.extend_from_slice(&[1u8; 5000]);
     fs::write(&dest, &long).unwrap();
@@ -439,7 +404,7 @@ fn over_ssh_differences_are_found_and_repaired() {
     let o = r.run(&["--repair"], &src, &format!("{HOST}:{}", dest.display()));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("DEST was cut from"), "{}", stdout(&o));
-    assert!(fs::read(&dest).unwrap() == data, "cut over ssh");
+    assert_same(&dest, &data, "cut over ssh");
 }
 
 #[test]
@@ -470,7 +435,7 @@ fn over_ssh_hashes_larger_than_the_pipes_stream_through() {
         r.verify(&["--block-size", "4k", "--repair"], &src, &dest).0,
         0
     );
-    assert!(fs::read(&dest).unwrap() == data);
+    assert_same(&dest, &data, "repaired in blocks of 4 KiB");
 }
 
 #[test]
@@ -479,88 +444,117 @@ fn over_ssh_failures_are_one_line_errors() {
     let src = r.dir.join("src.img");
     fs::write(&src, random(200_000, 8)).unwrap();
     let missing = r.dir.join("no such dir/copy.img");
-    let o = r.run(&[], &src, &format!("{HOST}:{}", missing.display()));
-    assert_clean_failure(&o, &format!("{HOST}: the verify refused: "));
-    assert!(
-        stderr(&o).contains("cannot open: No such file"),
-        "{}",
-        stderr(&o)
-    );
-    let o = r.run(
-        &["--repair"],
-        &src,
-        &format!("{HOST}:{}", missing.display()),
-    );
-    assert_clean_failure(&o, "cannot open: No such file");
-    assert!(!missing.exists());
-
-    // A missing local SRC needs no connection.
-    let o = r.run(
-        &[],
-        &r.dir.join("nope.img"),
-        &format!("{HOST}:{}", src.display()),
-    );
-    assert_clean_failure(&o, "nope.img: cannot open: No such file");
-
+    let nope = r.dir.join("nope.img");
     // Another version on the far side.
-    let fake = r.dir.join("fake-lvmsync");
-    fs::write(
-        &fake,
-        "#!/bin/sh\necho 'LVMSYNC-VERIFY 7 1 200000 65536 file'\nsleep 1\n",
-    )
-    .unwrap();
-    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
-    let rsh = r.sshd.rsh();
-    let dest = format!("{HOST}:{}", src.display());
-    let o = run(&[
-        "verify",
-        "-e",
-        &rsh,
-        "--remote-path",
-        s(&fake),
-        s(&src),
-        &dest,
-    ]);
-    assert_clean_failure(&o, "speaks protocol 7 and block hash version 1");
-
+    let other_version = script(
+        &r.dir.join("fake-other-version"),
+        "echo 'LVMSYNC-VERIFY 7 1 200000 65536 file'\nsleep 1",
+    );
     // A far side that stops sending hashes midway.
-    fs::write(
-        &fake,
-        "#!/bin/sh\necho 'LVMSYNC-VERIFY 1 1 200000 65536 file'\nprintf 0123456789abcdef\necho 'lvmsync-rs: error: disk on fire' >&2\nexit 1\n",
-    )
-    .unwrap();
-    let o = run(&[
-        "verify",
-        "--block-size",
-        "64k",
-        "-e",
-        &rsh,
-        "--remote-path",
-        s(&fake),
-        s(&src),
-        &dest,
-    ]);
-    assert_clean_failure(&o, "stopped after sending 1 of 4 block hashes");
-    assert!(stderr(&o).contains("disk on fire"), "{}", stderr(&o));
-
-    // A refused login.
+    let stops = script(
+        &r.dir.join("fake-stops-midway"),
+        "echo 'LVMSYNC-VERIFY 1 1 200000 65536 file'\nprintf 0123456789abcdef\necho 'lvmsync-rs: error: disk on fire' >&2\nexit 1",
+    );
     let other_key = r.dir.join("other_key");
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-t", "ed25519", "-f"])
-        .arg(&other_key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let o = run(&[
-        "verify",
-        "-e",
-        &r.sshd.rsh_with(&other_key),
-        "--remote-path",
-        s(&bin()),
-        s(&src),
-        &dest,
-    ]);
-    assert_clean_failure(&o, "could not connect or log in (exit status 255)");
+    sshd::keygen(&other_key);
+    let (rsh, other_rsh, bin) = (r.sshd.rsh(), r.sshd.rsh_with(&other_key), bin());
+    let (rsh, other_rsh, bin, src_arg) = (rsh.as_str(), other_rsh.as_str(), s(&bin), s(&src));
+    let to_missing = format!("{HOST}:{}", missing.display());
+    let dest = format!("{HOST}:{}", src.display());
+    let refused = format!("{HOST}: the verify refused: ");
+    // The arguments, the text the error line must hold, and more that it
+    // must hold.
+    let cases: &[(&[&str], &str, &[&str])] = &[
+        (
+            &[
+                "verify",
+                "-e",
+                rsh,
+                "--remote-path",
+                bin,
+                src_arg,
+                &to_missing,
+            ],
+            &refused,
+            &["cannot open: No such file"],
+        ),
+        (
+            &[
+                "verify",
+                "-e",
+                rsh,
+                "--remote-path",
+                bin,
+                "--repair",
+                src_arg,
+                &to_missing,
+            ],
+            "cannot open: No such file",
+            &[],
+        ),
+        // A missing local SRC needs no connection.
+        (
+            &["verify", "-e", rsh, "--remote-path", bin, s(&nope), &dest],
+            "nope.img: cannot open: No such file",
+            &[],
+        ),
+        (
+            &[
+                "verify",
+                "-e",
+                rsh,
+                "--remote-path",
+                s(&other_version),
+                src_arg,
+                &dest,
+            ],
+            "speaks protocol 7 and block hash version 1",
+            &[],
+        ),
+        (
+            &[
+                "verify",
+                "--block-size",
+                "64k",
+                "-e",
+                rsh,
+                "--remote-path",
+                s(&stops),
+                src_arg,
+                &dest,
+            ],
+            "stopped after sending 1 of 4 block hashes",
+            &["disk on fire"],
+        ),
+        // A refused login.
+        (
+            &[
+                "verify",
+                "-e",
+                other_rsh,
+                "--remote-path",
+                bin,
+                src_arg,
+                &dest,
+            ],
+            "could not connect or log in (exit status 255)",
+            &[],
+        ),
+    ];
+    for &(args, needle, also) in cases {
+        let o = run(args);
+        if let Err(why) = clean_failure(&o, needle) {
+            panic!("{args:?}: {why}");
+        }
+        for text in also {
+            assert!(
+                stderr(&o).contains(text),
+                "{args:?}: expected {text:?} in {}",
+                stderr(&o)
+            );
+        }
+    }
+    assert!(!missing.exists());
 }
 
 /// A loop device over a file, detached when dropped.
@@ -629,7 +623,7 @@ fn block_devices_are_read_directly_and_never_resized() {
         "the block device is 1048576 bytes, smaller than SRC (2097152 bytes): --repair cannot make it a copy",
     );
     drop(small_dev);
-    assert!(fs::read(&small).unwrap() == small_data, "nothing written");
+    assert_same(&small, &small_data, "nothing written");
 
     // A device larger than SRC: repaired, but its tail remains (exit 3).
     let big = dir.join("big.img");
@@ -649,5 +643,5 @@ fn block_devices_are_read_directly_and_never_resized() {
     assert_eq!(code, 3);
     assert_eq!(differences(&doc), [(2 << 20, 1 << 20)], "only the tail");
     drop(big_dev);
-    assert!(fs::read(&big).unwrap()[..2 << 20] == data[..]);
+    assert_same_bytes(&fs::read(&big).unwrap()[..2 << 20], &data, "big");
 }

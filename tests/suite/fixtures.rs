@@ -6,13 +6,11 @@
 //! `dm-fixtures/capture.sh`. `dm-fixtures/damaged/cases.tsv` lists damaged
 //! images and the error each must give.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dm-fixtures")
@@ -64,7 +62,7 @@ fn captured_images_list_what_their_scenario_wrote() {
             // A merge that ran removed its entries from the table.
             "merging-active" => {
                 assert_eq!(
-                    extents(&json(&out)),
+                    extents(&json(&out)["extents"]),
                     vec![],
                     "{name}: merged entries are gone"
                 );
@@ -78,8 +76,8 @@ fn captured_images_list_what_their_scenario_wrote() {
         }
         let doc = json(&out);
         assert_eq!(doc["chunk_size"], expected["chunk_size"], "{name}");
-        let want: Vec<(u64, u64)> = extents(&expected);
-        assert_eq!(extents(&doc), want, "{name}: extents");
+        let want: Vec<(u64, u64)> = extents(&expected["extents"]);
+        assert_eq!(extents(&doc["extents"]), want, "{name}: extents");
         // The expected list is what the scenario's writes imply.
         let writes = read_writes(&fx.join("writes.txt"));
         let chunk = expected["chunk_size"].as_u64().unwrap();
@@ -120,8 +118,9 @@ fn damaged_images_are_refused_with_their_error() {
         if origin_size != "-" {
             args.extend(["--origin-size", origin_size]);
         }
-        let out = run(&args);
-        assert_clean_failure(&out, needle);
+        if let Err(why) = clean_failure(&run(&args), needle) {
+            panic!("damaged/{name}: {why}");
+        }
         checked += 1;
     }
     assert!(checked >= 8, "only {checked} damaged cases");

@@ -6,13 +6,12 @@
 //! Needs qemu-system-x86, linux-image-amd64, lvm2, busybox-static
 //! (`tests/run` installs them).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::guest::{read_result, run_scenario, Failures};
+use crate::common::*;
 
 struct Scenario {
     dir: PathBuf,
@@ -58,10 +57,7 @@ impl Scenario {
         tags.sort();
         tags.into_iter()
             .map(|tag| {
-                let read = |ext: &str| {
-                    fs::read_to_string(self.dir.join(format!("list.{tag}.{ext}")))
-                        .unwrap_or_default()
-                };
+                let read = |ext: &str| read_result(&self.dir, &format!("list.{tag}.{ext}"));
                 let rc = read("rc").trim().parse().unwrap_or(-1);
                 (tag.clone(), rc, read("out"), read("err"))
             })
@@ -73,7 +69,7 @@ impl Scenario {
 fn list_agrees_with_the_real_kernel() {
     let (results, guest_log) = run_scenario("vm-list", "list.sh");
 
-    let mut failures = Vec::new();
+    let mut failures = Failures::default();
     let mut seen = Vec::new();
     let mut dirs: Vec<PathBuf> = fs::read_dir(&results)
         .unwrap()
@@ -87,12 +83,12 @@ fn list_agrees_with_the_real_kernel() {
         seen.push(name.clone());
         let runs = s.list_runs();
         if runs.is_empty() {
-            failures.push(format!("{name}: list was never run"));
+            failures.fail(format!("{name}: list was never run"));
         }
         match s.meta.get("expect").map(String::as_str) {
             Some("ok") => check_ok(&s, &runs, &mut failures),
             Some("refuse") => check_refused(&s, &runs, &mut failures),
-            other => failures.push(format!("{name}: unknown expect {other:?}")),
+            other => failures.fail(format!("{name}: unknown expect {other:?}")),
         }
     }
     for want in [
@@ -112,67 +108,55 @@ fn list_agrees_with_the_real_kernel() {
         "transient",
     ] {
         if !seen.iter().any(|n| n == want) {
-            failures.push(format!("scenario {want} produced no results"));
+            failures.fail(format!("scenario {want} produced no results"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failure(s):\n{}\n\nguest log tail:\n{}",
-        failures.len(),
-        failures.join("\n"),
-        guest_log
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let lines: Vec<&str> = guest_log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    failures.assert_none(&format!("(its last 40 lines)\n{tail}"));
 }
 
-fn check_ok(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut Vec<String>) {
+fn check_ok(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut Failures) {
     let name = s.name();
     let chunk = s.num("chunk_size");
     let origin_size = s.num("origin_size");
     let expected = expected_extents(&s.writes(), chunk, origin_size);
     if name != "empty" && expected.is_empty() {
-        failures.push(format!("{name}: the scenario recorded no writes"));
+        failures.fail(format!("{name}: the scenario recorded no writes"));
     }
     for (tag, rc, out, err) in runs {
         if *rc != 0 {
-            failures.push(format!("{name} [{tag}]: exit {rc}: {err}"));
+            failures.fail(format!("{name} [{tag}]: exit {rc}: {err}"));
             continue;
         }
         let doc: serde_json::Value = match serde_json::from_str(out) {
             Ok(d) => d,
             Err(e) => {
-                failures.push(format!("{name} [{tag}]: not JSON ({e}): {out}"));
+                failures.fail(format!("{name} [{tag}]: not JSON ({e}): {out}"));
                 continue;
             }
         };
         if doc["chunk_size"] != chunk || doc["origin_size"] != origin_size {
-            failures.push(format!(
+            failures.fail(format!(
                 "{name} [{tag}]: chunk_size {} origin_size {}, expected {chunk} and {origin_size}",
                 doc["chunk_size"], doc["origin_size"]
             ));
         }
-        let got = extents(&doc);
+        let got = extents(&doc["extents"]);
         if got != expected {
-            failures.push(format!(
+            failures.fail(format!(
                 "{name} [{tag}]: extents {got:?}\n  expected {expected:?}"
             ));
         }
         let total: u64 = expected.iter().map(|e| e.1).sum();
         if doc["changed_bytes"] != total {
-            failures.push(format!(
+            failures.fail(format!(
                 "{name} [{tag}]: changed_bytes {} expected {total}",
                 doc["changed_bytes"]
             ));
         }
         if name == "multiarea" && doc["metadata_areas"].as_u64().unwrap_or(0) < 3 {
-            failures.push(format!(
+            failures.fail(format!(
                 "{name}: only {} metadata areas",
                 doc["metadata_areas"]
             ));
@@ -184,14 +168,14 @@ fn check_ok(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut
         let out = list_image(&img, origin_size);
         match out.status.success() {
             true => {
-                let got = extents(&json(&out));
+                let got = extents(&json(&out)["extents"]);
                 if got != expected {
-                    failures.push(format!(
+                    failures.fail(format!(
                         "{name} [cow.img]: extents {got:?}\n  expected {expected:?}"
                     ));
                 }
             }
-            false => failures.push(format!(
+            false => failures.fail(format!(
                 "{name} [cow.img]: {}",
                 String::from_utf8_lossy(&out.stderr)
             )),
@@ -199,7 +183,7 @@ fn check_ok(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut
     }
 }
 
-fn check_refused(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut Vec<String>) {
+fn check_refused(s: &Scenario, runs: &[(String, i32, String, String)], failures: &mut Failures) {
     let name = s.name();
     let reason = match name.as_str() {
         "overflow" => "the snapshot is invalid",
@@ -217,7 +201,7 @@ fn check_refused(s: &Scenario, runs: &[(String, i32, String, String)], failures:
             || !err.starts_with("lvmsync-rs: error: ")
             || !err.contains(reason)
         {
-            failures.push(format!(
+            failures.fail(format!(
                 "{name} [{tag}]: expected exit 1 and one line saying {reason:?}; got exit {rc}, stdout {out:?}, stderr {err:?}"
             ));
         }

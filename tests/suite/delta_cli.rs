@@ -4,28 +4,26 @@
 //! for byte; damaged deltas must be refused with one line, and the copy must
 //! hold exactly the records before the damage.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
-use lvmsync::cowgen::CowImage;
-use lvmsync::stream::{self, Compression, Header, SourceInfo, SourceKind, Totals, Writer};
+use crate::common::images::{delta_bytes, image_header, Change, Fill};
+use crate::common::*;
+use lvmsync::stream::{self, Totals};
 
 const CHUNK: u64 = 4096;
 
-use lvmsync::cowgen::Rng;
-
 /// An old image, a new one, and the COW image listing the chunks that differ.
-struct Fixture {
-    dir: Scratch,
-    old: Vec<u8>,
-    new: Vec<u8>,
-    new_path: PathBuf,
-    cow_path: PathBuf,
+struct Fixture(Change);
+
+impl Deref for Fixture {
+    type Target = Change;
+    fn deref(&self) -> &Change {
+        &self.0
+    }
 }
 
 impl Fixture {
@@ -33,68 +31,28 @@ impl Fixture {
     /// scattered chunks of random data and of text, a run longer than a
     /// record, zeroed chunks inside and outside runs, and the last chunk.
     fn new(name: &str) -> Fixture {
-        let dir = scratch(name);
-        let size = (4 << 20) + 1536;
-        let mut rng = Rng(0x1234_5678_9abc_def1);
-        let mut old = vec![0u8; size];
-        rng.fill(&mut old);
-        let mut new = old.clone();
-        let mut chunks: Vec<u64> = Vec::new();
-        let mut set = |chunk: u64, what: u8, rng: &mut Rng, chunks: &mut Vec<u64>| {
-            let start = (chunk * CHUNK) as usize;
-            let end = (start + CHUNK as usize).min(size);
-            let b = &mut new[start..end];
-            match what {
-                b'r' => rng.fill(b),
-                b'z' => b.fill(0),
-                _ => {
-                    for (i, x) in b.iter_mut().enumerate() {
-                        *x = b"the quick brown fox jumps over the lazy dog\n"[i % 44];
-                    }
-                }
-            }
-            chunks.push(chunk);
-        };
+        use Fill::{Random, Text, Zero};
         // Scattered single chunks, in write order, not sorted.
-        for (c, what) in [(7, b'r'), (3, b't'), (12, b'z'), (40, b'r'), (41, b't')] {
-            set(c, what, &mut rng, &mut chunks);
-        }
+        let scattered = [(7, Random), (3, Text), (12, Zero), (40, Random), (41, Text)];
         // A run of 300 chunks (1.2 MiB, more than one record): text, then
         // 20 zeroed chunks, then random.
-        for c in 100..400 {
-            let what = match c {
-                100..=179 => b't',
-                180..=199 => b'z',
-                _ => b'r',
-            };
-            set(c, what, &mut rng, &mut chunks);
-        }
+        let run = (100..400).map(|c| match c {
+            100..=179 => (c, Text),
+            180..=199 => (c, Zero),
+            _ => (c, Random),
+        });
         // 300 zeroed chunks in a row: ZERO records up to the record limit.
-        for c in 500..800 {
-            set(c, b'z', &mut rng, &mut chunks);
-        }
+        let zeroes = (500..800).map(|c| (c, Zero));
         // A chunk written twice, and the last, partial chunk.
-        set(7, b'r', &mut rng, &mut chunks);
-        set(1024, b'r', &mut rng, &mut chunks);
-        let mut cow = CowImage::new(CHUNK);
-        for &c in &chunks {
-            cow.push(c);
-        }
-        let new_path = dir.join("new.img");
-        let cow_path = dir.join("snap.cow");
-        fs::write(&new_path, &new).unwrap();
-        fs::write(&cow_path, cow.to_vec()).unwrap();
-        Fixture {
-            dir,
-            old,
-            new,
-            new_path,
-            cow_path,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        let last = [(7, Random), (1024, Random)];
+        let changes = scattered.into_iter().chain(run).chain(zeroes).chain(last);
+        Fixture(Change::new(
+            scratch(name),
+            (4 << 20) + 1536,
+            CHUNK,
+            0x1234_5678_9abc_def1,
+            changes,
+        ))
     }
 
     /// `send --cow --data-source NEW -o FILE` plus `extra` options.
@@ -119,17 +77,6 @@ impl Fixture {
         assert!(o.stdout.is_empty());
         out
     }
-
-    /// A fresh copy of the old image.
-    fn copy_of_old(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, &self.old).unwrap();
-        p
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A record as `inspect --json` lists it.
@@ -171,25 +118,13 @@ fn expected(f: &Fixture, recs: &[Rec], k: usize) -> Vec<u8> {
     e
 }
 
-fn assert_same(path: &Path, want: &[u8], what: &str) {
-    let got = fs::read(path).unwrap();
-    assert_eq!(got.len(), want.len(), "{what}: size");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("{what}: first difference at byte {i}");
-    }
-}
-
 #[test]
 fn a_delta_applied_to_a_copy_of_the_old_image_makes_the_new_one() {
     let f = Fixture::new("delta-roundtrip");
     let delta = f.send("d.lvd", &[]);
     let copy = f.copy_of_old("copy.img");
     let out = run(&["apply", s(&delta), s(&copy)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("lvmsync-rs apply: applied "), "{stderr}");
@@ -241,7 +176,7 @@ fn a_delta_applied_to_a_copy_of_the_old_image_makes_the_new_one() {
 fn send_piped_into_apply() {
     let f = Fixture::new("delta-pipe");
     let copy = f.copy_of_old("copy.img");
-    let mut sender = Command::new(bin())
+    let mut sender = command()
         .args([
             "send",
             "--cow",
@@ -255,27 +190,19 @@ fn send_piped_into_apply() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let applier = Command::new(bin())
+    let applier = command()
         .args(["apply", "-", s(&copy)])
         .stdin(sender.stdout.take().unwrap())
         .output()
         .unwrap();
     let sent = sender.wait_with_output().unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    assert_ok(&sent);
     assert!(
         String::from_utf8_lossy(&sent.stderr).starts_with("lvmsync-rs send: "),
         "{}",
         String::from_utf8_lossy(&sent.stderr)
     );
-    assert!(
-        applier.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applier.stderr)
-    );
+    assert_ok(&applier);
     assert!(String::from_utf8_lossy(&applier.stderr).contains("applied stdin to "));
     assert_same(&copy, &f.new, "copy");
 }
@@ -291,7 +218,7 @@ fn without_compression_every_data_record_is_raw() {
         .iter()
         .all(|r| r.stored == if r.kind == "zero" { 0 } else { r.length }));
     let copy = f.copy_of_old("copy.img");
-    assert!(run(&["apply", s(&delta), s(&copy)]).status.success());
+    assert_ok(&run(&["apply", s(&delta), s(&copy)]));
     assert_same(&copy, &f.new, "copy");
     // Compression made the other delta smaller.
     let lz4 = f.send("lz4.lvd", &[]);
@@ -305,11 +232,7 @@ fn a_snapback_restores_the_old_copy() {
     let copy = f.copy_of_old("copy.img");
     let snapback = f.path("undo.lvd");
     let out = run(&["apply", "--snapback", s(&snapback), s(&delta), s(&copy)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("Snapback: "));
     assert_same(&copy, &f.new, "copy after the delta");
     let (doc, _) = inspect(&snapback);
@@ -319,11 +242,7 @@ fn a_snapback_restores_the_old_copy() {
     let again = run(&["apply", "--snapback", s(&snapback), s(&delta), s(&copy)]);
     assert_clean_failure(&again, "already exists; a snapback is never overwritten");
     let out = run(&["apply", s(&snapback), s(&copy)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_same(&copy, &f.old, "copy after the snapback");
 }
 
@@ -338,11 +257,7 @@ fn a_missing_destination_needs_create_and_a_short_file_is_extended() {
     );
     assert!(!dest.exists());
     let out = run(&["apply", "--create", s(&delta), s(&dest)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // Unchanged ranges of a new file are zeroes.
     let (_, recs) = inspect(&delta);
     let mut want = vec![0u8; f.new.len()];
@@ -357,11 +272,7 @@ fn a_missing_destination_needs_create_and_a_short_file_is_extended() {
     fs::write(&short, &f.old[..1 << 20]).unwrap();
     let snapback = f.path("short-undo.lvd");
     let out = run(&["apply", "--snapback", s(&snapback), s(&delta), s(&short)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("was extended from 1048576 bytes"));
     let mut want = f.old[..1 << 20].to_vec();
     want.resize(f.new.len(), 0);
@@ -371,7 +282,7 @@ fn a_missing_destination_needs_create_and_a_short_file_is_extended() {
     }
     assert_same(&short, &want, "extended copy");
     // Its snapback restores the old bytes; the extension stays, as zeroes.
-    assert!(run(&["apply", s(&snapback), s(&short)]).status.success());
+    assert_ok(&run(&["apply", s(&snapback), s(&short)]));
     let mut want = f.old[..1 << 20].to_vec();
     want.resize(f.new.len(), 0);
     assert_same(&short, &want, "restored copy");
@@ -384,7 +295,9 @@ fn check_damaged(f: &Fixture, recs: &[Rec], name: &str, bytes: &[u8], needle: &s
     fs::write(&delta, bytes).unwrap();
     let copy = f.copy_of_old(&format!("{name}.img"));
     let out = run(&["apply", s(&delta), s(&copy)]);
-    assert_clean_failure(&out, needle);
+    if let Err(why) = clean_failure(&out, needle) {
+        panic!("{name}: {why}");
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     if k == 0 {
         assert!(
@@ -401,7 +314,7 @@ fn check_damaged(f: &Fixture, recs: &[Rec], name: &str, bytes: &[u8], needle: &s
     assert_same(&copy, &expected(f, recs, k), name);
     // The same through stdin.
     let copy2 = f.copy_of_old(&format!("{name}-stdin.img"));
-    let mut child = Command::new(bin())
+    let mut child = command()
         .args(["apply", "-", s(&copy2)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -410,7 +323,9 @@ fn check_damaged(f: &Fixture, recs: &[Rec], name: &str, bytes: &[u8], needle: &s
         .unwrap();
     let _ = child.stdin.take().unwrap().write_all(bytes);
     let out = child.wait_with_output().unwrap();
-    assert_clean_failure(&out, needle);
+    if let Err(why) = clean_failure(&out, needle) {
+        panic!("{name}, from stdin: {why}");
+    }
     assert_same(&copy2, &expected(f, recs, k), name);
     fs::remove_file(&copy).unwrap();
     fs::remove_file(&copy2).unwrap();
@@ -630,21 +545,6 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
     check_damaged(&f, &recs, "kind", &odd, "unknown record kind 0x51", 2);
 }
 
-/// A header for deltas made with the encoder API.
-fn header(origin_size: u64) -> Header {
-    Header {
-        origin_size,
-        chunk_size: CHUNK,
-        source: SourceInfo::of_kind(SourceKind::Image),
-        compression: Compression::Lz4,
-        tool: "test".into(),
-        base: None,
-        target: None,
-        resume_from: 0,
-        properties: Default::default(),
-    }
-}
-
 #[test]
 fn records_outside_the_origin_or_out_of_order_are_refused() {
     let f = Fixture::new("delta-crafted");
@@ -662,10 +562,10 @@ fn records_outside_the_origin_or_out_of_order_are_refused() {
             .collect()
     };
     // Past the end of the origin: the second record.
-    let mut w = Writer::new(Vec::new(), &header(size)).unwrap();
-    w.data(8192, &f.new[8192..16384]).unwrap();
-    w.data(size - 4096, &[0xaa; 8192]).unwrap();
-    let (bytes, _, _) = w.finish().unwrap();
+    let bytes = delta_bytes(&image_header(size, CHUNK), |w| {
+        w.data(8192, &f.new[8192..16384]).unwrap();
+        w.data(size - 4096, &[0xaa; 8192]).unwrap();
+    });
     check_damaged(
         &f,
         &recs(&[(8192, 8192)]),
@@ -675,10 +575,10 @@ fn records_outside_the_origin_or_out_of_order_are_refused() {
         1,
     );
     // Overlapping the previous record.
-    let mut w = Writer::new(Vec::new(), &header(size)).unwrap();
-    w.data(65536, &f.new[65536..73728]).unwrap();
-    w.data(69632, &[0xbb; 4096]).unwrap();
-    let (bytes, _, _) = w.finish().unwrap();
+    let bytes = delta_bytes(&image_header(size, CHUNK), |w| {
+        w.data(65536, &f.new[65536..73728]).unwrap();
+        w.data(69632, &[0xbb; 4096]).unwrap();
+    });
     check_damaged(
         &f,
         &recs(&[(65536, 8192)]),
@@ -714,7 +614,7 @@ fn a_failed_apply_leaves_a_complete_snapback() {
     assert_same(&copy, &expected(&f, &recs, k), "partly applied copy");
     let (doc, _) = inspect(&snapback);
     assert_eq!(doc["whole"], true);
-    assert!(run(&["apply", s(&snapback), s(&copy)]).status.success());
+    assert_ok(&run(&["apply", s(&snapback), s(&copy)]));
     assert_same(&copy, &f.old, "restored copy");
 }
 
@@ -740,7 +640,7 @@ fn inspect_shows_a_good_delta_and_stops_at_damage() {
         assert!(text.contains(needle), "{needle:?} in {text}");
     }
     // From stdin too.
-    let mut child = Command::new(bin())
+    let mut child = command()
         .args(["inspect", "--json", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -791,141 +691,108 @@ fn bad_arguments_are_refused() {
     let f = Fixture::new("delta-args");
     let delta = f.send("d.lvd", &[]);
     let missing = f.path("missing");
-    let (cow, new) = (s(&f.cow_path), s(&f.new_path));
-    // send
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            s(&missing),
-            "--data-source",
-            new,
-            "-o",
-            "-",
-        ]),
-        "missing: cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            s(&missing),
-            "-o",
-            "-",
-        ]),
-        "missing: cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            new,
-            "--origin-size",
-            "8M",
-            "-o",
-            "-",
-        ]),
-        "the data source is 4195840 bytes, smaller than the origin (8388608 bytes)",
-    );
     let small = f.path("small.img");
     fs::write(&small, &f.new[..1 << 20]).unwrap();
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            s(&small),
-            "--origin-size",
-            "4195840",
-            "-o",
-            "-",
-        ]),
-        "small.img: the data source is 1048576 bytes, smaller than the origin",
-    );
-    // A table naming chunks past the end of a small data source.
-    assert_clean_failure(
-        &run(&["send", "--cow", cow, "--data-source", s(&small), "-o", "-"]),
-        "past the end of the origin",
-    );
     let out_dir = f.path("out-dir");
     fs::create_dir(&out_dir).unwrap();
-    assert_clean_failure(
-        &run(&[
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            new,
-            "-o",
-            s(&out_dir),
-        ]),
-        "out-dir: cannot create: is a directory",
-    );
-    assert_clean_failure(
-        &run(&["send", "vg-that-is-not/there", "-o", "-"]),
-        "no such device",
-    );
-    for args in [
-        vec!["send", "--cow", cow, "--data-source", new],
-        vec!["send", "--cow", cow, "-o", "-"],
-        vec![
-            "send",
-            "--cow",
-            cow,
-            "--data-source",
-            new,
-            "-o",
-            "-",
-            "--compress",
-            "zstd",
-        ],
-        vec!["send", "vg/lv", "--origin-size", "1G", "-o", "-"],
-        vec!["send", "-o", "-"],
-        vec!["apply", s(&delta)],
-        vec!["inspect"],
-    ] {
-        let out = run(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    }
-    // apply
     let copy = f.copy_of_old("copy.img");
-    assert_clean_failure(
-        &run(&["apply", s(&missing), s(&copy)]),
-        "missing: cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&["apply", s(&delta), s(&f.dir)]),
-        "is a directory; name a regular file or a block device",
-    );
-    assert_clean_failure(
-        &run(&["apply", s(&f.dir), s(&copy)]),
-        "cannot open: is a directory",
-    );
-    assert_clean_failure(&run(&["apply", s(&delta), s(&delta)]), "are the same file");
-    assert_clean_failure(
-        &run(&["apply", s(&f.cow_path), s(&copy)]),
-        "not an lvmsync-rs delta: it starts with 53 6e 41 70",
-    );
-    assert_clean_failure(
-        &run(&["apply", s(&delta), "/dev/null"]),
-        "not a regular file or a block device",
-    );
+    let (delta, missing, small, out_dir) = (s(&delta), s(&missing), s(&small), s(&out_dir));
+    let (cow, new, dir, copy_arg) = (s(&f.cow_path), s(&f.new_path), s(&f.dir), s(&copy));
+    let no_such_file = "missing: cannot open: No such file or directory";
+    assert_refusals(&[
+        // send
+        (
+            &["send", "--cow", missing, "--data-source", new, "-o", "-"],
+            no_such_file,
+        ),
+        (
+            &["send", "--cow", cow, "--data-source", missing, "-o", "-"],
+            no_such_file,
+        ),
+        (
+            &[
+                "send",
+                "--cow",
+                cow,
+                "--data-source",
+                new,
+                "--origin-size",
+                "8M",
+                "-o",
+                "-",
+            ],
+            "the data source is 4195840 bytes, smaller than the origin (8388608 bytes)",
+        ),
+        (
+            &[
+                "send",
+                "--cow",
+                cow,
+                "--data-source",
+                small,
+                "--origin-size",
+                "4195840",
+                "-o",
+                "-",
+            ],
+            "small.img: the data source is 1048576 bytes, smaller than the origin",
+        ),
+        // A table naming chunks past the end of a small data source.
+        (
+            &["send", "--cow", cow, "--data-source", small, "-o", "-"],
+            "past the end of the origin",
+        ),
+        (
+            &["send", "--cow", cow, "--data-source", new, "-o", out_dir],
+            "out-dir: cannot create: is a directory",
+        ),
+        (
+            &["send", "vg-that-is-not/there", "-o", "-"],
+            "no such device",
+        ),
+        // apply
+        (&["apply", missing, copy_arg], no_such_file),
+        (
+            &["apply", delta, dir],
+            "is a directory; name a regular file or a block device",
+        ),
+        (&["apply", dir, copy_arg], "cannot open: is a directory"),
+        (&["apply", delta, delta], "are the same file"),
+        (
+            &["apply", cow, copy_arg],
+            "not an lvmsync-rs delta: it starts with 53 6e 41 70",
+        ),
+        (
+            &["apply", delta, "/dev/null"],
+            "not a regular file or a block device",
+        ),
+        // inspect
+        (&["inspect", missing], no_such_file),
+        (&["inspect", new], "not an lvmsync-rs delta"),
+    ]);
+    assert_usage_errors(&[
+        (&["send", "--cow", cow, "--data-source", new], ""),
+        (&["send", "--cow", cow, "-o", "-"], ""),
+        (
+            &[
+                "send",
+                "--cow",
+                cow,
+                "--data-source",
+                new,
+                "-o",
+                "-",
+                "--compress",
+                "zstd",
+            ],
+            "",
+        ),
+        (&["send", "vg/lv", "--origin-size", "1G", "-o", "-"], ""),
+        (&["send", "-o", "-"], ""),
+        (&["apply", delta], ""),
+        (&["inspect"], ""),
+    ]);
     assert_same(&copy, &f.old, "untouched copy");
-    // inspect
-    assert_clean_failure(
-        &run(&["inspect", s(&missing)]),
-        "missing: cannot open: No such file or directory",
-    );
-    assert_clean_failure(
-        &run(&["inspect", s(&f.new_path)]),
-        "not an lvmsync-rs delta",
-    );
     assert!(!fs::exists(f.path("d.lvd.partial")).unwrap());
 }
 

@@ -8,24 +8,13 @@
 //!
 //! Needs thin-provisioning-tools (`tests/run` installs it).
 
-mod common;
-
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use lvmsync::cowgen::Rng;
 use lvmsync::thingen::ThinPair;
-
-fn pairs(v: &serde_json::Value) -> Vec<(u64, u64)> {
-    v.as_array()
-        .expect("an array of extents")
-        .iter()
-        .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
-        .collect()
-}
 
 fn set(s: &lvmsync::extents::ExtentSet) -> Vec<(u64, u64)> {
     s.iter().map(|e| (e.offset, e.length)).collect()
@@ -78,15 +67,15 @@ fn changed_and_unmapped_blocks_are_listed_for_each_block_size() {
         assert_eq!(doc["block_size"], bs);
         assert_eq!(doc["thin_id"], 1);
         assert_eq!(doc["compared_id"], 2);
-        assert_eq!(pairs(&doc["zero_extents"]), set(&zero), "block size {bs}");
+        assert_eq!(extents(&doc["zero_extents"]), set(&zero), "block size {bs}");
         assert_eq!(
-            pairs(&doc["extents"]),
+            extents(&doc["extents"]),
             set(&data.union(&zero)),
             "block size {bs}"
         );
         assert_eq!(doc["changed_bytes"], data.union(&zero).total_bytes());
         // The last block, written, is clipped to the origin's size.
-        let last = *pairs(&doc["extents"]).last().unwrap();
+        let last = *extents(&doc["extents"]).last().unwrap();
         assert_eq!(last.0 + last.1, size);
 
         // Text output: the same ranges, each saying what it holds now.
@@ -125,14 +114,12 @@ fn identical_devices_change_nothing() {
     assert_eq!(doc["blocks"]["same"], 64);
 }
 
-/// A directory holding an executable `thin_delta` with `script` as its
-/// body, to put first in PATH.
-fn fake_thin_delta(dir: &Path, script: &str) -> PathBuf {
+/// A directory holding an executable `thin_delta` with `body` as its
+/// script, to put first in PATH.
+fn fake_thin_delta(dir: &Path, body: &str) -> PathBuf {
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).unwrap();
-    let path = bin.join("thin_delta");
-    fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    script(&bin.join("thin_delta"), body);
     bin
 }
 
@@ -142,12 +129,7 @@ fn with_path(bin: &Path, args: &[&str]) -> Output {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    Command::new(common::bin())
-        .args(args)
-        .env("PATH", path)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
+    command().args(args).env("PATH", path).output().unwrap()
 }
 
 #[test]
@@ -225,18 +207,16 @@ fn malformed_or_failing_thin_delta_output_is_refused_in_one_line() {
             "thin_delta failed (exit status: 1): metadata is damaged, run thin_check",
         ),
     ];
-    for (script, needle) in cases {
-        let bin = fake_thin_delta(&dir, script);
-        assert_clean_failure(&with_path(&bin, &args), needle);
+    for (body, needle) in cases {
+        let bin = fake_thin_delta(&dir, body);
+        if let Err(why) = clean_failure(&with_path(&bin, &args), needle) {
+            panic!("a thin_delta that does {body:?}: {why}");
+        }
     }
     // Not installed at all.
     let empty = dir.join("empty");
     fs::create_dir_all(&empty).unwrap();
-    let out = Command::new(common::bin())
-        .args(args)
-        .env("PATH", &empty)
-        .output()
-        .unwrap();
+    let out = command().args(args).env("PATH", &empty).output().unwrap();
     assert_clean_failure(
         &out,
         "thin_delta not found: install the thin-provisioning-tools package",
@@ -262,8 +242,7 @@ fn unmapped_blocks_travel_as_zero_records_without_being_read() {
     let size = 200 * bs;
     // The new contents: no zero byte anywhere, so every ZERO record comes
     // from the metadata, not from the data.
-    let mut new = vec![0u8; size as usize];
-    Rng(7).fill(&mut new);
+    let mut new = random(size as usize, 7);
     for b in new.iter_mut().filter(|b| **b == 0) {
         *b = 1;
     }
@@ -286,11 +265,7 @@ fn unmapped_blocks_travel_as_zero_records_without_being_read() {
         "-o",
         delta.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     let doc = json(&run(&["inspect", "--json", delta.to_str().unwrap()]));
     assert_eq!(doc["whole"], true);
@@ -321,11 +296,7 @@ fn unmapped_blocks_travel_as_zero_records_without_being_read() {
     // Applied to the old copy: the changed blocks hold the new data, the
     // unmapped ones zeroes, the rest is untouched.
     let out = run(&["apply", delta.to_str().unwrap(), copy.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let mut expect = old.clone();
     for e in data.iter() {
         let r = e.offset as usize..e.end() as usize;
@@ -334,27 +305,29 @@ fn unmapped_blocks_travel_as_zero_records_without_being_read() {
     for e in zero.iter() {
         expect[e.offset as usize..e.end() as usize].fill(0);
     }
-    assert!(
-        fs::read(&copy).unwrap() == expect,
-        "the copy differs from what the changes imply"
-    );
+    assert_same(&copy, &expect, "the copy against what the changes imply");
 }
 
 #[test]
 fn thin_metadata_needs_both_ids_and_a_data_source_for_send() {
-    let out = run(&["list", "--thin-metadata", "/nonexistent", "--thin1", "1"]);
-    assert_eq!(out.status.code(), Some(2));
-    let out = run(&[
-        "send",
-        "--thin-metadata",
-        "/nonexistent",
-        "--thin1",
-        "1",
-        "--thin2",
-        "2",
-        "-o",
-        "/dev/null",
+    assert_usage_errors(&[
+        (
+            &["list", "--thin-metadata", "/nonexistent", "--thin1", "1"],
+            "",
+        ),
+        (
+            &[
+                "send",
+                "--thin-metadata",
+                "/nonexistent",
+                "--thin1",
+                "1",
+                "--thin2",
+                "2",
+                "-o",
+                "/dev/null",
+            ],
+            "--thin-metadata needs --data-source",
+        ),
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--thin-metadata needs --data-source"));
 }

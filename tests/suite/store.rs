@@ -1,18 +1,13 @@
 //! The store module (`lvmsync::store`) against both kinds: a local directory
-//! and a real S3 server (s3s-fs on 127.0.0.1, see tests/common/s3.rs).
-
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
+//! and a real S3 server (s3s-fs on 127.0.0.1, see tests/suite/common/s3.rs).
 
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{scratch, Scratch};
+use crate::common::s3::{self, S3Server};
+use crate::common::{assert_same_bytes, random, scratch, Scratch};
 use lvmsync::store::{Location, Store, StoreError, StoreOptions};
-use s3::S3Server;
-use xxhash_rust::xxh3::xxh3_128;
 
 const MIB: usize = 1 << 20;
 const BUCKET: &str = "archive";
@@ -68,20 +63,6 @@ fn s3(name: &str) -> Fixture {
 
 fn both(name: &str) -> [Fixture; 2] {
     [local(name), s3(name)]
-}
-
-/// `len` bytes that do not repeat, from `seed`.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Asserts that an error is one line and names each of `names`.
@@ -158,8 +139,8 @@ fn put_new_put_get_head_list_delete() {
         let e = s.reader("vg0/root/nothing").expect_err("no reader");
         assert!(matches!(e, StoreError::NotFound { .. }), "{kind}: {e}");
 
-        s.put_new("vg0/root/delta-1", data(1000, 1)).unwrap();
-        s.put_new("vg0/rootfs/delta-1", data(10, 2)).unwrap();
+        s.put_new("vg0/root/delta-1", random(1000, 1)).unwrap();
+        s.put_new("vg0/rootfs/delta-1", random(10, 2)).unwrap();
         s.put_new("vg1/home/delta-1", Vec::new()).unwrap();
         assert_eq!(
             keys(s, "vg0/root"),
@@ -182,7 +163,7 @@ fn put_new_put_get_head_list_delete() {
         assert_eq!(s.get("vg1/home/delta-1", 0).unwrap(), b"", "{kind}");
 
         // Ranges.
-        let whole = data(1000, 1);
+        let whole = random(1000, 1);
         assert_eq!(
             s.get_range("vg0/root/delta-1", 10..300).unwrap(),
             &whole[10..300]
@@ -254,10 +235,10 @@ fn put_new_put_get_head_list_delete() {
 fn get_refuses_objects_larger_than_its_limit() {
     for f in both("max-len") {
         let s = &f.store;
-        s.put("big", data(100_000, 3)).unwrap();
+        s.put("big", random(100_000, 3)).unwrap();
         assert_eq!(
             s.get("big", 100_000).unwrap(),
-            data(100_000, 3),
+            random(100_000, 3),
             "{}",
             f.kind
         );
@@ -284,7 +265,7 @@ fn get_refuses_objects_larger_than_its_limit() {
 #[test]
 fn streamed_upload_of_40_mib_goes_up_in_parts_and_arrives_whole() {
     let size = 40 * MIB;
-    let payload = data(size, 40);
+    let payload = random(size, 40);
     for f in both("upload-40") {
         let s = &f.store;
         let kind = f.kind;
@@ -322,10 +303,7 @@ fn streamed_upload_of_40_mib_goes_up_in_parts_and_arrives_whole() {
         assert_eq!(reader.size(), size as u64);
         reader.read_to_end(&mut read).unwrap();
         assert_eq!(read.len(), size, "{kind}");
-        assert!(
-            xxh3_128(&read) == xxh3_128(&payload),
-            "{kind}: the bytes differ"
-        );
+        assert_same_bytes(&read, &payload, kind);
         // Across a part boundary.
         let range = (8 * MIB - 100) as u64..(8 * MIB + 100) as u64;
         assert_eq!(
@@ -343,7 +321,7 @@ fn streamed_upload_of_40_mib_goes_up_in_parts_and_arrives_whole() {
 
         // An upload replaces what is under its key, when it finishes.
         let mut again = s.upload("vg0/root/small").unwrap();
-        again.write(&data(9 * MIB, 9)).unwrap();
+        again.write(&random(9 * MIB, 9)).unwrap();
         assert_eq!(s.get("vg0/root/small", 11).unwrap(), b"hello world");
         assert_eq!(again.finish().unwrap().parts, 2, "{kind}");
         assert_eq!(
@@ -362,24 +340,24 @@ fn an_upload_dropped_or_aborted_midway_leaves_nothing() {
 
         // Dropped after two parts went out.
         let mut upload = s.upload("vg0/root/dropped").unwrap();
-        upload.write(&data(20 * MIB, 5)).unwrap();
+        upload.write(&random(20 * MIB, 5)).unwrap();
         assert!(upload.parts() >= 2, "{kind}");
         drop(upload);
 
         // Aborted.
         let mut upload = s.upload("vg0/root/aborted").unwrap();
-        upload.write(&data(12 * MIB, 6)).unwrap();
+        upload.write(&random(12 * MIB, 6)).unwrap();
         assert!(upload.parts() >= 1, "{kind}");
         upload.abort().unwrap();
 
         // Dropped before any part, over an existing object.
         let mut upload = s.upload("vg0/root/kept").unwrap();
-        upload.write(&data(3 * MIB, 7)).unwrap();
+        upload.write(&random(3 * MIB, 7)).unwrap();
         drop(upload);
 
         // Dropped with parts out, over an existing object.
         let mut upload = s.upload("vg0/root/kept").unwrap();
-        upload.write(&data(17 * MIB, 8)).unwrap();
+        upload.write(&random(17 * MIB, 8)).unwrap();
         drop(upload);
 
         for key in ["vg0/root/dropped", "vg0/root/aborted"] {
@@ -407,13 +385,13 @@ fn an_upload_dropped_or_aborted_midway_leaves_nothing() {
 fn a_server_killed_midway_through_an_upload_is_an_error_within_seconds() {
     let mut f = s3("killed");
     let mut upload = f.store.upload("vg0/root/seed").unwrap();
-    upload.write(&data(20 * MIB, 11)).unwrap();
+    upload.write(&random(20 * MIB, 11)).unwrap();
     assert!(upload.parts() >= 2);
     f.server.as_mut().unwrap().kill();
 
     let started = Instant::now();
     let mut result = Ok(());
-    for chunk in data(20 * MIB, 12).chunks(MIB) {
+    for chunk in random(20 * MIB, 12).chunks(MIB) {
         result = upload.write(chunk);
         if result.is_err() {
             break;
@@ -605,14 +583,14 @@ fn a_reader_refuses_an_object_replaced_while_it_reads() {
     // ignores If-Match on GET).
     let f = local("replaced");
     let s = &f.store;
-    s.put("obj", data(30 * MIB, 20)).unwrap();
+    s.put("obj", random(30 * MIB, 20)).unwrap();
     let mut reader = s.reader("obj").unwrap();
     let mut first = vec![0; 1000];
     reader.read_exact(&mut first).unwrap();
-    assert_eq!(first, data(1000, 20));
+    assert_eq!(first, random(1000, 20));
     // Past what is fetched ahead, the blocks come from the new object.
     std::thread::sleep(Duration::from_millis(20));
-    s.put("obj", data(30 * MIB, 21)).unwrap();
+    s.put("obj", random(30 * MIB, 21)).unwrap();
     let mut rest = Vec::new();
     let e = reader.read_to_end(&mut rest).unwrap_err();
     let e = e.into_inner().expect("a store error");

@@ -5,81 +5,39 @@
 //!
 //! Needs what `tests/run` installs (qemu, a Debian kernel, lvm2).
 
-mod common;
-
-use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::guest::{read_result, run_scenario, sums, Failures};
 
-fn read(dir: &Path, name: &str) -> String {
-    fs::read_to_string(dir.join(name)).unwrap_or_default()
-}
-
+/// The non-empty lines of DIR/NAME, trimmed.
 fn lines(dir: &Path, name: &str) -> Vec<String> {
-    read(dir, name)
+    read_result(dir, name)
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect()
 }
 
-/// The exit status and the `--json` summary of a step.
-fn outcome(dir: &Path, tag: &str) -> (String, serde_json::Value) {
-    let rc = read(dir, &format!("{tag}.rc")).trim().to_string();
-    let out = read(dir, &format!("{tag}.out"));
-    let doc = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
-    (rc, doc)
-}
-
-struct Failures(Vec<String>);
-
-impl Failures {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(what());
-        }
-    }
-
-    /// A step that must have succeeded; returns its summary.
-    fn ok(&mut self, dir: &Path, tag: &str) -> serde_json::Value {
-        let (rc, doc) = outcome(dir, tag);
-        self.check(rc == "0", || {
-            format!(
-                "{}: {tag} exit {rc:?}: {}",
-                dir.display(),
-                read(dir, &format!("{tag}.err")).trim()
-            )
-        });
-        doc
-    }
-
-    fn same(&mut self, dir: &Path, a: &str, b: &str) {
-        let s = sums(dir);
-        self.check(s.contains_key(a) && s.get(a) == s.get(b), || {
-            format!("{}: {a} and {b} differ: {s:?}", dir.display())
-        });
-    }
-}
-
 #[test]
 fn backups_rotate_snapshots_check_bases_and_resume() {
     let (results, log) = run_scenario("vm-backup", "backup.sh");
-    let mut f = Failures(Vec::new());
+    let mut f = Failures::default();
 
     // Five rounds: each ends with the copy equal to the round's snapshot,
     // and that snapshot the only one left.
     let rounds = results.join("rounds");
     let mut snaps = Vec::new();
     for r in 1..=5 {
-        let doc = f.ok(&rounds, &format!("backup{r}"));
+        let doc = f.json(&rounds, &format!("backup{r}"));
         let kind = if r == 1 { "seed" } else { "incremental" };
         f.check(doc["kind"] == kind, || {
             format!("round {r}: kind {} (expected {kind})", doc["kind"])
         });
         f.same(&rounds, &format!("copy{r}"), &format!("snap{r}"));
         let owned = lines(&rounds, &format!("owned{r}.txt"));
-        let snap = read(&rounds, &format!("snap{r}.txt")).trim().to_string();
+        let snap = read_result(&rounds, &format!("snap{r}.txt"))
+            .trim()
+            .to_string();
         f.check(owned == [snap.clone()], || {
             format!("round {r}: tool-owned snapshots {owned:?}, expected only {snap}")
         });
@@ -107,7 +65,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
             || format!("round {r}: the origin equals the snapshot: the writer did not write"),
         );
     }
-    let state = read(&rounds, "state.json");
+    let state = read_result(&rounds, "state.json");
     f.check(
         state.contains(&snaps[4]) && state.contains("\"applying\": null"),
         || format!("the copy's state does not name the last snapshot: {state}"),
@@ -140,8 +98,8 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
     // A delta for another base: refused and nothing written; --force applies it.
     let wrong = results.join("wrongbase");
     f.ok(&wrong, "send");
-    let (rc, _) = outcome(&wrong, "apply");
-    let err = read(&wrong, "apply.err");
+    let rc = read_result(&wrong, "apply.rc").trim().to_string();
+    let err = read_result(&wrong, "apply.err");
     f.check(
         rc == "1" && err.contains("it was made for another copy") && err.contains("--force"),
         || format!("wrongbase: apply exit {rc}: {err}"),
@@ -153,7 +111,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         "wrongbase: --force wrote nothing".into()
     });
     // DEST no longer holds a known point in time: compared and repaired.
-    let doc = f.ok(&wrong, "after");
+    let doc = f.json(&wrong, "after");
     f.check(doc["kind"] == "repair", || {
         format!("wrongbase: after --force the next run is a {}", doc["kind"])
     });
@@ -162,11 +120,11 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
     // Killed midway, resumed: less than the whole is sent the second time.
     for case in ["seedkill", "inckill"] {
         let dir = results.join(case);
-        let killed = read(&dir, "state-killed.json");
+        let killed = read_result(&dir, "state-killed.json");
         f.check(killed.contains("\"confirmed\""), || {
             format!("{case}: no transfer was recorded partway: {killed:?}")
         });
-        let doc = f.ok(&dir, "resume");
+        let doc = f.json(&dir, "resume");
         let from = doc["resumed_from"].as_u64().unwrap_or(0);
         f.check(from > 0, || {
             format!("{case}: the second run did not resume: {doc}")
@@ -191,7 +149,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         )
     });
     // The 8 MiB the data LV leaves zero stay a hole in the copy.
-    let du: Vec<u64> = read(&seed, "du.txt")
+    let du: Vec<u64> = read_result(&seed, "du.txt")
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect();
@@ -206,9 +164,9 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         ("backup", "copy", "snap"),
         ("gone", "copy-gone", "snap-gone"),
     ] {
-        let doc = f.ok(&over, tag);
+        let doc = f.json(&over, tag);
         f.check(doc["kind"] == "repair", || format!("overflow {tag}: {doc}"));
-        let err = read(&over, &format!("{tag}.err"));
+        let err = read_result(&over, &format!("{tag}.err"));
         f.check(err.contains("sending what differs"), || {
             format!("overflow {tag}: the fallback is not explained: {err}")
         });
@@ -217,10 +175,11 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         f.check(sent < 46 << 20, || format!("overflow {tag}: sent {sent}"));
         f.same(&over, copy, snap);
     }
-    f.check(read(&over, "backup.err").contains("invalidated"), || {
-        format!("overflow: {}", read(&over, "backup.err"))
-    });
-    let doc = f.ok(&over, "reseed");
+    f.check(
+        read_result(&over, "backup.err").contains("invalidated"),
+        || format!("overflow: {}", read_result(&over, "backup.err")),
+    );
+    let doc = f.json(&over, "reseed");
     f.check(doc["kind"] == "seed", || format!("overflow: {doc}"));
     f.same(&over, "copy-reseed", "snap-reseed");
     f.check(lines(&over, "owned-reseed.txt").len() == 1, || {
@@ -233,7 +192,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
     // A thin origin through the same rounds, to a thin LV.
     let thin = results.join("thin");
     for r in 1..=3 {
-        let doc = f.ok(&thin, &format!("backup{r}"));
+        let doc = f.json(&thin, &format!("backup{r}"));
         let kind = if r == 1 { "seed" } else { "incremental" };
         f.check(doc["kind"] == kind, || format!("thin round {r}: {doc}"));
         f.same(&thin, &format!("copy{r}"), &format!("snap{r}"));
@@ -245,5 +204,5 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         });
     }
 
-    assert!(f.0.is_empty(), "{}\nguest log:\n{log}", f.0.join("\n"));
+    f.assert_none(&log);
 }

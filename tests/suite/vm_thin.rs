@@ -9,101 +9,25 @@
 //! Needs what `tests/run` installs (qemu, a Debian kernel, lvm2,
 //! thin-provisioning-tools).
 
-mod common;
-
-use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::extents;
+use crate::common::guest::{key_values, read_result, run_scenario, sums, Failures};
 
-fn pairs(dir: &Path, file: &str) -> BTreeMap<String, String> {
-    fs::read_to_string(dir.join(file))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(a, b)| (a.to_string(), b.trim().to_string()))
-        .collect()
-}
-
-fn read(dir: &Path, tag: &str, ext: &str) -> String {
-    fs::read_to_string(dir.join(format!("{tag}.{ext}"))).unwrap_or_default()
-}
-
-struct Checks {
-    failures: Vec<String>,
-}
-
-impl Checks {
-    fn fail(&mut self, msg: String) {
-        self.failures.push(msg);
+/// Every recorded held root of the pool is `-`, except those listed.
+fn released(c: &mut Failures, dir: &Path, held_expected: &[&str]) {
+    let h = key_values(dir, "held.txt");
+    if h.is_empty() {
+        c.fail(format!("{}: no held.txt", dir.display()));
     }
-
-    /// The step's stdout when it exited 0.
-    fn ok(&mut self, dir: &Path, tag: &str) -> Option<String> {
-        match read(dir, tag, "rc").trim() {
-            "0" => Some(read(dir, tag, "out")),
-            rc => {
-                self.fail(format!(
-                    "{}: {tag} exit {rc:?}: {}",
-                    dir.display(),
-                    read(dir, tag, "err").trim()
-                ));
-                None
-            }
-        }
-    }
-
-    /// The step failed with exit 1 and one error line containing `needle`.
-    fn refused(&mut self, dir: &Path, tag: &str, needle: &str) {
-        let (rc, err) = (read(dir, tag, "rc"), read(dir, tag, "err"));
-        let lines = err.trim_end().lines().count();
-        if rc.trim() != "1"
-            || lines != 1
-            || !err.starts_with("lvmsync-rs: error: ")
-            || !err.contains(needle)
-            || err.contains("panicked")
-        {
-            self.fail(format!(
-                "{}: {tag}: expected exit 1 and one line with {needle:?}, got exit {:?}: {err:?}",
+    for (when, root) in &h {
+        let want_held = held_expected.contains(&when.as_str());
+        if want_held == (root == "-") {
+            c.fail(format!(
+                "{}: the pool's metadata snapshot at {when}: {root:?} (expected {})",
                 dir.display(),
-                rc.trim()
+                if want_held { "held" } else { "released" }
             ));
-        }
-    }
-
-    fn same(&mut self, dir: &Path, a: &str, b: &str) {
-        let s = pairs(dir, "sums.txt");
-        if !s.contains_key(a) || s.get(a) != s.get(b) {
-            self.fail(format!("{}: {b} differs from {a}: {s:?}", dir.display()));
-        }
-    }
-
-    /// Every recorded held root of the pool is `-`, except those listed.
-    fn released(&mut self, dir: &Path, held_expected: &[&str]) {
-        let h = pairs(dir, "held.txt");
-        if h.is_empty() {
-            self.fail(format!("{}: no held.txt", dir.display()));
-        }
-        for (when, root) in &h {
-            let want_held = held_expected.contains(&when.as_str());
-            if want_held == (root == "-") {
-                self.fail(format!(
-                    "{}: the pool's metadata snapshot at {when}: {root:?} (expected {})",
-                    dir.display(),
-                    if want_held { "held" } else { "released" }
-                ));
-            }
-        }
-    }
-
-    fn json(&mut self, dir: &Path, tag: &str) -> serde_json::Value {
-        match self.ok(dir, tag) {
-            Some(out) => serde_json::from_str(&out).unwrap_or_else(|e| {
-                self.fail(format!("{}: {tag}: not JSON ({e}): {out}", dir.display()));
-                serde_json::Value::Null
-            }),
-            None => serde_json::Value::Null,
         }
     }
 }
@@ -111,13 +35,11 @@ impl Checks {
 #[test]
 fn backups_updated_from_thin_snapshots_equal_their_source() {
     let (results, log) = run_scenario("vm-thin", "thin.sh");
-    let mut c = Checks {
-        failures: Vec::new(),
-    };
+    let mut c = Failures::default();
 
     // 64 KiB blocks, through a file.
     let d = results.join("chunk64k");
-    let facts = pairs(&d, "facts.txt");
+    let facts = key_values(&d, "facts.txt");
     let fact = |k: &str| facts.get(k).and_then(|v| v.parse::<u64>().ok());
     let list = c.json(&d, "list");
     if list != serde_json::Value::Null {
@@ -133,14 +55,10 @@ fn backups_updated_from_thin_snapshots_equal_their_source() {
             ));
         }
         // The discard after the snapshot: 2 MiB read as zeroes now.
-        let zero: Vec<(u64, u64)> = list["zero_extents"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let zero = match &list["zero_extents"] {
+            list @ serde_json::Value::Array(_) => extents(list),
+            _ => Vec::new(),
+        };
         if !zero.contains(&(18 << 20, 2 << 20)) {
             c.fail(format!(
                 "chunk64k: the discarded range is not listed as zeroes: {zero:?}"
@@ -194,21 +112,21 @@ fn backups_updated_from_thin_snapshots_equal_their_source() {
         }
     }
     c.same(&d, "origin", "backup");
-    let s = pairs(&d, "sums.txt");
+    let s = sums(&d);
     if s.get("backup-before") == s.get("origin") {
         c.fail("chunk64k: the origin was not changed, the test proves nothing".into());
     }
-    c.released(&d, &[]);
+    released(&mut c, &d, &[]);
 
     // Through sync.
     let d = results.join("sync");
     c.ok(&d, "sync");
     c.same(&d, "origin", "backup");
-    c.released(&d, &[]);
+    released(&mut c, &d, &[]);
 
     // A later thin snapshot as the source.
     let d = results.join("datasrc");
-    let facts = pairs(&d, "facts.txt");
+    let facts = key_values(&d, "facts.txt");
     c.ok(&d, "send");
     c.ok(&d, "apply");
     let inspect = c.json(&d, "inspect");
@@ -238,13 +156,13 @@ fn backups_updated_from_thin_snapshots_equal_their_source() {
         }
     }
     c.same(&d, "snapB", "backup");
-    let s = pairs(&d, "sums.txt");
+    let s = sums(&d);
     if s.get("origin") == s.get("backup") {
         c.fail(format!(
             "datasrc: backup equals the origin written after snapB: {s:?}"
         ));
     }
-    c.released(&d, &[]);
+    released(&mut c, &d, &[]);
 
     // 1 MiB blocks, through a pipe.
     let d = results.join("chunk1m");
@@ -254,14 +172,14 @@ fn backups_updated_from_thin_snapshots_equal_their_source() {
     }
     c.ok(&d, "pipe");
     c.same(&d, "origin", "backup");
-    c.released(&d, &[]);
+    released(&mut c, &d, &[]);
 
     // A snapshot of a snapshot: the backup of s1 as s2 froze it becomes s1.
     let d = results.join("snapsnap");
     c.ok(&d, "send");
     c.ok(&d, "apply");
     c.same(&d, "s1", "backup");
-    c.released(&d, &[]);
+    released(&mut c, &d, &[]);
 
     // Refusals.
     let d = results.join("errors");
@@ -286,16 +204,16 @@ fn backups_updated_from_thin_snapshots_equal_their_source() {
         "neither its origin thintest/origin nor a snapshot of it",
     );
     // Someone else's reservation is left held; ours are released.
-    c.released(&d, &["others-before", "others-after"]);
-    if pairs(&d, "facts.txt").contains_key("never-written") {
+    released(&mut c, &d, &["others-before", "others-after"]);
+    if key_values(&d, "facts.txt").contains_key("never-written") {
         c.fail("errors: a failed send left a delta behind".into());
     }
 
     // Signals while thin_delta runs.
     let d = results.join("signals");
     for (sig, code) in [("INT", "130"), ("TERM", "143")] {
-        let rc = read(&d, sig, "rc");
-        let err = read(&d, sig, "err");
+        let rc = read_result(&d, &format!("{sig}.rc"));
+        let err = read_result(&d, &format!("{sig}.err"));
         if rc.trim() != code || !err.contains("was released") {
             c.fail(format!(
                 "signals: SIG{sig}: exit {:?}, stderr {err:?}",
@@ -303,11 +221,7 @@ fn backups_updated_from_thin_snapshots_equal_their_source() {
             ));
         }
     }
-    c.released(&d, &["INT-during", "TERM-during"]);
+    released(&mut c, &d, &["INT-during", "TERM-during"]);
 
-    assert!(
-        c.failures.is_empty(),
-        "{}\n\nguest log:\n{log}",
-        c.failures.join("\n")
-    );
+    c.assert_none(&log);
 }

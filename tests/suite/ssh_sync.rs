@@ -1,38 +1,36 @@
 //! `lvmsync-rs sync` over real OpenSSH: each test starts its own sshd on
-//! 127.0.0.1 (tests/common/sshd.rs) and ships a delta between images made
-//! here to `root@127.0.0.1:DEST`, with this build as the remote lvmsync-rs.
+//! 127.0.0.1 (tests/suite/common/sshd.rs) and ships a delta between images
+//! made here to `root@127.0.0.1:DEST`, with this build as the remote
+//! lvmsync-rs.
 //! Failures (a missing remote binary, a refused login, a DEST that cannot be
 //! opened, a connection cut midway, another format version) must end within
 //! seconds with one clear line, and the same command again must complete the
 //! sync.
 
-mod common;
-#[path = "common/sshd.rs"]
-mod sshd;
-
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::*;
-use lvmsync::cowgen::CowImage;
-use sshd::Sshd;
+use crate::common::images::{Change, Fill};
+use crate::common::sshd::{self, Sshd, HOST};
+use crate::common::*;
+use lvmsync::cowgen::Rng;
 
 const CHUNK: u64 = 4096;
-const HOST: &str = "root@127.0.0.1";
-
-use lvmsync::cowgen::Rng;
 
 /// An sshd, an old image, a new one, and the COW image of their difference.
 struct Fixture {
     sshd: Sshd,
-    dir: Scratch,
-    old: Vec<u8>,
-    new: Vec<u8>,
-    new_path: PathBuf,
-    cow_path: PathBuf,
+    change: Change,
+}
+
+impl Deref for Fixture {
+    type Target = Change;
+    fn deref(&self) -> &Change {
+        &self.change
+    }
 }
 
 impl Fixture {
@@ -43,61 +41,19 @@ impl Fixture {
         let dir = scratch(name);
         let sshd = Sshd::start(&dir.join("sshd"));
         let size = 24usize << 20;
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut old = vec![0u8; size];
-        rng.fill(&mut old);
-        let mut new = old.clone();
-        let mut cow = CowImage::new(CHUNK);
-        let chunks = size as u64 / CHUNK;
-        for c in 0..chunks {
-            let what = match c % 12 {
-                0..=7 => b'r',
-                8 => b't',
-                9 => b'z',
-                _ => continue,
-            };
-            let b = &mut new[(c * CHUNK) as usize..((c + 1) * CHUNK) as usize];
-            match what {
-                b'r' => rng.fill(b),
-                b'z' => b.fill(0),
-                _ => {
-                    for (i, x) in b.iter_mut().enumerate() {
-                        *x = b"lvmsync over ssh\n"[i % 17];
-                    }
-                }
-            }
-            cow.push(c);
-        }
-        let new_path = dir.join("new.img");
-        let cow_path = dir.join("snap.cow");
-        fs::write(&new_path, &new).unwrap();
-        fs::write(&cow_path, cow.to_vec()).unwrap();
-        Fixture {
-            sshd,
-            dir,
-            old,
-            new,
-            new_path,
-            cow_path,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn copy_of_old(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, &self.old).unwrap();
-        p
+        let changes = (0..size as u64 / CHUNK).filter_map(|c| match c % 12 {
+            0..=7 => Some((c, Fill::Random)),
+            8 => Some((c, Fill::Text)),
+            9 => Some((c, Fill::Zero)),
+            _ => None,
+        });
+        let change = Change::new(dir, size, CHUNK, 0x9e37_79b9_7f4a_7c15, changes);
+        Fixture { sshd, change }
     }
 
     /// An executable script in the test's directory.
     fn script(&self, name: &str, body: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        p
+        script(&self.path(name), body)
     }
 
     /// `lvmsync-rs sync --cow ... --data-source ... -e SSH --remote-path
@@ -127,26 +83,12 @@ impl Fixture {
     }
 
     fn assert_synced(&self, path: &Path) {
-        let got = fs::read(path).unwrap();
-        assert!(
-            got == self.new,
-            "{} differs from the new image",
-            path.display()
+        assert_same(
+            path,
+            &self.new,
+            &format!("{} against the new image", path.display()),
         );
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output) {
-    assert!(o.status.success(), "status {:?}: {}", o.status, stderr(o));
-    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
 }
 
 /// Runs `f`, checks it failed cleanly with `needle` within 30 s.
@@ -154,8 +96,10 @@ fn fails_quickly(needle: &str, f: impl FnOnce() -> Output) -> Output {
     let t = Instant::now();
     let o = f();
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(30), "took {took:?}");
-    assert_clean_failure(&o, needle);
+    assert!(took < Duration::from_secs(30), "{needle:?}: took {took:?}");
+    if let Err(why) = clean_failure(&o, needle) {
+        panic!("{needle:?}: {why}");
+    }
     o
 }
 
@@ -285,29 +229,42 @@ fn a_missing_remote_binary_or_a_refused_login_ends_at_once() {
     let f = Fixture::new("ssh-sync-connect");
     let copy = f.copy_of_old("copy.img");
     let dest = format!("{HOST}:{}", s(&copy));
-    let o = fails_quickly("was not found or cannot be run (exit status 127)", || {
-        f.sync_with(&f.sshd.rsh(), "/nonexistent/lvmsync-rs", &[], &dest)
-    });
-    assert!(
-        stderr(&o).contains("/nonexistent/lvmsync-rs: "),
-        "{}",
-        stderr(&o)
-    );
-    assert!(stderr(&o).contains("--remote-path"), "{}", stderr(&o));
-
     let other_key = f.path("other_key");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-t", "ed25519", "-f", s(&other_key)])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let o = fails_quickly("could not connect or log in (exit status 255)", || {
-        f.sync_with(&f.sshd.rsh_with(&other_key), s(&bin()), &[], &dest)
-    });
-    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    sshd::keygen(&other_key);
+    let (rsh, other_rsh, bin) = (f.sshd.rsh(), f.sshd.rsh_with(&other_key), bin());
+    // The remote shell, the remote lvmsync-rs, the error, and more that
+    // its line must say.
+    let cases: [(&str, &str, &str, &[&str]); 3] = [
+        (
+            &rsh,
+            "/nonexistent/lvmsync-rs",
+            "was not found or cannot be run (exit status 127)",
+            &["/nonexistent/lvmsync-rs: ", "--remote-path"],
+        ),
+        // A key the server does not know.
+        (
+            &other_rsh,
+            s(&bin),
+            "could not connect or log in (exit status 255)",
+            &["Permission denied"],
+        ),
+        // No remote shell at all.
+        (
+            "/nonexistent/ssh -p 1",
+            s(&bin),
+            "cannot run /nonexistent/ssh",
+            &[],
+        ),
+    ];
+    for (rsh, remote_path, needle, also) in cases {
+        let o = fails_quickly(needle, || f.sync_with(rsh, remote_path, &[], &dest));
+        for text in also {
+            assert!(stderr(&o).contains(text), "{needle:?}: {}", stderr(&o));
+        }
+    }
 
     // With --json, the summary object says what failed.
-    let o = f.sync_with(&f.sshd.rsh(), "/nonexistent/lvmsync-rs", &["--json"], &dest);
+    let o = f.sync_with(&rsh, "/nonexistent/lvmsync-rs", &["--json"], &dest);
     assert_eq!(o.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["result"], "failed");
@@ -318,12 +275,8 @@ fn a_missing_remote_binary_or_a_refused_login_ends_at_once() {
         "{doc}"
     );
 
-    // No remote shell at all.
-    fails_quickly("cannot run /nonexistent/ssh", || {
-        f.sync_with("/nonexistent/ssh -p 1", s(&bin()), &[], &dest)
-    });
     // Nothing was written; the same command with what was missing works.
-    assert_eq!(fs::read(&copy).unwrap(), f.old);
+    assert_same(&copy, &f.old, "the untouched copy");
     assert_ok(&f.sync(&[], &dest));
     f.assert_synced(&copy);
 }
@@ -417,80 +370,102 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
         b"",
         "data was sent before the hello"
     );
-    // A remote that never answers: the wait for the hello ends.
-    let mute = f.script("never-answers", "exec cat >/dev/null");
-    let t = Instant::now();
-    fails_quickly("no handshake within 2 s", || {
-        f.sync_with(&f.sshd.rsh(), s(&mute), &["--timeout", "2"], &dest)
-    });
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    // A remote that answers, then stops reading: the run stops once no
-    // data went through for the timeout.
-    let stuck = f.script(
-        "stops-reading",
-        &format!(
-            "echo 'LVMSYNC-APPLY {} {} 0 -'\nexec sleep 600",
-            lvmsync::ship::PROTOCOL,
-            lvmsync::stream::VERSION
-        ),
-    );
-    let t = Instant::now();
-    fails_quickly("the remote took no data for 2 s after", || {
-        f.sync_with(&f.sshd.rsh(), s(&stuck), &["--timeout", "2"], &dest)
-    });
-    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-    // A remote that takes the whole delta, then says nothing: the wait
-    // for its report ends. One that says it is alive while it finishes is
-    // waited for past the timeout, and its own failure is the reason.
+    // Remotes that are not the apply the sync needs: the error the sync
+    // must end with (within 30 s), more that its line must say, and how
+    // long it must take.
+    struct Remote<'a> {
+        name: &'a str,
+        script: String,
+        options: &'a [&'a str],
+        error: &'a str,
+        also: &'a [&'a str],
+        took: Range<Duration>,
+    }
     let hello = format!(
         "echo 'LVMSYNC-APPLY {} {} 0 -'",
         lvmsync::ship::PROTOCOL,
         lvmsync::stream::VERSION
     );
-    let hangs = f.script(
-        "hangs-at-the-end",
-        &format!("{hello}\ncat >/dev/null\nexec sleep 600"),
-    );
-    let t = Instant::now();
-    fails_quickly(
-        "the remote said nothing for 2 s after the whole delta was sent",
-        || f.sync_with(&f.sshd.rsh(), s(&hangs), &["--timeout", "2"], &dest),
-    );
-    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-    let slow = f.script(
-        "slow-at-the-end",
-        &format!(
-            "{hello}\ncat >/dev/null\nfor i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do echo {}; sleep 0.25; done\necho 'lvmsync-rs: error: DEST: the disk is on fire' >&2\nexit 1",
-            lvmsync::ship::ALIVE
-        ),
-    );
-    let t = Instant::now();
-    fails_quickly("the disk is on fire", || {
-        f.sync_with(&f.sshd.rsh(), s(&slow), &["--timeout", "2"], &dest)
-    });
-    assert!(t.elapsed() >= Duration::from_secs(4), "{:?}", t.elapsed());
-    let other = f.script(
-        "other-protocol",
-        "echo 'LVMSYNC-APPLY 7 1 0'\ncat >/dev/null",
-    );
-    fails_quickly("speaks protocol 7", || {
-        f.sync_with(&f.sshd.rsh(), s(&other), &[], &dest)
-    });
-    // Something that is no lvmsync-rs at all.
-    let other = f.script(
-        "no-lvmsync",
-        "echo 'something else'\necho 'it failed' >&2\nexit 3",
-    );
-    let o = fails_quickly("ended before the handshake (exit status 3): ", || {
-        f.sync_with(&f.sshd.rsh(), s(&other), &[], &dest)
-    });
-    // What it said, on stdout and on stderr, is the reason.
-    assert!(stderr(&o).contains("something else"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("it failed"), "{}", stderr(&o));
-    assert_eq!(fs::read(&copy).unwrap(), f.old);
+    let secs = Duration::from_secs;
+    let timeout: &[&str] = &["--timeout", "2"];
+    let remotes = [
+        // A remote that never answers: the wait for the hello ends.
+        Remote {
+            name: "never-answers",
+            script: "exec cat >/dev/null".into(),
+            options: timeout,
+            error: "no handshake within 2 s",
+            also: &[],
+            took: Duration::ZERO..secs(10),
+        },
+        // A remote that answers, then stops reading: the run stops once
+        // no data went through for the timeout.
+        Remote {
+            name: "stops-reading",
+            script: format!("{hello}\nexec sleep 600"),
+            options: timeout,
+            error: "the remote took no data for 2 s after",
+            also: &[],
+            took: Duration::ZERO..secs(15),
+        },
+        // A remote that takes the whole delta, then says nothing: the
+        // wait for its report ends.
+        Remote {
+            name: "hangs-at-the-end",
+            script: format!("{hello}\ncat >/dev/null\nexec sleep 600"),
+            options: timeout,
+            error: "the remote said nothing for 2 s after the whole delta was sent",
+            also: &[],
+            took: Duration::ZERO..secs(15),
+        },
+        // One that says it is alive while it finishes is waited for past
+        // the timeout, and its own failure is the reason.
+        Remote {
+            name: "slow-at-the-end",
+            script: format!(
+                "{hello}\ncat >/dev/null\nfor i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do echo {}; sleep 0.25; done\necho 'lvmsync-rs: error: DEST: the disk is on fire' >&2\nexit 1",
+                lvmsync::ship::ALIVE
+            ),
+            options: timeout,
+            error: "the disk is on fire",
+            also: &[],
+            took: secs(4)..Duration::MAX,
+        },
+        Remote {
+            name: "other-protocol",
+            script: "echo 'LVMSYNC-APPLY 7 1 0'\ncat >/dev/null".into(),
+            options: &[],
+            error: "speaks protocol 7",
+            also: &[],
+            took: Duration::ZERO..Duration::MAX,
+        },
+        // Something that is no lvmsync-rs at all: what it said, on stdout
+        // and on stderr, is the reason.
+        Remote {
+            name: "no-lvmsync",
+            script: "echo 'something else'\necho 'it failed' >&2\nexit 3".into(),
+            options: &[],
+            error: "ended before the handshake (exit status 3): ",
+            also: &["something else", "it failed"],
+            took: Duration::ZERO..Duration::MAX,
+        },
+    ];
+    for r in remotes {
+        let remote = f.script(r.name, &r.script);
+        let t = Instant::now();
+        let o = fails_quickly(r.error, || {
+            f.sync_with(&f.sshd.rsh(), s(&remote), r.options, &dest)
+        });
+        let took = t.elapsed();
+        assert!(r.took.contains(&took), "{}: took {took:?}", r.name);
+        for text in r.also {
+            assert!(stderr(&o).contains(text), "{}: {}", r.name, stderr(&o));
+        }
+    }
+    assert_same(&copy, &f.old, "the untouched copy");
 
     // The remote's check: a sender writing format version 99.
-    let o = Command::new(bin())
+    let o = command()
         .args(["apply", "--remote", "--expect-format", "99", "--", "-"])
         .arg(&copy)
         .stdin(std::process::Stdio::null())
@@ -501,7 +476,7 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
         "the sender writes delta format version 99, but this lvmsync-rs",
     );
     // The hello a current sender gets.
-    let o = Command::new(bin())
+    let o = command()
         .args(["apply", "--remote", "--expect-format"])
         .arg(lvmsync::stream::VERSION.to_string())
         .args(["--", "-"])
@@ -580,7 +555,7 @@ fn a_full_copy_seeds_a_new_copy_with_holes_and_overwrites_an_old_one() {
     let copy = f.path("seed.img");
     let o = full(&copy, &["--create"]);
     let doc = json(&o);
-    assert_eq!(fs::read(&copy).unwrap(), image);
+    assert_same(&copy, &image, "the seeded copy");
     assert_eq!(doc["zero_bytes"], 16u64 << 20);
     assert!(doc["bytes_on_wire"].as_u64().unwrap() < 13 << 20, "{doc}");
     let allocated = fs::metadata(&copy).unwrap().blocks() * 512;
@@ -589,5 +564,5 @@ fn a_full_copy_seeds_a_new_copy_with_holes_and_overwrites_an_old_one() {
     let old = f.copy_of_old("old.img");
     let o = full(&old, &[]);
     json(&o);
-    assert_eq!(fs::read(&old).unwrap(), image);
+    assert_same(&old, &image, "the overwritten copy");
 }

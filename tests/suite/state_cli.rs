@@ -3,22 +3,16 @@
 //! each delta, and a transfer cut midway is confirmed up to where it got
 //! and accepts a resumed delta from there only.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::*;
-use lvmsync::cowgen::Rng;
+use crate::common::images::{delta_bytes, image_header};
+use crate::common::*;
 use lvmsync::state::{self, State};
-use lvmsync::stream::{Compression, Header, PointInTime, SourceInfo, SourceKind, Writer};
+use lvmsync::stream::{Header, PointInTime, SourceInfo, SourceKind, Writer};
 
 const SIZE: usize = 1 << 20;
 const BLOCK: usize = 64 << 10;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn pit(snap: &str) -> PointInTime {
     PointInTime {
@@ -29,10 +23,10 @@ fn pit(snap: &str) -> PointInTime {
     }
 }
 
+/// The header of a delta of a classic snapshot of vg/origin, from the
+/// snapshot `base` (none: a full copy) to `target` (none: a live volume).
 fn header(base: Option<&str>, target: Option<&str>, resume_from: u64) -> Header {
     Header {
-        origin_size: SIZE as u64,
-        chunk_size: BLOCK as u64,
         source: SourceInfo {
             vg: Some("vg".into()),
             snapshot: base.map(String::from),
@@ -40,32 +34,25 @@ fn header(base: Option<&str>, target: Option<&str>, resume_from: u64) -> Header 
             origin_uuid: Some("origin-uuid".into()),
             ..SourceInfo::of_kind(SourceKind::Classic)
         },
-        compression: Compression::Lz4,
-        tool: "test".into(),
         base: base.map(pit),
         target: target.map(pit),
         resume_from,
-        properties: Default::default(),
+        ..image_header(SIZE as u64, BLOCK as u64)
     }
 }
 
-/// A delta setting every block of `content` from `from` on.
+/// A delta setting every block of `content` from `from` on; the offset in
+/// it where each record ends.
 fn delta(path: &Path, h: &Header, content: &[u8], from: usize) -> Vec<u64> {
-    let mut w = Writer::new(Vec::new(), h).unwrap();
     let mut ends = Vec::new();
-    for off in (from..content.len()).step_by(BLOCK) {
-        w.data(off as u64, &content[off..off + BLOCK]).unwrap();
-        ends.push(w.position());
-    }
-    let (bytes, _, _) = w.finish().unwrap();
+    let bytes = delta_bytes(h, |w| {
+        for off in (from..content.len()).step_by(BLOCK) {
+            w.data(off as u64, &content[off..off + BLOCK]).unwrap();
+            ends.push(w.position());
+        }
+    });
     fs::write(path, bytes).unwrap();
     ends
-}
-
-fn random(seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; SIZE];
-    Rng(seed).fill(&mut v);
-    v
 }
 
 fn state_of(dest: &Path) -> Option<State> {
@@ -81,7 +68,7 @@ impl Case {
     fn new(name: &str) -> Case {
         let dir = scratch(name);
         let dest = dir.join("copy.img");
-        fs::write(&dest, random(1)).unwrap();
+        fs::write(&dest, random(SIZE, 1)).unwrap();
         Case { dir, dest }
     }
 
@@ -97,11 +84,11 @@ impl Case {
 #[test]
 fn a_delta_for_another_base_is_refused_until_forced() {
     let c = Case::new("state-base");
-    let (a, b, x) = (random(2), random(3), random(4));
+    let (a, b, x) = (random(SIZE, 2), random(SIZE, 3), random(SIZE, 4));
     // A full copy to A names no base: taken whatever DEST holds.
     delta(&c.dir.join("seed.lvd"), &header(None, Some("a"), 0), &a, 0);
-    assert!(c.apply("seed.lvd", &[]).status.success());
-    assert_eq!(fs::read(&c.dest).unwrap(), a);
+    assert_ok(&c.apply("seed.lvd", &[]));
+    assert_same(&c.dest, &a, "DEST against a");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("a")));
 
     // A delta from X (not what DEST holds): refused, DEST untouched.
@@ -114,7 +101,7 @@ fn a_delta_for_another_base_is_refused_until_forced() {
     let out = c.apply("x.lvd", &[]);
     assert_clean_failure(&out, "it holds vg/a taken 2026-11-26 08:00:00 +0000 (snapshot uuid a-uuid), but the delta applies to vg/x");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
-    assert_eq!(fs::read(&c.dest).unwrap(), a);
+    assert_same(&c.dest, &a, "DEST against a");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("a")));
 
     // From A to B: applied, and DEST holds B.
@@ -124,43 +111,39 @@ fn a_delta_for_another_base_is_refused_until_forced() {
         &b,
         0,
     );
-    assert!(c.apply("ab.lvd", &[]).status.success());
-    assert_eq!(fs::read(&c.dest).unwrap(), b);
+    assert_ok(&c.apply("ab.lvd", &[]));
+    assert_same(&c.dest, &b, "DEST against b");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
     // The same delta again: DEST holds B now, not A.
     assert_clean_failure(&c.apply("ab.lvd", &[]), "it was made for another copy");
 
     // --force applies the delta from X anyway.
     let out = c.apply("x.lvd", &["--force"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(fs::read(&c.dest).unwrap(), x);
+    assert_ok(&out);
+    assert_same(&c.dest, &x, "DEST against x");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("y")));
 
     // Data from a live volume: what DEST holds is no longer known, and
     // any delta is then taken.
     delta(&c.dir.join("live.lvd"), &header(Some("y"), None, 0), &a, 0);
-    assert!(c.apply("live.lvd", &[]).status.success());
+    assert_ok(&c.apply("live.lvd", &[]));
     assert_eq!(state_of(&c.dest).unwrap(), State::default());
-    assert!(c.apply("ab.lvd", &[]).status.success());
+    assert_ok(&c.apply("ab.lvd", &[]));
 
     // A damaged state file is an error, unless --force.
     let path = state::location(&c.dest).unwrap();
     fs::write(&path, "{").unwrap();
     assert_clean_failure(&c.apply("ab.lvd", &[]), "damaged state file");
-    assert!(c.apply("ab.lvd", &["--force"]).status.success());
+    assert_ok(&c.apply("ab.lvd", &["--force"]));
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
 }
 
 #[test]
 fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
     let c = Case::new("state-resume");
-    let (a, b) = (random(5), random(6));
+    let (a, b) = (random(SIZE, 5), random(SIZE, 6));
     delta(&c.dir.join("seed.lvd"), &header(None, Some("a"), 0), &a, 0);
-    assert!(c.apply("seed.lvd", &[]).status.success());
+    assert_ok(&c.apply("seed.lvd", &[]));
 
     // The delta from A to B, cut after its sixth record.
     let whole = c.dir.join("ab.lvd");
@@ -180,28 +163,27 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
     assert_eq!(copy[..6 * BLOCK], b[..6 * BLOCK]);
     assert_eq!(copy[6 * BLOCK..], a[6 * BLOCK..]);
 
-    // Another delta is refused while DEST is partway.
-    delta(
-        &c.dir.join("ac.lvd"),
-        &header(Some("a"), Some("c"), 0),
-        &b,
-        0,
-    );
-    assert_clean_failure(
-        &c.apply("ac.lvd", &[]),
-        "partway through a delta that brings it to vg/b",
-    );
-    // A resumed delta starting past what DEST confirmed is refused.
-    delta(
-        &c.dir.join("late.lvd"),
-        &header(Some("a"), Some("b"), 8 * BLOCK as u64),
-        &b,
-        8 * BLOCK,
-    );
-    assert_clean_failure(
-        &c.apply("late.lvd", &[]),
-        "confirmed only the bytes before 393216",
-    );
+    // While DEST is partway, another delta is refused, and so is a resumed
+    // delta starting past what DEST confirmed.
+    for (name, h, from, needle) in [
+        (
+            "ac.lvd",
+            header(Some("a"), Some("c"), 0),
+            0,
+            "partway through a delta that brings it to vg/b",
+        ),
+        (
+            "late.lvd",
+            header(Some("a"), Some("b"), 8 * BLOCK as u64),
+            8 * BLOCK,
+            "confirmed only the bytes before 393216",
+        ),
+    ] {
+        delta(&c.dir.join(name), &h, &b, from);
+        if let Err(why) = clean_failure(&c.apply(name, &[]), needle) {
+            panic!("{name}: {why}");
+        }
+    }
     // The resumed delta from where DEST stopped completes it.
     let rest = c.dir.join("rest.lvd");
     delta(
@@ -211,22 +193,22 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
         6 * BLOCK,
     );
     assert!(fs::metadata(&rest).unwrap().len() < bytes.len() as u64);
-    assert!(c.apply("rest.lvd", &[]).status.success());
-    assert_eq!(fs::read(&c.dest).unwrap(), b);
+    assert_ok(&c.apply("rest.lvd", &[]));
+    assert_same(&c.dest, &b, "DEST against b");
     assert_eq!(state_of(&c.dest).unwrap().holds, Some(pit("b")));
     assert_eq!(state_of(&c.dest).unwrap().applying, None);
 
     // A resumed delta that holds a record before where it says it resumes
     // is damaged.
-    let mut w = Writer::new(Vec::new(), &header(Some("b"), Some("c"), 2 * BLOCK as u64)).unwrap();
-    w.data(0, &a[..BLOCK]).unwrap();
-    let (bad, _, _) = w.finish().unwrap();
+    let bad = delta_bytes(&header(Some("b"), Some("c"), 2 * BLOCK as u64), |w| {
+        w.data(0, &a[..BLOCK]).unwrap();
+    });
     fs::write(c.dir.join("bad.lvd"), bad).unwrap();
     assert_clean_failure(
         &c.apply("bad.lvd", &["--force"]),
         "before the end of the previous record or the offset the delta resumes at",
     );
-    assert_eq!(fs::read(&c.dest).unwrap(), b);
+    assert_same(&c.dest, &b, "DEST against b");
 }
 
 /// A long apply confirms as it goes (every 256 MiB), without waiting for
@@ -236,7 +218,7 @@ fn a_cut_transfer_is_confirmed_where_it_stopped_and_resumes_only_from_there() {
 #[test]
 fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     const MIB: u64 = 1 << 20;
@@ -261,15 +243,13 @@ fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
             ends.push(((i + 1) * MIB, w.position()));
         }
     };
-    let mut w = Writer::new(Vec::new(), &head(0)).unwrap();
     let mut ends = Vec::new();
-    records(&mut w, 0, &mut ends);
-    let (whole, _, _) = w.finish().unwrap();
+    let whole = delta_bytes(&head(0), |w| records(w, 0, &mut ends));
 
     // Feed the records up to 600 MiB, then wait for a confirmation past
     // 512 MiB while the apply waits for more.
     let fed = ends.iter().find(|(end, _)| *end == 600 * MIB).unwrap().1 as usize;
-    let mut apply = Command::new(bin())
+    let mut apply = command()
         .args(["apply", "-"])
         .arg(&dest)
         .stdin(Stdio::piped())
@@ -305,17 +285,13 @@ fn a_long_apply_confirms_as_it_goes_and_a_killed_one_resumes() {
     assert_eq!(partway.confirmed % MIB, 0, "a record boundary");
 
     // The delta resumed from there completes the copy.
-    let mut w = Writer::new(Vec::new(), &head(partway.confirmed)).unwrap();
-    records(&mut w, partway.confirmed, &mut Vec::new());
-    let (rest, _, _) = w.finish().unwrap();
+    let rest = delta_bytes(&head(partway.confirmed), |w| {
+        records(w, partway.confirmed, &mut Vec::new())
+    });
     assert!(rest.len() < whole.len());
     fs::write(dir.join("rest.lvd"), rest).unwrap();
     let out = run(&["apply", s(&dir.join("rest.lvd")), s(&dest)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let st = state_of(&dest).unwrap();
     assert_eq!((st.holds, st.applying), (Some(pit("a")), None));
     let copy = fs::File::open(&dest).unwrap();

@@ -247,7 +247,7 @@ fn a_snapback_restores_the_old_copy() {
 }
 
 #[test]
-fn a_missing_destination_needs_create_and_a_short_file_is_extended() {
+fn a_missing_destination_needs_create_and_a_short_file_is_extended_only_by_a_whole_copy() {
     let f = Fixture::new("delta-create");
     let delta = f.send("d.lvd", &[]);
     let dest = f.path("new-copy.img");
@@ -267,25 +267,21 @@ fn a_missing_destination_needs_create_and_a_short_file_is_extended() {
     }
     assert_same(&dest, &want, "created copy");
 
-    // A file shorter than the origin is extended to its size.
+    // A file shorter than the origin is not a copy of it: a delta of
+    // changes is refused there (extending it with zeroes would make a
+    // wrong copy), nothing is written, no snapback is made.
     let short = f.path("short.img");
     fs::write(&short, &f.old[..1 << 20]).unwrap();
     let snapback = f.path("short-undo.lvd");
-    let out = run(&["apply", "--snapback", s(&snapback), s(&delta), s(&short)]);
-    assert_ok(&out);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("was extended from 1048576 bytes"));
-    let mut want = f.old[..1 << 20].to_vec();
-    want.resize(f.new.len(), 0);
-    for r in &recs {
-        let (a, b) = (r.offset as usize, (r.offset + r.length) as usize);
-        want[a..b].copy_from_slice(&f.new[a..b]);
-    }
-    assert_same(&short, &want, "extended copy");
-    // Its snapback restores the old bytes; the extension stays, as zeroes.
-    assert_ok(&run(&["apply", s(&snapback), s(&short)]));
-    let mut want = f.old[..1 << 20].to_vec();
-    want.resize(f.new.len(), 0);
-    assert_same(&short, &want, "restored copy");
+    assert_clean_failure(
+        &run(&["apply", "--snapback", s(&snapback), s(&delta), s(&short)]),
+        "shorter than the origin",
+    );
+    assert_same(&short, &f.old[..1 << 20], "refused short copy");
+    assert!(!snapback.exists());
+    // A whole copy (a seed) extends it.
+    assert_ok(&run(&["sync", "--full", s(&f.new_path), s(&short)]));
+    assert_same(&short, &f.new, "seeded copy");
 }
 
 /// Applies `bytes` as a delta to a fresh copy of the old image; it must fail

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod archive;
 mod backup_cli;
 mod delta_cli;
 mod fixtures;
@@ -16,6 +17,7 @@ mod state_cli;
 mod store;
 mod thin_cli;
 mod verify_cli;
+mod vm_archive;
 mod vm_backup;
 mod vm_delta;
 mod vm_list;

@@ -56,7 +56,7 @@ fn delta(path: &Path, h: &Header, content: &[u8], from: usize) -> Vec<u64> {
 }
 
 fn state_of(dest: &Path) -> Option<State> {
-    state::load(&state::location(dest).unwrap()).unwrap()
+    state::load(&state::location(dest).unwrap().unwrap()).unwrap()
 }
 
 struct Case {
@@ -131,7 +131,7 @@ fn a_delta_for_another_base_is_refused_until_forced() {
     assert_ok(&c.apply("ab.lvd", &[]));
 
     // A damaged state file is an error, unless --force.
-    let path = state::location(&c.dest).unwrap();
+    let path = state::location(&c.dest).unwrap().unwrap();
     fs::write(&path, "{").unwrap();
     assert_clean_failure(&c.apply("ab.lvd", &[]), "damaged state file");
     assert_ok(&c.apply("ab.lvd", &["--force"]));

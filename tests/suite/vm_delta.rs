@@ -1,7 +1,9 @@
 //! `send` and `apply` on real LVM volumes in a real kernel
 //! (`tests/vm/scenarios/delta.sh`): after a delta, the backup LV holds
 //! exactly what its source holds, through a file, through a pipe, and with a
-//! later snapshot as the data source while the origin keeps changing.
+//! later snapshot as the data source while the origin keeps changing; and
+//! a device that is mounted or held, or is one of the delta's inputs, is
+//! never written.
 //!
 //! Needs what `tests/run` installs (qemu, a Debian kernel, lvm2).
 
@@ -53,6 +55,28 @@ fn a_backup_updated_through_a_delta_equals_its_source() {
     let s = sums(&ds);
     f.check(s.get("origin") != s.get("backup"), || {
         format!("datasrc: backup equals the origin written after the snapshot: {s:?}")
+    });
+
+    // Devices in use, and the delta's own inputs as DEST: refused, and
+    // every one of them unchanged.
+    let inuse = results.join("inuse");
+    f.refused(&inuse, "mounted", "in use (mounted at /tmp/lvmsync-mnt)");
+    f.same(&inuse, "mounted-before", "mounted-after");
+    f.refused(&inuse, "held", "in use (held by lvmsync-holder");
+    f.same(&inuse, "held-before", "held-after");
+    for case in ["origin", "cow", "datasource", "backup-origin"] {
+        f.refused(
+            &inuse,
+            case,
+            "writing to it would destroy what is being copied",
+        );
+    }
+    for dev in ["origin", "snapB", "cow"] {
+        f.same(&inuse, &format!("{dev}-before"), &format!("{dev}-after"));
+    }
+    let lvs = read_result(&inuse, "lvs.txt");
+    f.check(!lvs.contains("-lvmsync-"), || {
+        format!("inuse: backup onto its own origin created a snapshot: {lvs}")
     });
 
     f.assert_none(&log);

@@ -12,6 +12,8 @@ mod backup_cli;
 mod delta_cli;
 mod fixtures;
 mod list_cli;
+mod mutation;
+mod safety;
 mod ssh_sync;
 mod state_cli;
 mod store;

@@ -557,30 +557,6 @@ fn over_ssh_failures_are_one_line_errors() {
     assert!(!missing.exists());
 }
 
-/// A loop device over a file, detached when dropped.
-struct Loop(String);
-
-impl Loop {
-    /// `None` where loop devices cannot be made (no root, no loop driver).
-    fn attach(file: &Path) -> Option<Loop> {
-        let o = std::process::Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .ok()?;
-        let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        (o.status.success() && dev.starts_with("/dev/")).then_some(Loop(dev))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
-}
-
 #[test]
 fn block_devices_are_read_directly_and_never_resized() {
     let dir = scratch("verify-loop");

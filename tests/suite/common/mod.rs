@@ -286,3 +286,27 @@ pub fn read_writes(path: &Path) -> Vec<(u64, u64)> {
         })
         .collect()
 }
+
+/// A loop device over a file, detached when dropped.
+pub struct Loop(pub String);
+
+impl Loop {
+    /// `None` where loop devices cannot be made (no root, no loop driver).
+    pub fn attach(file: &Path) -> Option<Loop> {
+        let o = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (o.status.success() && dev.starts_with("/dev/")).then_some(Loop(dev))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}

@@ -76,6 +76,9 @@ fn forge(delta: &mut [u8], at: usize, change: impl FnOnce(&mut [u8])) {
     LittleEndian::write_u64(&mut h[32..40], sum);
 }
 
+/// A change to a record header's 40 bytes.
+type Forgery = Box<dyn Fn(&mut [u8])>;
+
 fn mutants(good: &[u8], other: &[u8]) -> Vec<(String, Vec<u8>)> {
     let (starts, end) = boundaries(good);
     let (o_starts, o_end) = boundaries(other);
@@ -136,7 +139,7 @@ fn mutants(good: &[u8], other: &[u8]) -> Vec<(String, Vec<u8>)> {
     // Headers forged, their checksums good: another offset, another
     // length, another payload length, another kind, another flag.
     for (i, &at) in starts.iter().enumerate() {
-        let cases: [(&str, Box<dyn Fn(&mut [u8])>); 6] = [
+        let cases: [(&str, Forgery); 6] = [
             (
                 "offset + 4096",
                 Box::new(|h| {

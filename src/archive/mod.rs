@@ -57,7 +57,7 @@ pub const ARCHIVE_VERSION: u32 = 1;
 /// Ranged reads in flight at once when records are fetched.
 pub const READS_IN_FLIGHT: usize = 4;
 /// The largest ranged read.
-pub const MAX_READ: u64 = 8 << 20;
+pub const MAX_READ: u64 = 4 << 20;
 /// Bytes of unneeded records a ranged read may span, rather than make two.
 pub const READ_GAP: u64 = 64 << 10;
 /// The largest index read: 32 bytes a record.
@@ -504,7 +504,10 @@ impl Archive {
     }
 
     /// Fetches `ranges` of the object `key`, [`READS_IN_FLIGHT`] at a time,
-    /// and hands them to `each` in order.
+    /// and hands them to `each` in order. It holds at most about twice
+    /// [`READS_IN_FLIGHT`] ranges at once (one being fetched by each
+    /// reader, one waiting, those that came early): with ranges of at most
+    /// [`MAX_READ`], 32 MiB.
     pub fn fetch_in_order(
         &self,
         key: &str,
@@ -512,7 +515,7 @@ impl Archive {
         mut each: impl FnMut(usize, Vec<u8>) -> Result<(), ArchiveError>,
     ) -> Result<(), ArchiveError> {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Vec<u8>, StoreError>)>(READS_IN_FLIGHT);
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Vec<u8>, StoreError>)>(1);
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             for _ in 0..READS_IN_FLIGHT.min(ranges.len()) {

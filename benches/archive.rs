@@ -291,7 +291,14 @@ fn main() {
     for r in 0..rounds {
         let t = Instant::now();
         archive
-            .put_delta("bench/upload", r as u64 + 1, None, "incremental", &delta, |_| {})
+            .put_delta(
+                "bench/upload",
+                r as u64 + 1,
+                None,
+                "incremental",
+                &delta,
+                |_| {},
+            )
             .unwrap();
         ours.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
@@ -306,9 +313,18 @@ fn main() {
     let mb = |secs: f64| len as f64 / secs / 1e6;
     println!();
     println!("upload of the 1% delta ({len} bytes), median of {rounds}:");
-    println!("  the bytes as one object (store::Upload): {raw:.3} s, {:.0} MB/s", mb(raw));
-    println!("  stored as a point (read, encode, upload, index): {ours:.3} s, {:.0} MB/s", mb(ours));
-    println!("  throughput / the object's: {:.2} (target at least 0.8)", raw / ours);
+    println!(
+        "  the bytes as one object (store::Upload): {raw:.3} s, {:.0} MB/s",
+        mb(raw)
+    );
+    println!(
+        "  stored as a point (read, encode, upload, index): {ours:.3} s, {:.0} MB/s",
+        mb(ours)
+    );
+    println!(
+        "  throughput / the object's: {:.2} (target at least 0.8)",
+        raw / ours
+    );
 
     // Restore: the latest point next to the seed alone.
     let dest = dir.join("restored.img");
@@ -320,7 +336,11 @@ fn main() {
     };
     let cases = [
         ("the chain's seed (point 1)", VOLUME, 1),
-        ("a seed of the latest point's content", "bench/vg/data-now", 1),
+        (
+            "a seed of the latest point's content",
+            "bench/vg/data-now",
+            1,
+        ),
         ("the latest point", VOLUME, deltas + 1),
     ];
     let mut times = vec![Vec::new(); cases.len()];

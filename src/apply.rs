@@ -1048,6 +1048,9 @@ pub struct PieceWriter {
     whole: bool,
     writeback: Option<crate::blockdev::Writeback>,
     unflushed: u64,
+    /// Where a regular file this run extended was a hole: zeroes there
+    /// need no write (pieces never overlap).
+    holes_from: u64,
     /// Pieces and bytes written.
     pub pieces: u64,
     pub bytes: u64,
@@ -1104,6 +1107,7 @@ impl OpenDest {
             &header,
         )?;
         let mut dest = self.destination;
+        let holes_from = if extend { size } else { u64::MAX };
         if extend {
             dest.set_len(origin_size)
                 .map_err(|source| ApplyError::DestExtend {
@@ -1124,6 +1128,7 @@ impl OpenDest {
             origin_size,
             whole,
             unflushed: 0,
+            holes_from,
             pieces: 0,
             bytes: 0,
             _lock: self._lock,
@@ -1146,6 +1151,7 @@ impl PieceWriter {
     pub fn write(&mut self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<(), ApplyError> {
         let result = match data {
             Some(d) => self.dest.write_all_at(d, offset),
+            None if offset >= self.holes_from => Ok(()),
             None => self.dest.write_zeroes(offset, len),
         };
         result.map_err(|source| ApplyError::DestWrite {

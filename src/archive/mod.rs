@@ -504,29 +504,37 @@ impl Archive {
     }
 
     /// Fetches `ranges` of the object `key`, [`READS_IN_FLIGHT`] at a time,
-    /// and hands them to `each` in order. It holds at most about twice
-    /// [`READS_IN_FLIGHT`] ranges at once (one being fetched by each
-    /// reader, one waiting, those that came early): with ranges of at most
-    /// [`MAX_READ`], 32 MiB.
-    pub fn fetch_in_order(
+    /// turns each into a `T` with `prepare` on the reading threads (where
+    /// records are checked and decoded, in parallel), and hands them to
+    /// `each` in order. It holds at most about twice [`READS_IN_FLIGHT`]
+    /// ranges at once (one being fetched or prepared by each reader, one
+    /// waiting, those that came early): with ranges of at most
+    /// [`MAX_READ`], 32 MiB before `prepare` decodes them.
+    pub fn fetch_in_order<T: Send>(
         &self,
         key: &str,
         ranges: &[Range<u64>],
-        mut each: impl FnMut(usize, Vec<u8>) -> Result<(), ArchiveError>,
+        prepare: impl Fn(usize, Vec<u8>) -> Result<T, ArchiveError> + Sync,
+        mut each: impl FnMut(usize, T) -> Result<(), ArchiveError>,
     ) -> Result<(), ArchiveError> {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Vec<u8>, StoreError>)>(1);
-        let stop = std::sync::atomic::AtomicBool::new(false);
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<T, ArchiveError>)>(1);
+        let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             for _ in 0..READS_IN_FLIGHT.min(ranges.len()) {
-                let (tx, next, stop) = (tx.clone(), &next, &stop);
+                let (tx, next, stop, prepare) = (tx.clone(), &next, &stop, &prepare);
                 scope.spawn(move || loop {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(range) = ranges.get(i) else { return };
-                    let got = self.store.get_range(key, range.clone());
+                    let got = self
+                        .store
+                        .get_range(key, range.clone())
+                        .map_err(ArchiveError::from)
+                        .and_then(|bytes| prepare(i, bytes));
                     if tx.send((i, got)).is_err() {
                         return;
                     }
@@ -550,7 +558,7 @@ impl Archive {
                 }
                 Ok(())
             })();
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
             // Let the readers see the closed channel.
             drop(rx);
             result

@@ -272,8 +272,12 @@ pub fn restore(archive: &Archive, req: &Request) -> Result<Restored, Error> {
     }
 }
 
-/// Reads the `planned` records of one delta, checks each, and writes its
-/// pieces.
+/// A piece ready to be written: its offset and length, and its bytes
+/// (none for zeroes).
+type Piece = (u64, u64, Option<Vec<u8>>);
+
+/// Reads the `planned` records of one delta, checks each (on the reading
+/// threads), and writes its pieces.
 fn copy_records(
     archive: &Archive,
     delta: &Ready<'_>,
@@ -290,12 +294,13 @@ fn copy_records(
         })
         .collect();
     let key = &delta.point.delta.key;
-    let mut content = vec![0u8; MAX_RECORD_LEN as usize];
-    let mut failed: Option<Error> = None;
-    let fetched = archive.fetch_in_order(key, &ranges, |i, bytes| {
-        restored.reads += 1;
-        restored.bytes_read += bytes.len() as u64;
+    // On the reading threads: every record of the range checked, and the
+    // pieces it supplies cut out of its content.
+    let prepare = |i: usize, bytes: Vec<u8>| -> Result<(u64, u64, Vec<Piece>), ArchiveError> {
         let start = ranges[i].start;
+        let mut content = vec![0u8; MAX_RECORD_LEN as usize];
+        let mut pieces = Vec::new();
+        let mut records = 0;
         for p in &planned[runs[i].clone()] {
             let r = &p.record;
             let from = (r.at - start) as usize;
@@ -329,21 +334,33 @@ fn copy_records(
                     ),
                 });
             }
-            restored.records += 1;
+            records += 1;
             for piece in &p.pieces {
                 let at = (piece.offset - r.offset) as usize;
                 let data = match kind {
                     RecordKind::Zero => None,
-                    RecordKind::Data { .. } => Some(&content[at..at + piece.length as usize]),
+                    RecordKind::Data { .. } => {
+                        Some(content[at..at + piece.length as usize].to_vec())
+                    }
                 };
-                if let Err(e) = writer.write(piece.offset, piece.length, data) {
-                    failed = Some(e.into());
-                    return Err(ArchiveError::Mismatch {
-                        location: archive.location(),
-                        key: key.clone(),
-                        reason: "stopped: the destination could not be written".into(),
-                    });
-                }
+                pieces.push((piece.offset, piece.length, data));
+            }
+        }
+        Ok((bytes.len() as u64, records, pieces))
+    };
+    let mut failed: Option<Error> = None;
+    let fetched = archive.fetch_in_order(key, &ranges, prepare, |_, (read, records, pieces)| {
+        restored.reads += 1;
+        restored.bytes_read += read;
+        restored.records += records;
+        for (offset, length, data) in pieces {
+            if let Err(e) = writer.write(offset, length, data.as_deref()) {
+                failed = Some(e.into());
+                return Err(ArchiveError::Mismatch {
+                    location: archive.location(),
+                    key: key.clone(),
+                    reason: "stopped: the destination could not be written".into(),
+                });
             }
         }
         Ok(())

@@ -400,7 +400,7 @@ fn a_damaged_cut_or_missing_object_is_named_and_nothing_unchecked_is_written() {
         );
         assert!(String::from_utf8_lossy(&check.stdout).contains(&key));
         fs::write(&file, &whole).unwrap();
-        assert_ok(&restore(&kit, 3, &fresh, &["--full"]));
+        assert_ok(&restore(&kit, 3, &fresh, &["--full", "--create"]));
         assert_same(
             &fresh,
             &v.states[3],

@@ -92,6 +92,9 @@ pub fn default_volume_name(origin: &Lv) -> String {
 pub struct Outcome {
     pub result: &'static str,
     pub error: Option<String>,
+    /// The kind of failure (see [`crate::error::Kind`]) and its exit status.
+    pub error_kind: Option<&'static str>,
+    pub exit_code: Option<u8>,
     pub origin: String,
     pub dest: String,
     /// `seed`, `incremental`, `resumed seed`, `resumed incremental` or
@@ -107,7 +110,7 @@ pub struct Outcome {
     pub volume: Option<String>,
     pub point: Option<u64>,
     pub notes: Vec<String>,
-    #[serde(flatten)]
+    /// What was sent (sync's summary).
     pub transfer: Transfer,
 }
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use lvmsync::error::Kind;
 use lvmsync::Error;
 
 #[derive(Parser)]
@@ -18,7 +19,16 @@ use lvmsync::Error;
     long_about = "Ship the changes of LVM snapshots to a backup copy, checked end to end.\n\n\
         lvmsync-rs reads the kernel's record of which chunks changed since a snapshot \
         was taken, so the cost of a sync grows with the changed data, not with the device.",
-    after_help = "`lvmsync-rs SNAPSHOT [user@]host:DEST` is short for `lvmsync-rs sync SNAPSHOT [user@]host:DEST`."
+    after_help = concat!(
+        "`lvmsync-rs SNAPSHOT [user@]host:DEST` is short for `lvmsync-rs sync SNAPSHOT [user@]host:DEST`.\n\n",
+        "Exit status: 0 success; 1 failed (an I/O error, a tool that failed); 2 usage error; ",
+        "3 the copies differ (verify) or the archive is damaged (archive check); 4 refused, nothing written ",
+        "(another base, a device in use, another writer, DEST too small, a restricted far end, no such point); ",
+        "5 a damaged delta, archive object or report; 6 the far end or the object store cannot be reached; ",
+        "7 a transfer cut or stalled midway (the same command completes it); 8 the snapshot or change table ",
+        "cannot be read as asked (not a snapshot, invalidated, merging). With --json, a failure prints ",
+        "{\"result\": \"failed\", \"error\", \"error_kind\", \"exit_code\"} on stdout."
+    )
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -97,7 +107,7 @@ enum Command {
             bytes with XXH3-128; the ranges that differ are printed, joined when adjacent. \
             Copies of different sizes differ by the tail of the longer one.\n\n\
             Exit status: 0 when the copies are identical (or were made so by --repair), 3 when \
-            they differ, 1 on an error, 2 for a usage error.\n\n\
+            they differ; see lvmsync-rs --help for the others.\n\n\
             Examples:\n  lvmsync-rs verify vg/root-snap backup:/dev/vg/root-copy\n  \
             lvmsync-rs verify --json --block-size 4M disk.img copy.img\n  \
             lvmsync-rs verify --repair -e 'ssh -p 2222' vg/root-snap root@backup:/srv/root.img"
@@ -156,40 +166,77 @@ fn with_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString>
     args
 }
 
+impl Command {
+    /// The subcommand's name, as `--json` output names it.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::List(_) => "list",
+            Command::Send(_) => "send",
+            Command::Apply(_) => "apply",
+            Command::Sync(_) => "sync",
+            Command::Backup(_) => "backup",
+            Command::Verify(_) => "verify",
+            Command::Inspect(_) => "inspect",
+            Command::Restore(_) => "restore",
+            Command::Archive(_) => "archive",
+            Command::Serve(_) => "serve",
+        }
+    }
+
+    /// Whether `--json` was asked for, and whether the command then prints
+    /// its own object on failure too (with what it did before it failed).
+    fn json(&self) -> (bool, bool) {
+        match self {
+            Command::List(a) => (a.json, false),
+            Command::Send(a) => (a.json, false),
+            Command::Apply(a) => (a.json, false),
+            Command::Sync(a) => (a.ship.json, true),
+            Command::Backup(a) => (a.ship.json, true),
+            Command::Verify(a) => (a.json, false),
+            Command::Inspect(a) => (a.json, true),
+            Command::Restore(a) => (a.json, false),
+            Command::Archive(a) => (a.json(), false),
+            Command::Serve(_) => (false, false),
+        }
+    }
+}
+
+/// How a command ended without an error.
+enum Done {
+    Ok,
+    /// The copies differ (verify), or the archive is damaged (archive
+    /// check): a result, not an error.
+    Differ,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(with_subcommand(std::env::args_os().collect()));
+    let name = cli.command.name();
+    let (json, prints_own) = cli.command.json();
+    let as_done = |same: Result<bool, Error>| same.map(|same| if same { Done::Ok } else { Done::Differ });
     let result = match cli.command {
-        Command::List(args) => commands::list::run(args),
-        Command::Send(args) => commands::send::run(args),
-        Command::Apply(args) => commands::apply::run(args),
-        Command::Sync(args) => commands::sync::run(args),
-        Command::Backup(args) => commands::backup::run(args),
-        Command::Inspect(args) => commands::inspect::run(args),
-        Command::Verify(args) => match commands::verify::run(args) {
-            Ok(true) => Ok(()),
-            // The copies differ: a result, not an error.
-            Ok(false) => return ExitCode::from(commands::verify::DIFFER),
-            Err(e) => Err(e),
-        },
-        Command::Restore(args) => commands::restore::run(args),
-        Command::Archive(args) => match commands::archive::run(args) {
-            Ok(true) => Ok(()),
-            // A check found damage: said on stdout, not an error of the run.
-            Ok(false) => return ExitCode::from(commands::verify::DIFFER),
-            Err(e) => Err(e),
-        },
-        Command::Serve(args) => match commands::serve::run(args) {
-            Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::from(commands::verify::DIFFER),
-            Err(e) => Err(e),
-        },
+        Command::List(args) => commands::list::run(args).map(|()| Done::Ok),
+        Command::Send(args) => commands::send::run(args).map(|()| Done::Ok),
+        Command::Apply(args) => commands::apply::run(args).map(|()| Done::Ok),
+        Command::Sync(args) => commands::sync::run(args).map(|()| Done::Ok),
+        Command::Backup(args) => commands::backup::run(args).map(|()| Done::Ok),
+        Command::Inspect(args) => commands::inspect::run(args).map(|()| Done::Ok),
+        Command::Verify(args) => as_done(commands::verify::run(args)),
+        Command::Restore(args) => commands::restore::run(args).map(|()| Done::Ok),
+        Command::Archive(args) => as_done(commands::archive::run(args)),
+        Command::Serve(args) => as_done(commands::serve::run(args)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Done::Ok) => ExitCode::SUCCESS,
+        Ok(Done::Differ) => ExitCode::from(Kind::Differ.exit_code()),
         Err(e) if e.is_broken_pipe() => ExitCode::from(141),
         Err(e) => {
+            let kind = e.kind();
+            if json && !prints_own {
+                commands::print_failure(name, &e);
+            }
             report(&e);
-            ExitCode::FAILURE
+            ExitCode::from(kind.exit_code())
         }
     }
 }

@@ -218,6 +218,9 @@ impl Link {
 pub struct Transfer {
     pub result: &'static str,
     pub error: Option<String>,
+    /// The kind of failure (see [`crate::error::Kind`]) and its exit status.
+    pub error_kind: Option<&'static str>,
+    pub exit_code: Option<u8>,
     pub source: Option<String>,
     pub remote_host: Option<String>,
     pub dest: String,
@@ -488,12 +491,10 @@ pub struct Receive {
 /// alive while it syncs DEST, and reports what it applied.
 pub fn receive(args: &Receive) -> Result<(), Error> {
     if args.format != crate::stream::VERSION {
-        return Err(Error::Usage(format!(
-            "the sender writes delta format version {}, but this lvmsync-rs ({}) reads version {} only: install the same version on both hosts",
-            args.format,
-            crate::TOOL,
-            crate::stream::VERSION
-        )));
+        return Err(Error::FormatVersion {
+            theirs: args.format,
+            ours: crate::stream::VERSION,
+        });
     }
     if let DeltaInput::File(path) = &args.delta {
         apply::check_distinct(path, &args.dest)?;

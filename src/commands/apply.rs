@@ -34,6 +34,12 @@ pub struct Args {
     /// in time than the one the delta applies to
     #[arg(long)]
     pub force: bool,
+    /// No summary on stderr; errors only
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print one JSON object on stdout at the end (on failure too)
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -54,7 +60,33 @@ pub fn run(args: Args) -> Result<(), Error> {
         finishing: None,
     };
     let applied = apply::apply_delta(&delta, &args.dest, &options)?;
-    eprintln!("{}", describe(&delta.name(), &applied));
+    if args.json {
+        let t = &applied.totals;
+        println!(
+            "{}",
+            serde_json::json!({
+                "command": "apply",
+                "result": "ok",
+                "delta": delta.name(),
+                "dest": applied.dest,
+                "records": t.records,
+                "data_records": applied.data_records,
+                "zero_records": applied.zero_records,
+                "data_bytes": t.data_bytes,
+                "zero_bytes": t.zero_bytes,
+                "payload_bytes": t.payload_bytes,
+                "delta_bytes": applied.stream_len,
+                "extended": applied.extended,
+                "truncated_from": applied.truncated_from,
+                "base": applied.header.base,
+                "target": applied.header.target,
+                "snapback": applied.snapback.as_ref().map(|(p, _, len)| serde_json::json!({"path": p, "bytes": len})),
+            })
+        );
+    }
+    if !args.quiet {
+        eprintln!("{}", describe(&delta.name(), &applied));
+    }
     Ok(())
 }
 

@@ -70,6 +70,15 @@ pub enum Args {
     },
 }
 
+impl Args {
+    /// Whether `--json` was asked for.
+    pub fn json(&self) -> bool {
+        match self {
+            Args::List { json, .. } | Args::Check { json, .. } | Args::Prune { json, .. } => *json,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Listed {
     volume: String,

@@ -60,7 +60,11 @@ pub fn run(args: Args) -> Result<(), Error> {
     outcome.transfer.seconds = started.elapsed().as_secs_f64();
     match &result {
         Ok(()) => outcome.result = "ok",
-        Err(e) => outcome.error = Some(e.to_string().replace('\n', " ")),
+        Err(e) => {
+            outcome.error = Some(e.to_string().replace('\n', " "));
+            outcome.error_kind = Some(e.kind().name());
+            outcome.exit_code = Some(e.kind().exit_code());
+        }
     }
     if args.ship.json {
         println!(

@@ -52,11 +52,23 @@ impl Counts {
 pub fn run(args: Args) -> Result<(), Error> {
     let delta = DeltaInput::from_arg(&args.delta);
     let name = delta.name();
-    let input = BufReader::with_capacity(DELTA_READ_BUF, delta.open()?);
-    let mut reader = Reader::open(input).map_err(|source| Error::Stream {
-        path: name.clone(),
-        source,
-    })?;
+    let opened = delta.open().map_err(Error::from).and_then(|input| {
+        let input = BufReader::with_capacity(DELTA_READ_BUF, input);
+        Reader::open(input).map_err(|source| Error::Stream {
+            path: name.clone(),
+            source,
+        })
+    });
+    // Past the header, the document itself says what is wrong.
+    let mut reader = match opened {
+        Ok(r) => r,
+        Err(e) => {
+            if args.json {
+                super::print_failure("inspect", &e);
+            }
+            return Err(e);
+        }
+    };
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let result = if args.json {
         json(&name, &mut reader, &mut out)
@@ -87,7 +99,7 @@ fn json<R: Read>(
         compressed: bool,
         stored: u64,
     }
-    write!(out, "{{\"delta\":")?;
+    write!(out, "{{\"command\":\"inspect\",\"delta\":")?;
     serde_json::to_writer(&mut *out, name)?;
     write!(out, ",\"format_version\":{VERSION},\"header\":")?;
     serde_json::to_writer(&mut *out, reader.header())?;
@@ -132,8 +144,18 @@ fn json<R: Read>(
         reader.end().map_or(reader.position(), |e| e.stream_len)
     )?;
     serde_json::to_writer(&mut *out, &ratio)?;
-    write!(out, ",\"whole\":{},\"error\":", damage.is_none())?;
+    write!(
+        out,
+        ",\"result\":\"{}\",\"whole\":{},\"error\":",
+        if damage.is_none() { "ok" } else { "failed" },
+        damage.is_none()
+    )?;
     serde_json::to_writer(&mut *out, &damage.as_ref().map(|e| e.to_string()))?;
+    let kind = damage.as_ref().map(|_| lvmsync::error::Kind::Damaged);
+    write!(out, ",\"error_kind\":")?;
+    serde_json::to_writer(&mut *out, &kind.map(|k| k.name()))?;
+    write!(out, ",\"exit_code\":")?;
+    serde_json::to_writer(&mut *out, &kind.map(|k| k.exit_code()))?;
     writeln!(out, "}}")?;
     Ok(damage)
 }

@@ -23,6 +23,22 @@ use lvmsync::ship::Link;
 use lvmsync::stream::Compression;
 use lvmsync::units::parse_size;
 
+/// The one JSON object a command prints on stdout when it fails and was
+/// asked for `--json`.
+pub fn print_failure(command: &str, e: &lvmsync::Error) {
+    let kind = e.kind();
+    println!(
+        "{}",
+        serde_json::json!({
+            "command": command,
+            "result": "failed",
+            "error": e.to_string().replace('\n', " "),
+            "error_kind": kind.name(),
+            "exit_code": kind.exit_code(),
+        })
+    );
+}
+
 /// Exits as the argument parser does for a usage error (status 2).
 pub fn usage_error(message: &str) -> ! {
     crate::Cli::command()

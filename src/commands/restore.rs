@@ -28,9 +28,12 @@ pub struct Args {
     /// only the difference could be restored from
     #[arg(long)]
     pub full: bool,
-    /// Print one JSON object instead of text
+    /// Print one JSON object instead of text (on failure too)
     #[arg(long)]
     pub json: bool,
+    /// No summary on stderr; errors only
+    #[arg(short, long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -52,8 +55,13 @@ pub fn run(args: Args) -> Result<(), Error> {
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         let mut doc = serde_json::to_value(&restored).expect("plain fields serialize");
+        doc["command"] = "restore".into();
+        doc["result"] = "ok".into();
         doc["seconds"] = seconds.into();
         println!("{doc}");
+        return Ok(());
+    }
+    if args.quiet {
         return Ok(());
     }
     let what = match restored.from_point {

@@ -23,6 +23,13 @@ pub struct Args {
     /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
     #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
     pub compress: Compress,
+    /// No summary on stderr; errors only
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print one JSON object on stdout at the end (on failure too); not
+    /// with -o -, where the delta goes
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -35,10 +42,34 @@ pub fn run(args: Args) -> Result<(), Error> {
         ),
     };
     if output == Output::Stdout {
+        if args.json {
+            usage_error("--json writes to stdout, where -o - writes the delta: give -o FILE");
+        }
         send::refuse_terminal(std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
     }
     let delta = Delta::of_changes(&source, args.data_source.as_deref(), args.compress.into())?;
     let written = send::write_delta(&delta, &output)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "command": "send",
+                "result": "ok",
+                "source": delta.name,
+                "output": written.to,
+                "records": written.totals.records,
+                "data_bytes": written.totals.data_bytes,
+                "zero_bytes": written.totals.zero_bytes,
+                "payload_bytes": written.totals.payload_bytes,
+                "delta_bytes": written.length,
+                "base": delta.header.base,
+                "target": delta.header.target,
+            })
+        );
+    }
+    if args.quiet {
+        return Ok(());
+    }
     eprintln!(
         "lvmsync-rs send: {} records from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}) to {}",
         written.totals.records,

@@ -80,7 +80,11 @@ pub fn run(args: Args) -> Result<(), Error> {
     transfer.seconds = started.elapsed().as_secs_f64();
     match &result {
         Ok(()) => transfer.result = "ok",
-        Err(e) => transfer.error = Some(e.to_string().replace('\n', " ")),
+        Err(e) => {
+            transfer.error = Some(e.to_string().replace('\n', " "));
+            transfer.error_kind = Some(e.kind().name());
+            transfer.exit_code = Some(e.kind().exit_code());
+        }
     }
     if args.ship.json {
         println!(

@@ -12,9 +12,6 @@ use lvmsync::Error;
 
 use super::{usage_error, RemoteShell};
 
-/// The exit status when the copies differ.
-pub const DIFFER: u8 = 3;
-
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// SRC, then DEST: [user@]host:PATH or a local PATH
@@ -31,9 +28,12 @@ pub struct Args {
     pub repair: bool,
     #[command(flatten)]
     pub remote: RemoteShell,
-    /// Print one JSON object instead of text
+    /// Print one JSON object instead of text (on failure too)
     #[arg(long)]
     pub json: bool,
+    /// Print nothing: the exit status says whether the copies are the same
+    #[arg(short, long)]
+    pub quiet: bool,
     /// The far side of a remote verify: open PATH, say hello on stdout,
     /// stream its block hashes
     #[arg(long, hide = true, requires_all = ["protocol", "src_size"])]
@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
             "{}",
             serde_json::to_string(&comparison).expect("plain fields serialize")
         );
-    } else {
+    } else if !args.quiet {
         print_text(&comparison).map_err(Error::Output)?;
     }
     Ok(comparison.identical_now)

@@ -661,7 +661,7 @@ fn inspect_shows_a_good_delta_and_stops_at_damage() {
     let bad_path = f.path("bad.lvd");
     fs::write(&bad_path, &bad).unwrap();
     let out = run(&["inspect", s(&bad_path)]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5), "damaged: exit 5");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("damaged record header at byte"), "{stderr}");
@@ -672,8 +672,8 @@ fn inspect_shows_a_good_delta_and_stops_at_damage() {
         "{text}"
     );
     let out = run(&["inspect", "--json", s(&bad_path)]);
-    assert_eq!(out.status.code(), Some(1));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let doc = strict_json(&stdout(&out)).unwrap();
     assert_eq!(doc["whole"], false);
     assert_eq!(doc["records"].as_array().unwrap().len(), 4);
     assert!(doc["error"]
@@ -808,7 +808,8 @@ fn a_failed_send_leaves_no_file() {
         "-o",
         s(&out_path),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // A data source too small for the table: the source's fault, exit 8.
+    assert_eq!(out.status.code(), Some(8));
     assert_eq!(fs::read(&out_path).unwrap(), b"an older delta");
     assert!(!fs::exists(f.path("d.lvd.partial")).unwrap());
 }

@@ -14,6 +14,7 @@ mod fixtures;
 mod list_cli;
 mod mutation;
 mod safety;
+mod scripting;
 mod ssh_sync;
 mod state_cli;
 mod store;

@@ -125,7 +125,7 @@ fn a_sync_over_ssh_makes_the_copy_equal_to_the_new_image() {
     assert_ok(&o);
     f.assert_synced(&copy);
     assert!(o.stderr.is_empty(), "{}", stderr(&o));
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let doc = strict_json(&stdout(&o)).unwrap();
     assert_eq!(doc["result"], "ok");
     assert_eq!(doc["remote_host"], HOST);
     let changed = (24u64 << 20) / 12 * 10;
@@ -265,8 +265,9 @@ fn a_missing_remote_binary_or_a_refused_login_ends_at_once() {
 
     // With --json, the summary object says what failed.
     let o = f.sync_with(&rsh, "/nonexistent/lvmsync-rs", &["--json"], &dest);
-    assert_eq!(o.status.code(), Some(1));
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The far program is missing: unreachable, exit 6.
+    assert_eq!(o.status.code(), Some(6));
+    let doc = strict_json(&stdout(&o)).unwrap();
     assert_eq!(doc["result"], "failed");
     assert_eq!(doc["remote_host"], HOST);
     assert_eq!(doc["bytes_on_wire"], 0);
@@ -493,7 +494,8 @@ fn a_remote_of_another_version_is_refused_on_both_sides() {
             f.old.len()
         )
     );
-    assert_eq!(o.status.code(), Some(1));
+    // No delta came: damaged (empty) input, exit 5.
+    assert_eq!(o.status.code(), Some(5));
 }
 
 #[test]

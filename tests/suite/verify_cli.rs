@@ -35,8 +35,7 @@ fn verify_json(extra: &[&str], src: &str, dest: &str) -> (i32, serde_json::Value
         stderr(&o)
     );
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-    let doc = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(&o)));
+    let doc = strict_json(&stdout(&o)).unwrap_or_else(|e| panic!("stdout is not JSON: {e}"));
     (code, doc)
 }
 

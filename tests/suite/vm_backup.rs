@@ -101,7 +101,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
     let rc = read_result(&wrong, "apply.rc").trim().to_string();
     let err = read_result(&wrong, "apply.err");
     f.check(
-        rc == "1" && err.contains("it was made for another copy") && err.contains("--force"),
+        rc == "4" && err.contains("it was made for another copy") && err.contains("--force"),
         || format!("wrongbase: apply exit {rc}: {err}"),
     );
     f.same(&wrong, "before", "after");

@@ -102,13 +102,14 @@ impl Failures {
         }
     }
 
-    /// Step TAG in DIR failed as a user should see it: exit status 1, one
-    /// line on stderr that contains `needle`, no panic.
+    /// Step TAG in DIR failed as a user should see it: an error's exit
+    /// status (1, or 4 to 8 by kind), one line on stderr that contains
+    /// `needle`, no panic.
     pub fn refused(&mut self, dir: &Path, tag: &str, needle: &str) {
         let rc = read_result(dir, &format!("{tag}.rc"));
         let err = read_result(dir, &format!("{tag}.err"));
         let lines = err.trim_end().lines().count();
-        if rc.trim() != "1"
+        if !matches!(rc.trim(), "1" | "4" | "5" | "6" | "7" | "8")
             || lines != 1
             || !err.starts_with("lvmsync-rs: error: ")
             || !err.contains(needle)

@@ -139,9 +139,11 @@ pub fn assert_clean_failure(out: &Output, needle: &str) {
 /// assert_clean_failure), if anything.
 pub fn clean_failure(out: &Output, needle: &str) -> Result<(), String> {
     let stderr = stderr(out);
-    if out.status.code() != Some(1) {
+    // The exit statuses of errors: 1, 2 (a usage error found past the
+    // argument parser) and 4 to 8 by kind (3 is a difference found).
+    if !matches!(out.status.code(), Some(1 | 2 | 4..=8)) {
         return Err(format!(
-            "exit status {:?}, not 1; stderr: {stderr}",
+            "exit status {:?}, not an error's (1, 2, 4 to 8); stderr: {stderr}",
             out.status.code()
         ));
     }
@@ -157,10 +159,88 @@ pub fn clean_failure(out: &Output, needle: &str) -> Result<(), String> {
     if !stderr.contains(needle) {
         return Err(format!("expected {needle:?} in {stderr:?}"));
     }
+    // Nothing on stdout, but with --json the one object that says so.
     if !out.stdout.is_empty() {
-        return Err(format!("stdout: {:?}", stdout(out)));
+        match failure_json(out) {
+            Ok(doc) if doc["result"] == "failed" => {
+                if doc["exit_code"] != out.status.code().unwrap_or(-1) {
+                    return Err(format!("exit_code in {doc} is not the exit status"));
+                }
+            }
+            _ => return Err(format!("stdout: {:?}", stdout(out))),
+        }
     }
     Ok(())
+}
+
+/// The one JSON object on stdout, read as jq reads it, but a key given
+/// twice is an error (serde_json keeps the last one silently).
+pub fn failure_json(out: &Output) -> Result<serde_json::Value, String> {
+    strict_json(&stdout(out))
+}
+
+/// `text` as one JSON value; refused when an object names a key twice.
+pub fn strict_json(text: &str) -> Result<serde_json::Value, String> {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Strict;
+    impl<'de> Visitor<'de> for Strict {
+        type Value = serde_json::Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = map.next_value_seed(StrictSeed)?;
+                if out.insert(key.clone(), value).is_some() {
+                    return Err(serde::de::Error::custom(format!("the key {key:?} is given twice")));
+                }
+            }
+            Ok(serde_json::Value::Object(out))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element_seed(StrictSeed)? {
+                out.push(v);
+            }
+            Ok(serde_json::Value::Array(out))
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::Null)
+        }
+    }
+    struct StrictSeed;
+    impl<'de> serde::de::DeserializeSeed<'de> for StrictSeed {
+        type Value = serde_json::Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Strict)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text.trim());
+    let value = de.deserialize_any(Strict).map_err(|e| format!("{e}: {text:?}"))?;
+    de.end().map_err(|e| format!("{e}: {text:?}"))?;
+    Ok(value)
 }
 
 /// A table of refusals: runs the binary with each case's arguments, each of
@@ -225,7 +305,7 @@ pub fn json(out: &Output) -> serde_json::Value {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+    strict_json(&stdout(out)).unwrap_or_else(|e| panic!("stdout is not one JSON document: {e}"))
 }
 
 /// `[(offset, length)]` from an array of `{"offset", "length"}` objects: a

@@ -209,6 +209,8 @@ pub struct Options {
     /// to cut DEST if asked, complete the snapback, sync DEST and record
     /// its state.
     pub finishing: Option<Arc<AtomicBool>>,
+    /// Told how many bytes of the delta have been read.
+    pub progress: Option<crate::progress::Handle>,
 }
 
 /// What an apply did.
@@ -1394,6 +1396,9 @@ fn apply_opened<R: Read>(
         }
         let writer = scope.spawn(|| a.run(records, spent));
         let read_result = loop {
+            if let Some(p) = &options.progress {
+                p.set(reader.position());
+            }
             let (offset, length, kind) = match reader.next_record() {
                 Ok(Some(rec)) => (rec.offset, rec.length, rec.kind),
                 Ok(None) => break Ok(()),

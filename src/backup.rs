@@ -14,7 +14,6 @@
 //! ([`run`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -393,7 +392,7 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
                     block_size: verify::DEFAULT_BLOCK_SIZE,
                     repair: true,
                     link: Link {
-                        progress: false,
+                        progress: crate::progress::Style::Hidden,
                         ..link.clone()
                     },
                     target: Some(new.point_in_time(&origin)),
@@ -554,8 +553,12 @@ fn run_to_archive(
             uuid: origin.lv_uuid.clone(),
         },
     };
-    let bar = crate::ship::progress_bar(req.link.progress && std::io::stderr().is_terminal());
-    bar.set_length(delta.changes.as_changes().total_bytes());
+    let progress = crate::progress::Progress::new(
+        req.link.progress,
+        "backup",
+        "storing",
+        delta.changes.as_changes().total_bytes(),
+    );
     let time = crate::time::parse(&new.lv_time).unwrap_or_else(crate::time::now);
     let stored = archive.store_point(
         catalog,
@@ -563,9 +566,9 @@ fn run_to_archive(
         &delta,
         new.point_in_time(&origin),
         time,
-        |done| bar.set_position(done),
+        |done| progress.set(done),
     );
-    bar.finish_and_clear();
+    drop(progress);
     let (number, totals, delta_ref) = stored?;
     let t = &mut outcome.transfer;
     t.bytes_read = totals.data_bytes + totals.zero_bytes;

@@ -145,10 +145,13 @@ impl Error {
             | So::AccessDenied { .. }
             | So::NoSuchBucket { .. }
             | So::Unreachable { .. } => Kind::Unreachable,
-            So::NotFound { .. } | So::TooLarge { .. } | So::OutOfRange { .. } | So::Changed { .. } => {
-                Kind::Damaged
+            So::NotFound { .. }
+            | So::TooLarge { .. }
+            | So::OutOfRange { .. }
+            | So::Changed { .. } => Kind::Damaged,
+            So::NoSuchDirectory { .. } | So::NotADirectory { .. } | So::Exists { .. } => {
+                Kind::Refused
             }
-            So::NoSuchDirectory { .. } | So::NotADirectory { .. } | So::Exists { .. } => Kind::Refused,
             _ => Kind::Failed,
         };
         let send = |e: &S| match e {

@@ -15,7 +15,8 @@
 //! - the far end: [`transport`] (the remote shell), [`ship`] (both halves
 //!   of shipping a delta), [`sync`], [`backup`], [`verify`], [`serve`]
 //!   (the far end restricted to some paths);
-//! - around them: [`blockdev`], [`files`], [`units`], [`error`].
+//! - around them: [`blockdev`], [`files`], [`progress`], [`units`],
+//!   [`time`], [`error`].
 
 pub mod apply;
 pub mod archive;
@@ -29,6 +30,7 @@ pub mod error;
 pub mod extents;
 pub mod files;
 pub mod lvm;
+pub mod progress;
 pub mod send;
 pub mod serve;
 pub mod ship;

@@ -213,7 +213,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(with_subcommand(std::env::args_os().collect()));
     let name = cli.command.name();
     let (json, prints_own) = cli.command.json();
-    let as_done = |same: Result<bool, Error>| same.map(|same| if same { Done::Ok } else { Done::Differ });
+    let as_done =
+        |same: Result<bool, Error>| same.map(|same| if same { Done::Ok } else { Done::Differ });
     let result = match cli.command {
         Command::List(args) => commands::list::run(args).map(|()| Done::Ok),
         Command::Send(args) => commands::send::run(args).map(|()| Done::Ok),

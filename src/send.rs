@@ -25,6 +25,7 @@ use crate::changes::{self, ChangeSet, ChangeSource, Changes, Listing};
 use crate::extents::{Extent, ExtentSet};
 use crate::files::{self, NewFile};
 use crate::lvm;
+use crate::progress::{Progress, Style};
 use crate::stream::{
     Compression, Encoded, Encoder, Header, PointInTime, SourceInfo, SourceKind, ThinSource, Totals,
     Writer, MAX_RECORD_LEN,
@@ -200,8 +201,22 @@ impl Delta {
     /// Writes the whole delta to `out`; returns the output, the totals and
     /// the delta's length.
     pub fn write_all<W: Write>(&self, out: W) -> Result<(W, Totals, u64), SendError> {
+        self.write_all_shown(out, &Progress::hidden())
+    }
+
+    /// [`Delta::write_all`], telling `progress` the bytes of changed data
+    /// written.
+    pub fn write_all_shown<W: Write>(
+        &self,
+        out: W,
+        progress: &Progress,
+    ) -> Result<(W, Totals, u64), SendError> {
+        progress.set_total(self.changes.as_changes().total_bytes());
         let mut w = self.writer(out)?;
-        self.send(&mut w, |_| {})?;
+        self.send(&mut w, |w| {
+            let t = w.totals();
+            progress.set(t.data_bytes + t.zero_bytes);
+        })?;
         w.finish().map_err(SendError::Write)
     }
 }
@@ -457,16 +472,18 @@ pub fn refuse_terminal(stdout_is_terminal: bool) -> Result<(), Error> {
 /// temporary name and renamed once complete and synced (see
 /// [`files::NewFile`]), so FILE is never a partial delta; a FIFO or a
 /// character device is written as it is.
-pub fn write_delta(delta: &Delta, output: &Output) -> Result<Written, Error> {
+pub fn write_delta(delta: &Delta, output: &Output, progress: Style) -> Result<Written, Error> {
+    let progress = Progress::new(progress, "send", "writing", 0);
     match output {
         Output::Stdout => {
             refuse_terminal(io::stdout().is_terminal())?;
             files::grow_pipe(io::stdout());
             let out = BufWriter::with_capacity(256 << 10, io::stdout().lock());
-            let (_, totals, length) = delta.write_all(out).map_err(|e| match e {
-                SendError::Write(source) => Error::Output(source),
-                other => other.into(),
-            })?;
+            let (_, totals, length) =
+                delta.write_all_shown(out, &progress).map_err(|e| match e {
+                    SendError::Write(source) => Error::Output(source),
+                    other => other.into(),
+                })?;
             Ok(Written {
                 totals,
                 length,
@@ -496,14 +513,14 @@ pub fn write_delta(delta: &Delta, output: &Output) -> Result<Written, Error> {
                         .open(path)
                         .map_err(create_err)?;
                     let (_, totals, length) = delta
-                        .write_all(BufWriter::with_capacity(256 << 10, file))
+                        .write_all_shown(BufWriter::with_capacity(256 << 10, file), &progress)
                         .map_err(|e| file_error(e, &write_err))?;
                     (totals, length)
                 }
                 _ => {
                     let file = NewFile::create(path, 0o644).map_err(create_err)?;
                     let (out, totals, length) = delta
-                        .write_all(BufWriter::with_capacity(256 << 10, file))
+                        .write_all_shown(BufWriter::with_capacity(256 << 10, file), &progress)
                         .map_err(|e| file_error(e, &write_err))?;
                     let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
                     file.commit().map_err(write_err)?;

@@ -25,17 +25,17 @@
 //! 5. Once DEST is synced, the far end writes `LVMSYNC-APPLIED {json}` (a
 //!    [`Receipt`]) and exits 0. The sender checks it against what it sent.
 
-use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{self, ApplyError, OpenDest};
 use crate::files::{self, DeltaInput, DELTA_READ_BUF};
+use crate::progress::{Progress, Style};
 use crate::send::{Delta, SendError};
 use crate::state::State;
 use crate::stream::Totals;
@@ -186,8 +186,10 @@ pub struct Link {
     /// How long to wait for the hello, for the far end to take more data,
     /// and for it to say it is alive while it syncs.
     pub timeout: Duration,
-    /// Show a progress bar on stderr when it is a terminal.
-    pub progress: bool,
+    /// How progress is shown on stderr.
+    pub progress: Style,
+    /// The command progress lines name.
+    pub command: &'static str,
 }
 
 impl Link {
@@ -247,7 +249,7 @@ impl Transfer {
     }
 }
 
-/// A running apply at DEST, after its hello, and the progress bar.
+/// A running apply at DEST, after its hello, and the progress shown.
 pub struct Session {
     conn: Connection,
     name: String,
@@ -255,8 +257,7 @@ pub struct Session {
     state: Option<State>,
     /// How long the far end may take no data before the run stops.
     stall: Duration,
-    bar: ProgressBar,
-    _clear: ClearOnDrop,
+    progress: Progress,
 }
 
 impl Session {
@@ -270,11 +271,8 @@ impl Session {
             transfer.remote_host = Some(host.clone());
         }
         let launch = link.launch(dest)?;
-        let bar = progress_bar(link.progress && io::stderr().is_terminal());
-        let echo: Echo = {
-            let bar = bar.clone();
-            Arc::new(move |line: &str| bar.suspend(|| eprintln!("{line}")))
-        };
+        let progress = Progress::new(link.progress, link.command, "sending", 0);
+        let echo: Echo = progress.printer();
         let conn = Connection::start(&launch, link.timeout, echo)?;
         let state = hello_state(&conn.hello);
         Ok(Session {
@@ -282,10 +280,7 @@ impl Session {
             name: launch.name.clone(),
             state,
             stall: link.timeout,
-            // Off the terminal before the summary or the error line,
-            // whatever happens.
-            _clear: ClearOnDrop(bar.clone()),
-            bar,
+            progress,
         })
     }
 
@@ -327,8 +322,8 @@ impl Session {
     /// Streams `delta` and checks the apply's report.
     pub fn ship(mut self, delta: &Delta, transfer: &mut Transfer) -> Result<(), Error> {
         let conn = &mut self.conn;
-        self.bar
-            .set_length(delta.changes.as_changes().total_bytes());
+        self.progress
+            .set_total(delta.changes.as_changes().total_bytes());
         transfer.resumed_from = delta.header.resume_from;
         let Some(stdin) = conn.take_stdin() else {
             return Err(TransportError::Cut {
@@ -345,12 +340,12 @@ impl Session {
             Ok(w) => w,
             Err(_) => return Err(self.conn.cut(0).into()),
         };
-        let bar = self.bar.clone();
+        let progress = self.progress.handle();
         let watchdog = conn.watchdog(self.stall);
         let sent = delta.send(&mut w, |w| {
             watchdog.tick();
             let t = w.totals();
-            bar.set_position(t.data_bytes + t.zero_bytes);
+            progress.set(t.data_bytes + t.zero_bytes);
         });
         // What reached the remote shell: the buffer's content did not.
         let position = w.position() - w.get_ref().buffer().len() as u64;
@@ -387,7 +382,6 @@ impl Session {
         if out.into_inner().is_err() {
             return Err(self.conn.cut(len).into());
         }
-        self.bar.finish_and_clear();
         transfer.count(&totals, len);
         await_receipt(self.conn, &Receipt::new(&totals, len, digest), self.stall)?;
         Ok(())
@@ -450,31 +444,6 @@ fn await_receipt(
     Ok(receipt)
 }
 
-struct ClearOnDrop(ProgressBar);
-
-impl Drop for ClearOnDrop {
-    fn drop(&mut self) {
-        self.0.finish_and_clear();
-    }
-}
-
-/// Bytes of changed data sent of the total, the rate and the time left, on
-/// stderr when it is a terminal (`shown`); a hidden bar otherwise.
-pub(crate) fn progress_bar(shown: bool) -> ProgressBar {
-    if !shown {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{bytes:>10} of {total_bytes} [{bar:30}] {bytes_per_sec:>12}, {eta} left",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
 /// The receiving half: what `apply --remote` is asked to do.
 #[derive(Debug, Clone)]
 pub struct Receive {
@@ -515,6 +484,7 @@ pub fn receive(args: &Receive) -> Result<(), Error> {
         snapback: None,
         force: args.force,
         finishing: Some(finishing.clone()),
+        progress: None,
     };
     let (stop, stopped) = mpsc::channel::<()>();
     let applied = std::thread::scope(|scope| {
@@ -556,7 +526,8 @@ mod tests {
             create: true,
             force: false,
             timeout: Duration::from_secs(1),
-            progress: false,
+            progress: Style::Hidden,
+            command: "sync",
         };
         let l = link
             .launch(&Location::Remote {

@@ -25,6 +25,7 @@ use super::plan::{plan_delta, reads, written, Planned, Remaining};
 use super::{range_of, Archive, ArchiveError, MAX_READ, READ_GAP};
 use crate::apply::{OpenDest, PieceWriter};
 use crate::extents::ExtentSet;
+use crate::progress::{Progress, Style};
 use crate::stream::{self, Header, RecordKind, MAX_RECORD_LEN};
 use crate::Error;
 
@@ -39,6 +40,8 @@ pub struct Request {
     pub create: bool,
     /// Restore the whole volume, whatever DEST's state says it holds.
     pub full: bool,
+    /// How progress is shown.
+    pub progress: Style,
 }
 
 /// What a restore did.
@@ -248,16 +251,22 @@ pub fn restore(archive: &Archive, req: &Request) -> Result<Restored, Error> {
         deltas: ready.len(),
         ..Restored::default()
     };
+    let total = match &wanted {
+        Some(set) => set.total_bytes(),
+        None => catalog.origin_size,
+    };
+    let progress = Progress::new(req.progress, "restore", "restoring", total);
     let result = (|| {
         for r in ready.iter().rev() {
             if remaining.is_empty() {
                 break;
             }
             let planned = plan_delta(&mut remaining, &r.index.records);
-            copy_records(archive, r, &planned, &mut writer, &mut restored)?;
+            copy_records(archive, r, &planned, &mut writer, &mut restored, &progress)?;
         }
         Ok::<(), Error>(())
     })();
+    drop(progress);
     match result {
         Ok(()) => {
             restored.pieces = writer.pieces;
@@ -284,6 +293,7 @@ fn copy_records(
     planned: &[Planned],
     writer: &mut PieceWriter,
     restored: &mut Restored,
+    progress: &Progress,
 ) -> Result<(), Error> {
     let runs = reads(planned, READ_GAP, MAX_READ);
     let ranges: Vec<_> = runs
@@ -363,6 +373,7 @@ fn copy_records(
                 });
             }
         }
+        progress.set(writer.bytes);
         Ok(())
     });
     match (failed, fetched) {

@@ -6,9 +6,12 @@ use std::path::PathBuf;
 
 use lvmsync::apply::{self, describe_source, Applied};
 use lvmsync::files::DeltaInput;
+use lvmsync::progress::Progress;
 use lvmsync::ship;
 use lvmsync::units::{human, printable};
 use lvmsync::Error;
+
+use super::LogArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -40,6 +43,8 @@ pub struct Args {
     /// Print one JSON object on stdout at the end (on failure too)
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -53,13 +58,22 @@ pub fn run(args: Args) -> Result<(), Error> {
             format,
         });
     }
+    // The delta's length, when it is a file, is what there is to read.
+    let total = match &delta {
+        DeltaInput::File(path) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        DeltaInput::Stdin => 0,
+    };
+    let shown = Progress::new(args.log.style(args.quiet), "apply", "applying", total);
     let options = apply::Options {
         create: args.create,
         snapback: args.snapback,
         force: args.force,
         finishing: None,
+        progress: Some(shown.handle()),
     };
-    let applied = apply::apply_delta(&delta, &args.dest, &options)?;
+    let applied = apply::apply_delta(&delta, &args.dest, &options);
+    drop(shown);
+    let applied = applied?;
     if args.json {
         let t = &applied.totals;
         println!(

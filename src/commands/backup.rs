@@ -39,7 +39,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         dest: args.dest.clone(),
         snapshot_size: args.snapshot_size,
         compression: args.ship.compress.into(),
-        link: args.ship.link(false),
+        link: args.ship.link(false, "backup"),
         reseed: args.reseed,
         name: args.name.clone(),
         store: args.store.options(),

@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{CommandFactory, ValueEnum};
 
 use lvmsync::changes::ChangeSource;
+use lvmsync::progress::Style;
 use lvmsync::ship::Link;
 use lvmsync::stream::Compression;
 use lvmsync::units::parse_size;
@@ -160,17 +161,49 @@ pub struct Shipping {
     /// Print a summary object on stdout at the end (on failure too)
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Shipping {
-    /// How DEST is reached.
-    pub fn link(&self, force: bool) -> Link {
+    /// How DEST is reached, for `command`.
+    pub fn link(&self, force: bool, command: &'static str) -> Link {
         Link {
             create: self.create,
             force,
-            progress: !self.quiet,
+            progress: self.log.style(self.quiet),
+            command,
             ..self.remote.link()
         }
+    }
+}
+
+/// How progress is reported on stderr when it is not a terminal.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Progress lines on stderr as plain text or one JSON object each (a
+    /// bar is drawn instead when stderr is a terminal and this is plain)
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// Seconds between progress lines when stderr is not a terminal
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_every: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+impl LogArgs {
+    /// How progress is shown; nothing when `quiet`.
+    pub fn style(&self, quiet: bool) -> Style {
+        Style::for_stderr(
+            quiet,
+            self.log_format == LogFormat::Json,
+            Duration::from_secs(self.progress_every),
+        )
     }
 }
 
@@ -200,7 +233,8 @@ impl RemoteShell {
             create: false,
             force: false,
             timeout: Duration::from_secs(self.timeout),
-            progress: false,
+            progress: Style::Hidden,
+            command: "verify",
         }
     }
 }

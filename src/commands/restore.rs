@@ -10,7 +10,7 @@ use lvmsync::archive::Archive;
 use lvmsync::units::human;
 use lvmsync::Error;
 
-use super::{usage_error, StoreArgs};
+use super::{usage_error, LogArgs, StoreArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -36,6 +36,8 @@ pub struct Args {
     pub quiet: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -50,6 +52,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             dest: args.dest,
             create: args.create,
             full: args.full,
+            progress: args.log.style(args.quiet),
         },
     )?;
     let seconds = started.elapsed().as_secs_f64();

@@ -7,7 +7,7 @@ use lvmsync::send::{self, Delta, Output};
 use lvmsync::units::human;
 use lvmsync::Error;
 
-use super::{usage_error, ChangeArgs, Compress};
+use super::{usage_error, ChangeArgs, Compress, LogArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,6 +30,8 @@ pub struct Args {
     /// with -o -, where the delta goes
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -48,7 +50,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         send::refuse_terminal(std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
     }
     let delta = Delta::of_changes(&source, args.data_source.as_deref(), args.compress.into())?;
-    let written = send::write_delta(&delta, &output)?;
+    let written = send::write_delta(&delta, &output, args.log.style(args.quiet))?;
     if args.json {
         println!(
             "{}",

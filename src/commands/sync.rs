@@ -69,7 +69,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         what,
         compression: args.ship.compress.into(),
         dest: dest.clone(),
-        link: args.ship.link(args.force),
+        link: args.ship.link(args.force, "sync"),
     };
     let started = Instant::now();
     let mut transfer = Transfer {

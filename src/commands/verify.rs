@@ -6,11 +6,12 @@
 
 use std::io::{self, Write};
 
+use lvmsync::ship::Link;
 use lvmsync::units::human;
 use lvmsync::verify::{self, remote, Comparison};
 use lvmsync::Error;
 
-use super::{usage_error, RemoteShell};
+use super::{usage_error, LogArgs, RemoteShell};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,6 +35,8 @@ pub struct Args {
     /// Print nothing: the exit status says whether the copies are the same
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
     /// The far side of a remote verify: open PATH, say hello on stdout,
     /// stream its block hashes
     #[arg(long, hide = true, requires_all = ["protocol", "src_size"])]
@@ -70,7 +73,10 @@ pub fn run(args: Args) -> Result<bool, Error> {
         dest: dest.clone(),
         block_size: args.block_size,
         repair: args.repair,
-        link: args.remote.link(),
+        link: Link {
+            progress: args.log.style(args.quiet),
+            ..args.remote.link()
+        },
         target: None,
     };
     let mut comparison = Comparison::default();

@@ -15,6 +15,7 @@ use super::remote::{self, EXPECT, HELLO};
 use super::{add_range, open_copy, Comparison, Request, VerifyError};
 use crate::blockdev::Source;
 use crate::files;
+use crate::progress::{Progress, Style};
 use crate::transport::{Connection, Echo, Launch, Location};
 use crate::Error;
 
@@ -119,11 +120,13 @@ pub fn compare(
     src: &Arc<Source>,
     dest: DestSide,
     bs: u64,
+    progress: Style,
     comparison: &mut Comparison,
 ) -> Result<(), Error> {
     let started = Instant::now();
     let src_size = src.size();
     let common = src_size.min(dest.size);
+    let shown = Progress::new(progress, "verify", "comparing", common);
     let total_blocks = blocks_in(common, bs);
     let ours = HashStream::spawn(src.clone(), common, bs);
     /// DEST's hashes, coming.
@@ -177,11 +180,13 @@ pub fn compare(
             }
         }
         block += batch.len() as u64;
+        shown.set((block * bs).min(common));
         if let Some(w) = &mut comparison.bytes_on_wire {
             *w += (theirs.len() * HASH_LEN) as u64;
         }
     }
     comparison.compare_seconds = started.elapsed().as_secs_f64();
+    drop(shown);
     if let Incoming::Remote(r) = incoming {
         end_remote(r)?;
     }

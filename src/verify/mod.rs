@@ -242,7 +242,7 @@ fn run(req: &Request, comparison: &mut Comparison) -> Result<(), Error> {
         }
         .into());
     }
-    compare::compare(&src, side, req.block_size, comparison)?;
+    compare::compare(&src, side, req.block_size, req.link.progress, comparison)?;
     // With a target, the repair also records in DEST's state that DEST
     // holds that point in time, so it is sent even when nothing differs.
     if req.repair && (!comparison.identical || req.target.is_some()) {

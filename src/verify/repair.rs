@@ -89,7 +89,8 @@ pub fn repair(
             let link = Link {
                 create: false,
                 force: false,
-                progress: false,
+                progress: crate::progress::Style::Hidden,
+                command: "verify",
                 ..req.link.clone()
             };
             let mut shipped = Transfer::default();
@@ -174,7 +175,8 @@ mod tests {
                 create: false,
                 force: false,
                 timeout: Duration::from_secs(1),
-                progress: false,
+                progress: crate::progress::Style::Hidden,
+                command: "verify",
             },
             target: None,
         };

@@ -10,9 +10,23 @@ use crate::common::{assert_ok, command, run, s, scratch, script, stderr, stdout,
 
 #[test]
 fn each_kind_of_failure_has_its_exit_status_and_its_json() {
-    let c = Change::new(scratch("scripting-kinds"), 1 << 20, 4096, 3, [(5, Fill::Random), (9, Fill::Text)]);
+    let c = Change::new(
+        scratch("scripting-kinds"),
+        1 << 20,
+        4096,
+        3,
+        [(5, Fill::Random), (9, Fill::Text)],
+    );
     let delta = c.path("d.lvd");
-    assert_ok(&run(&["send", "--cow", s(&c.cow_path), "--data-source", s(&c.new_path), "-o", s(&delta)]));
+    assert_ok(&run(&[
+        "send",
+        "--cow",
+        s(&c.cow_path),
+        "--data-source",
+        s(&c.new_path),
+        "-o",
+        s(&delta),
+    ]));
     let whole = fs::read(&delta).unwrap();
     let cut = c.path("cut.lvd");
     fs::write(&cut, &whole[..whole.len() - 10]).unwrap();
@@ -22,7 +36,13 @@ fn each_kind_of_failure_has_its_exit_status_and_its_json() {
     fs::write(&bad_cow, vec![7u8; 8192]).unwrap();
     // A far end that says hello, takes a little of a delta larger than the
     // pipes between, and dies.
-    let big = Change::new(scratch("scripting-kinds-big"), 8 << 20, 4096, 5, (0..1024).map(|i| (i, Fill::Random)));
+    let big = Change::new(
+        scratch("scripting-kinds-big"),
+        8 << 20,
+        4096,
+        5,
+        (0..1024).map(|i| (i, Fill::Random)),
+    );
     let hello = format!(
         "LVMSYNC-APPLY {} {} {} -",
         lvmsync::ship::PROTOCOL,
@@ -38,12 +58,70 @@ fn each_kind_of_failure_has_its_exit_status_and_its_json() {
         (&["apply", "--json", s(&delta), s(&c.dir)], "refused", 4),
         (&["apply", "--json", s(&cut), s(&copy)], "damaged", 5),
         (&["inspect", "--json", s(&cut)], "damaged", 5),
-        (&["sync", "--json", "-e", "false", "--cow", s(&c.cow_path), "--data-source", s(&c.new_path), "h:/x"], "unreachable", 6),
-        (&["sync", "--json", "-e", s(&dies), "--cow", s(&big.cow_path), "--data-source", s(&big.new_path), "h:/x"], "interrupted", 7),
+        (
+            &[
+                "sync",
+                "--json",
+                "-e",
+                "false",
+                "--cow",
+                s(&c.cow_path),
+                "--data-source",
+                s(&c.new_path),
+                "h:/x",
+            ],
+            "unreachable",
+            6,
+        ),
+        (
+            &[
+                "sync",
+                "--json",
+                "-e",
+                s(&dies),
+                "--cow",
+                s(&big.cow_path),
+                "--data-source",
+                s(&big.new_path),
+                "h:/x",
+            ],
+            "interrupted",
+            7,
+        ),
         (&["list", "--json", "--cow", s(&bad_cow)], "source", 8),
-        (&["send", "--json", "--cow", s(&bad_cow), "--data-source", s(&c.new_path), "-o", s(&x)], "source", 8),
-        (&["send", "--json", "--cow", s(&c.cow_path), "--data-source", s(&c.new_path), "-o", "/nonexistent/dir/x.lvd"], "failed", 1),
-        (&["restore", "--json", s(&c.dir), "v", s(&copy)], "refused", 4),
+        (
+            &[
+                "send",
+                "--json",
+                "--cow",
+                s(&bad_cow),
+                "--data-source",
+                s(&c.new_path),
+                "-o",
+                s(&x),
+            ],
+            "source",
+            8,
+        ),
+        (
+            &[
+                "send",
+                "--json",
+                "--cow",
+                s(&c.cow_path),
+                "--data-source",
+                s(&c.new_path),
+                "-o",
+                "/nonexistent/dir/x.lvd",
+            ],
+            "failed",
+            1,
+        ),
+        (
+            &["restore", "--json", s(&c.dir), "v", s(&copy)],
+            "refused",
+            4,
+        ),
         (&["verify", "--json", s(&missing), s(&copy)], "failed", 1),
     ];
     let mut failures = Vec::new();
@@ -67,8 +145,14 @@ fn each_kind_of_failure_has_its_exit_status_and_its_json() {
     // The copies differ: a result, exit 3, the comparison on stdout.
     fs::write(&copy, &c.old).unwrap();
     let out = run(&["verify", "--json", s(&c.new_path), s(&copy)]);
-    if out.status.code() != Some(3) || strict_json(&stdout(&out)).map(|d| d["identical"] == false) != Ok(true) {
-        failures.push(format!("verify of different copies: {:?} {}", out.status.code(), stdout(&out)));
+    if out.status.code() != Some(3)
+        || strict_json(&stdout(&out)).map(|d| d["identical"] == false) != Ok(true)
+    {
+        failures.push(format!(
+            "verify of different copies: {:?} {}",
+            out.status.code(),
+            stdout(&out)
+        ));
     }
     // A usage error: the argument parser's, exit 2.
     let out = run(&["list", "--origin-size", "1G", "vg/snap"]);
@@ -80,14 +164,32 @@ fn each_kind_of_failure_has_its_exit_status_and_its_json() {
 
 #[test]
 fn success_prints_one_object_with_json_and_nothing_with_q() {
-    let c = Change::new(scratch("scripting-ok"), 1 << 20, 4096, 4, [(2, Fill::Random)]);
+    let c = Change::new(
+        scratch("scripting-ok"),
+        1 << 20,
+        4096,
+        4,
+        [(2, Fill::Random)],
+    );
     let delta = c.path("d.lvd");
     let copy = c.path("copy.img");
     fs::write(&copy, &c.old).unwrap();
-    let out = run(&["send", "--json", "--cow", s(&c.cow_path), "--data-source", s(&c.new_path), "-o", s(&delta)]);
+    let out = run(&[
+        "send",
+        "--json",
+        "--cow",
+        s(&c.cow_path),
+        "--data-source",
+        s(&c.new_path),
+        "-o",
+        s(&delta),
+    ]);
     assert_ok(&out);
     let doc = strict_json(&stdout(&out)).unwrap();
-    assert_eq!((doc["command"].as_str(), doc["result"].as_str()), (Some("send"), Some("ok")));
+    assert_eq!(
+        (doc["command"].as_str(), doc["result"].as_str()),
+        (Some("send"), Some("ok"))
+    );
     assert_eq!(doc["delta_bytes"], fs::metadata(&delta).unwrap().len());
     let out = run(&["apply", "--json", "-q", s(&delta), s(&copy)]);
     assert_ok(&out);
@@ -99,16 +201,38 @@ fn success_prints_one_object_with_json_and_nothing_with_q() {
     fs::write(&copy, &c.old).unwrap();
     for args in [
         vec!["apply", "-q", s(&delta), s(&copy)],
-        vec!["send", "-q", "--cow", s(&c.cow_path), "--data-source", s(&c.new_path), "-o", s(&delta)],
+        vec![
+            "send",
+            "-q",
+            "--cow",
+            s(&c.cow_path),
+            "--data-source",
+            s(&c.new_path),
+            "-o",
+            s(&delta),
+        ],
         vec!["verify", "-q", s(&c.new_path), s(&copy)],
     ] {
         let out = run(&args);
         assert_ok(&out);
-        assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{args:?}: {} {}", stdout(&out), stderr(&out));
+        assert!(
+            out.stdout.is_empty() && out.stderr.is_empty(),
+            "{args:?}: {} {}",
+            stdout(&out),
+            stderr(&out)
+        );
     }
     // sync's and backup's summaries: every key once (backup's transfer is
     // an object of its own).
-    let out = run(&["sync", "--json", "-q", "--full", s(&c.new_path), s(&c.path("seed.img")), "--create"]);
+    let out = run(&[
+        "sync",
+        "--json",
+        "-q",
+        "--full",
+        s(&c.new_path),
+        s(&c.path("seed.img")),
+        "--create",
+    ]);
     assert_ok(&out);
     let doc = strict_json(&stdout(&out)).unwrap();
     assert_eq!(doc["result"], "ok");
@@ -130,5 +254,87 @@ fn success_prints_one_object_with_json_and_nothing_with_q() {
     let out = run(&["inspect", "--json", s(&d)]);
     assert_eq!(out.status.code(), Some(5));
     let doc = strict_json(&stdout(&out)).unwrap();
-    assert_eq!((doc["whole"].as_bool(), doc["error_kind"].as_str()), (Some(false), Some("damaged")));
+    assert_eq!(
+        (doc["whole"].as_bool(), doc["error_kind"].as_str()),
+        (Some(false), Some("damaged"))
+    );
+}
+
+/// Off a terminal, a long command says how far it is every
+/// --progress-every seconds, one line each, plain or JSON; -q silences it.
+#[test]
+fn progress_lines_appear_off_a_terminal_at_the_interval_asked() {
+    use std::io::Write;
+    use std::process::Stdio;
+    use std::time::Duration;
+    let c = Change::new(
+        scratch("scripting-progress"),
+        4 << 20,
+        4096,
+        6,
+        (0..256).map(|i| (i * 4, Fill::Random)),
+    );
+    let delta = c.path("d.lvd");
+    assert_ok(&run(&[
+        "send",
+        "-q",
+        "--cow",
+        s(&c.cow_path),
+        "--data-source",
+        s(&c.new_path),
+        "-o",
+        s(&delta),
+    ]));
+    let bytes = fs::read(&delta).unwrap();
+    let half = bytes.len() / 2;
+    // The delta arrives on stdin in two halves, 2.5 s apart: the apply
+    // waits in between, as it would for a slow link.
+    let apply = |extra: &[&str]| {
+        let copy = c.path("copy.img");
+        fs::write(&copy, &c.old).unwrap();
+        let mut child = command()
+            .args(["apply", "--progress-every", "1"])
+            .args(extra)
+            .args(["-", s(&copy)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&bytes[..half]).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        stdin.write_all(&bytes[half..]).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert_ok(&out);
+        crate::common::assert_same(&copy, &c.new, "the copy after a slow apply");
+        stderr(&out)
+    };
+    let plain = apply(&[]);
+    let lines: Vec<&str> = plain
+        .lines()
+        .filter(|l| l.contains("lvmsync-rs apply: applying: "))
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "want a line a second while the apply waits:\n{plain}"
+    );
+    assert!(lines.iter().all(|l| l.contains("/s")), "{plain}");
+    let json = apply(&["--log-format", "json"]);
+    let objects: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| strict_json(l).unwrap())
+        .collect();
+    assert!(objects.len() >= 2, "{json}");
+    for o in &objects {
+        assert_eq!(o["command"], "apply");
+        let done = o["done_bytes"].as_u64().unwrap();
+        assert!(done > 0 && done <= half as u64 + (1 << 20), "{o}");
+        assert!(o["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{o}");
+    }
+    let quiet = apply(&["-q"]);
+    assert!(quiet.is_empty(), "{quiet}");
 }

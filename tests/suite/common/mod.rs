@@ -193,7 +193,9 @@ pub fn strict_json(text: &str) -> Result<serde_json::Value, String> {
             while let Some(key) = map.next_key::<String>()? {
                 let value = map.next_value_seed(StrictSeed)?;
                 if out.insert(key.clone(), value).is_some() {
-                    return Err(serde::de::Error::custom(format!("the key {key:?} is given twice")));
+                    return Err(serde::de::Error::custom(format!(
+                        "the key {key:?} is given twice"
+                    )));
                 }
             }
             Ok(serde_json::Value::Object(out))
@@ -238,7 +240,9 @@ pub fn strict_json(text: &str) -> Result<serde_json::Value, String> {
         }
     }
     let mut de = serde_json::Deserializer::from_str(text.trim());
-    let value = de.deserialize_any(Strict).map_err(|e| format!("{e}: {text:?}"))?;
+    let value = de
+        .deserialize_any(Strict)
+        .map_err(|e| format!("{e}: {text:?}"))?;
     de.end().map_err(|e| format!("{e}: {text:?}"))?;
     Ok(value)
 }

@@ -271,6 +271,68 @@ fn check_dest_size(
     }
 }
 
+/// Whether a delta with `header` would be applied to the copy `status`
+/// describes, as far as can be told without opening it: what a dry run
+/// checks. The apply checks all of this again, and more (it reads every
+/// record).
+pub fn would_apply(
+    status: &crate::status::DestStatus,
+    header: &Header,
+    create: bool,
+    force: bool,
+) -> Result<(), ApplyError> {
+    let path = status.dest.clone();
+    if !status.exists {
+        return if create {
+            Ok(())
+        } else {
+            Err(ApplyError::DestMissing {
+                path,
+                size: Some(header.origin_size),
+            })
+        };
+    }
+    let device = match status.kind.as_deref() {
+        Some("device") => true,
+        Some("file") => false,
+        _ => return Err(ApplyError::DestKind { path }),
+    };
+    if device && !status.users.is_empty() {
+        return Err(ApplyError::DestBusy {
+            path,
+            users: status.users.join(", "),
+        });
+    }
+    if let Some(holder) = &status.writer {
+        return Err(ApplyError::DestLocked {
+            path,
+            holder: holder.clone(),
+        });
+    }
+    let size = status.size.unwrap_or(0);
+    let extend = check_dest_size(&path, device, size, header.origin_size)?;
+    let whole = matches!(header.source.kind, SourceKind::Full | SourceKind::Compare);
+    if extend && !whole {
+        return Err(ApplyError::DestTooShort {
+            path,
+            size,
+            origin_size: header.origin_size,
+        });
+    }
+    if let Some(e) = &status.state_error {
+        if !force {
+            return Err(ApplyError::State(StateError::Refused(e.clone())));
+        }
+    }
+    if device && status.state_file.is_none() && header.target.is_some() {
+        return Err(ApplyError::State(StateError::NoStableName { dest: path }));
+    }
+    if !force {
+        state::check(&path, status.state().as_ref(), header)?;
+    }
+    Ok(())
+}
+
 fn open_dest(
     path: &Path,
     create: bool,
@@ -881,6 +943,13 @@ impl DestLock {
             }),
         }
     }
+}
+
+/// Who holds the lock of the copy at `path` now, if anyone, as the
+/// kernel's lock table says (nothing is locked to find out).
+pub fn writer_of(path: &Path) -> Option<String> {
+    let meta = fs::metadata(path).ok()?;
+    lock_holder((meta.dev(), meta.ino()))
 }
 
 /// The device and inode of an open file.

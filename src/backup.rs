@@ -27,6 +27,7 @@ use crate::send::Delta;
 use crate::ship::{Link, Session, Transfer};
 use crate::snapshots::{self, SnapshotSize};
 use crate::state::State;
+use crate::status::{self, DestStatus};
 use crate::store::StoreOptions;
 use crate::stream::{Compression, SourceInfo, SourceKind};
 use crate::transport::Location;
@@ -449,6 +450,191 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
     remove_all_but(&origin, &tag, &new, outcome)
 }
 
+/// What a backup would do (`backup --dry-run`): decided as a run decides,
+/// from the tagged snapshots and DEST's state, with nothing created,
+/// removed, locked or sent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Preview {
+    pub origin: String,
+    pub dest: String,
+    /// `seed`, `incremental`, `resumed seed`, `resumed incremental` or
+    /// `repair`.
+    pub kind: String,
+    /// The snapshot DEST holds, that the changes are read from.
+    pub base: Option<String>,
+    /// The snapshot the run would create (named as it would be now), or
+    /// the one a resumed transfer goes on with.
+    pub snapshot: Option<String>,
+    pub creates_snapshot: bool,
+    /// Tool-owned snapshots removed before the transfer (left over by an
+    /// earlier run), and once DEST holds the new one.
+    pub removes_first: Vec<String>,
+    pub removes_after: Vec<String>,
+    /// What is read and sent (before blocks of zeroes are left out and the
+    /// rest compressed): the base's changes, or all of the origin; past
+    /// `resume_from`. None for a repair, which compares instead.
+    pub bytes: Option<u64>,
+    /// A repair reads this much on each side to compare.
+    pub compares: Option<u64>,
+    pub resume_from: u64,
+    pub origin_size: u64,
+    /// With an archive: the volume's name there.
+    pub volume: Option<String>,
+    pub notes: Vec<String>,
+    /// What DEST is and holds (a copy, not an archive).
+    pub dest_status: Option<DestStatus>,
+}
+
+/// What `req` would do now; see [`Preview`].
+pub fn preview(req: &Request) -> Result<Preview, Error> {
+    let origin = snapshots::origin(&req.origin)?;
+    let mut p = Preview {
+        origin: req.origin.clone(),
+        dest: req.dest.clone(),
+        origin_size: origin.size(),
+        ..Preview::default()
+    };
+    let (tag, shown, state) = if is_archive(&req.dest) {
+        let volume = match &req.name {
+            Some(name) => name.clone(),
+            None => default_volume_name(&origin),
+        };
+        archive::check_volume_name(&volume)?;
+        let archive = Archive::open(&req.dest, &req.store, false)?;
+        let catalog = archive.catalog(&volume)?;
+        if let Some(c) = &catalog {
+            if c.origin.uuid != origin.lv_uuid {
+                return Err(ArchiveError::OtherOrigin {
+                    volume,
+                    has: format!("{} of {}", c.origin.name, c.origin.host),
+                    uuid: c.origin.uuid.clone(),
+                    this: origin.full_name(),
+                }
+                .into());
+            }
+        }
+        let state = catalog.as_ref().and_then(|c| c.latest()).map(|l| State {
+            holds: Some(l.point.clone()),
+            applying: None,
+        });
+        let tag = snapshots::tag_for(&format!("{}#{volume}", req.dest));
+        let shown = format!("{}#{volume}", archive.location());
+        p.volume = Some(volume);
+        (tag, shown, state)
+    } else {
+        let dest = Location::parse(&req.dest)?;
+        if let Location::Local(path) = &dest {
+            let same = (fs::metadata(path), fs::metadata(origin.device()));
+            if let (Ok(d), Ok(o)) = same {
+                if crate::send::same_file(&d, &o) {
+                    return Err(crate::send::SendError::DestIsInput {
+                        dest: path.clone(),
+                        input: origin.full_name(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let status = status::query(&req.dest, &req.link)?;
+        let state = status.state();
+        p.dest_status = Some(status);
+        (snapshots::tag_for(&req.dest), req.dest.clone(), state)
+    };
+    let owned = snapshots::owned(&origin, &tag)?;
+    let decision = decide(&Situation {
+        origin: &origin,
+        owned: &owned,
+        state: state.as_ref(),
+        dest: &shown,
+        reseed: req.reseed,
+    })?;
+    p.notes = match &p.volume {
+        Some(_) => decision
+            .notes
+            .iter()
+            .map(|n| archive_note(n, &shown))
+            .collect(),
+        None => decision.notes,
+    };
+    p.removes_first = decision.leftovers.iter().map(Lv::full_name).collect();
+    let mut plan = decision.plan;
+    if p.volume.is_some() && !matches!(plan, Plan::Incremental { .. }) {
+        // An archive has no copy to compare or resume: a new seed.
+        plan = Plan::Seed;
+    }
+    p.kind = plan.kind().to_string();
+    let new_name = || format!("{}/{}", origin.vg_name, snapshots::new_name(&origin));
+    let changes_of = |base: &Lv, from: u64| -> Result<u64, Error> {
+        let listing = crate::changes::read(&ChangeSource::Snapshot(base.full_name()), None)?;
+        Ok(listing
+            .into_change_set()
+            .from_offset(from)
+            .as_changes()
+            .total_bytes())
+    };
+    let keep = match &plan {
+        Plan::Seed => {
+            p.bytes = Some(origin.size());
+            None
+        }
+        Plan::ResumeSeed { new, at } => {
+            p.resume_from = *at;
+            p.bytes = Some(origin.size().saturating_sub(*at));
+            Some(new)
+        }
+        Plan::Incremental { base } => {
+            p.base = Some(base.full_name());
+            p.bytes = Some(changes_of(base, 0)?);
+            None
+        }
+        Plan::ResumeIncremental { base, new, at } => {
+            p.base = Some(base.full_name());
+            p.resume_from = *at;
+            p.bytes = Some(changes_of(base, *at)?);
+            Some(new)
+        }
+        Plan::Repair => {
+            p.compares = Some(origin.size());
+            None
+        }
+    };
+    match keep {
+        Some(new) => p.snapshot = Some(new.full_name()),
+        None => {
+            p.snapshot = Some(new_name());
+            p.creates_snapshot = true;
+        }
+    }
+    p.removes_after = owned
+        .iter()
+        .filter(|lv| keep.is_none_or(|k| k.lv_uuid != lv.lv_uuid))
+        .filter(|lv| !decision.leftovers.iter().any(|l| l.lv_uuid == lv.lv_uuid))
+        .map(Lv::full_name)
+        .collect();
+    if let (Some(status), None) = (&p.dest_status, &p.volume) {
+        if let Some(w) = &status.writer {
+            p.notes.push(format!(
+                "{} is being written now ({w}): a run now would be refused",
+                req.dest
+            ));
+        }
+    }
+    Ok(p)
+}
+
+/// A note of [`decide`] said of an archive, which has no copy to compare:
+/// a point without a base is a new seed.
+fn archive_note(text: &str, shown: &str) -> String {
+    text.replace(
+        "comparing it with a new snapshot and sending what differs, instead of copying everything",
+        "storing a full copy, which starts a new chain",
+    )
+    .replace(
+        &format!("comparing {shown} with a new snapshot and sending what differs instead"),
+        "storing a full copy instead, which starts a new chain",
+    )
+}
+
 /// A backup into an archive: a new point of the volume, stored as a delta
 /// from the latest one (a seed when there is none, or when the snapshot
 /// that froze the latest is gone).
@@ -507,16 +693,7 @@ fn run_to_archive(
         reseed: req.reseed,
     })?;
     for text in &decision.notes {
-        // An archive has no copy to compare: a point without a base is a
-        // new seed.
-        let text = text.replace(
-            "comparing it with a new snapshot and sending what differs, instead of copying everything",
-            "storing a full copy, which starts a new chain",
-        );
-        let text = text.replace(
-            &format!("comparing {shown} with a new snapshot and sending what differs instead"),
-            "storing a full copy instead, which starts a new chain",
-        );
+        let text = archive_note(text, &shown);
         note(&text);
         outcome.notes.push(text);
     }

@@ -36,6 +36,7 @@ pub mod serve;
 pub mod ship;
 pub mod snapshots;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod stream;
 pub mod sync;

@@ -113,6 +113,17 @@ enum Command {
             lvmsync-rs verify --repair -e 'ssh -p 2222' vg/root-snap root@backup:/srv/root.img"
     )]
     Verify(commands::verify::Args),
+    /// Show what a copy holds (here or over ssh), without changing it;
+    /// with --origin, what the next backup would do
+    #[command(
+        after_help = "Says which point in time DEST holds and since when, a transfer left partway             (which the same sync or backup resumes), whether another program is writing it, and             what uses a block device. With --origin VG/LV, also what `backup VG/LV DEST` would do             now (the same as `backup --dry-run`). Nothing is opened for writing and nothing is             locked.
+
+            Examples:
+  lvmsync-rs status /srv/copies/root.img
+              lvmsync-rs status --json backup:/dev/vg/root-copy
+              lvmsync-rs status --origin vg/root backup:/dev/vg/root-copy"
+    )]
+    Status(commands::status::Args),
     /// Show what a delta holds and check it, without writing anything
     #[command(
         after_help = "DELTA may be `-` for stdin. Exits 1 if the delta is damaged or \
@@ -139,7 +150,8 @@ enum Command {
             host's key; sshd then runs it whatever the client asks, and hands what the client \
             asked for over in SSH_ORIGINAL_COMMAND:\n\n  \
             command=\"lvmsync-rs serve --restrict-to /dev/backupvg --restrict-to /srv/copies\",restrict ssh-ed25519 AAAA... root@source\n\n\
-            Only `apply --remote` (sync and backup) and `verify --remote-side` (verify) are run, \
+            Only `apply --remote` (sync and backup), `verify --remote-side` (verify) and \
+            `status --remote-side` (status, dry runs) are run, \
             and only on a regular file whose real path is under a prefix, or a block device named \
             under a prefix in /dev. Anything else is refused with one line."
     )]
@@ -149,8 +161,8 @@ enum Command {
 /// Subcommands; any other first argument (a snapshot, or an option) means
 /// `sync`.
 const SUBCOMMANDS: &[&str] = &[
-    "list", "send", "apply", "inspect", "sync", "backup", "restore", "archive", "verify", "serve",
-    "help",
+    "list", "send", "apply", "inspect", "sync", "backup", "restore", "archive", "verify", "status",
+    "serve", "help",
 ];
 
 /// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`.
@@ -177,6 +189,7 @@ impl Command {
             Command::Backup(_) => "backup",
             Command::Verify(_) => "verify",
             Command::Inspect(_) => "inspect",
+            Command::Status(_) => "status",
             Command::Restore(_) => "restore",
             Command::Archive(_) => "archive",
             Command::Serve(_) => "serve",
@@ -194,6 +207,7 @@ impl Command {
             Command::Backup(a) => (a.ship.json, true),
             Command::Verify(a) => (a.json, false),
             Command::Inspect(a) => (a.json, true),
+            Command::Status(a) => (a.json, false),
             Command::Restore(a) => (a.json, false),
             Command::Archive(a) => (a.json(), false),
             Command::Serve(_) => (false, false),
@@ -222,6 +236,7 @@ fn main() -> ExitCode {
         Command::Sync(args) => commands::sync::run(args).map(|()| Done::Ok),
         Command::Backup(args) => commands::backup::run(args).map(|()| Done::Ok),
         Command::Inspect(args) => commands::inspect::run(args).map(|()| Done::Ok),
+        Command::Status(args) => commands::status::run(args).map(|()| Done::Ok),
         Command::Verify(args) => as_done(commands::verify::run(args)),
         Command::Restore(args) => commands::restore::run(args).map(|()| Done::Ok),
         Command::Archive(args) => as_done(commands::archive::run(args)),

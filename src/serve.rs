@@ -7,7 +7,8 @@
 //! sshd then runs `serve` whatever the client asked for, and puts what it
 //! asked for in `SSH_ORIGINAL_COMMAND`. `serve` accepts only the far ends
 //! of this tool's own sessions (`apply --remote` for sync and backup,
-//! `verify --remote-side` for verify), and only on paths under the named
+//! `verify --remote-side` for verify, `status --remote-side` for status
+//! and dry runs), and only on paths under the named
 //! prefixes, so the sending host no longer needs a root shell on the
 //! backup host.
 //!
@@ -34,7 +35,7 @@ pub enum ServeError {
     BadPrefix { path: String, why: String },
     #[error("no command: serve is run by sshd for a key whose authorized_keys line names it (command=\"lvmsync-rs serve --restrict-to ...\"); the client's command comes in SSH_ORIGINAL_COMMAND")]
     NoCommand,
-    #[error("refused: this key only runs the far end of lvmsync-rs sync, backup and verify (apply --remote, verify --remote-side); it asked for {asked:?}")]
+    #[error("refused: this key only runs the far end of lvmsync-rs sync, backup, verify and status (apply --remote, verify --remote-side, status --remote-side); it asked for {asked:?}")]
     NotAllowed { asked: String },
     #[error("refused: {path}: {why}; this key may write only under {prefixes}")]
     Outside {
@@ -45,7 +46,7 @@ pub enum ServeError {
 }
 
 /// The subcommands a client may ask for.
-pub const ALLOWED: &[&str] = &["apply", "verify"];
+pub const ALLOWED: &[&str] = &["apply", "verify", "status"];
 
 /// The prefixes paths must lie under.
 #[derive(Debug, Clone)]
@@ -187,6 +188,11 @@ mod tests {
         assert_eq!(w, ["apply", "--remote", "--", "-", "/srv/a b"]);
         let w = requested(Some("sudo /usr/bin/lvmsync-rs verify --remote-side -- x")).unwrap();
         assert_eq!(w[0], "verify");
+        let w = requested(Some(
+            "lvmsync-rs status --remote-side --protocol 1 -- /srv/a",
+        ))
+        .unwrap();
+        assert_eq!(w[0], "status");
         for bad in [
             "sh -c 'rm -rf /'",
             "apply --remote",

@@ -289,21 +289,9 @@ impl Session {
         self.state.as_ref()
     }
 
-    /// Where `delta` can start: past what DEST confirmed of the same
-    /// transfer (same base, same target point in time), else 0.
+    /// Where `delta` can start (see [`resume_point`]).
     pub fn resume_point(&self, delta: &Delta) -> u64 {
-        let header = &delta.header;
-        let (Some(a), Some(target)) = (
-            self.dest_state().and_then(|s| s.applying.as_ref()),
-            header.target.as_ref(),
-        ) else {
-            return 0;
-        };
-        if a.is(header.base.as_ref(), target) {
-            a.confirmed.min(header.origin_size)
-        } else {
-            0
-        }
+        resume_point(self.dest_state(), delta)
     }
 
     /// Refuses, before any data is sent, a delta that DEST's state says is
@@ -442,6 +430,24 @@ fn await_receipt(
         });
     }
     Ok(receipt)
+}
+
+/// Where `delta` can start on a DEST whose state is `state`: past what
+/// DEST confirmed of the same transfer (same base, same target point in
+/// time), else 0.
+pub fn resume_point(state: Option<&State>, delta: &Delta) -> u64 {
+    let header = &delta.header;
+    let (Some(a), Some(target)) = (
+        state.and_then(|s| s.applying.as_ref()),
+        header.target.as_ref(),
+    ) else {
+        return 0;
+    };
+    if a.is(header.base.as_ref(), target) {
+        a.confirmed.min(header.origin_size)
+    } else {
+        0
+    }
 }
 
 /// The receiving half: what `apply --remote` is asked to do.

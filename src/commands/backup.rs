@@ -31,6 +31,10 @@ pub struct Args {
     pub ship: Shipping,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Say what the run would do (seed, incremental or repair; the bytes
+    /// to send; the snapshots to create and remove) without doing any of it
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -44,6 +48,28 @@ pub fn run(args: Args) -> Result<(), Error> {
         name: args.name.clone(),
         store: args.store.options(),
     };
+    if args.dry_run {
+        let p = backup::preview(&request)?;
+        if args.ship.json {
+            let mut doc = serde_json::to_value(&p).expect("plain fields serialize");
+            doc["command"] = "backup".into();
+            doc["result"] = "ok".into();
+            doc["dry_run"] = true.into();
+            println!("{doc}");
+        }
+        if !args.ship.quiet {
+            for note in &p.notes {
+                eprintln!("lvmsync-rs backup: {note}");
+            }
+            eprintln!(
+                "lvmsync-rs backup: dry run: {} to {}: {}; nothing was done",
+                args.origin,
+                args.dest,
+                super::status::describe_preview(&p)
+            );
+        }
+        return Ok(());
+    }
     let started = Instant::now();
     let mut outcome = Outcome {
         result: "failed",

@@ -10,6 +10,7 @@ pub mod list;
 pub mod restore;
 pub mod send;
 pub mod serve;
+pub mod status;
 pub mod sync;
 pub mod verify;
 

@@ -2,7 +2,7 @@
 //! host's `authorized_keys`, restricted to the far ends of sync, backup
 //! and verify on paths under the prefixes (see [`lvmsync::serve`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
@@ -39,6 +39,14 @@ pub fn run(args: Args) -> Result<bool, Error> {
             let path = restriction.check(&PathBuf::from(&v.args[0]), false)?;
             v.args[0] = path.display().to_string();
             super::verify::run(v)
+        }
+        Command::Status(mut s) if s.remote_side => {
+            // Only looked at: a path that does not exist yet may be asked about.
+            s.dest = restriction
+                .check(Path::new(&s.dest), true)?
+                .display()
+                .to_string();
+            super::status::run(s).map(|()| true)
         }
         _ => Err(refused().into()),
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use lvmsync::ship::Transfer;
 use lvmsync::sync::{self, What};
-use lvmsync::units::human;
+use lvmsync::units::{human, printable};
 use lvmsync::Error;
 
 use super::{usage_error, Shipping, TableArgs};
@@ -35,6 +35,10 @@ pub struct Args {
     /// in time than the one the delta applies to
     #[arg(long)]
     pub force: bool,
+    /// Say what would be sent, and check DEST as the apply would, without
+    /// reading any data or sending anything
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -71,6 +75,9 @@ pub fn run(args: Args) -> Result<(), Error> {
         dest: dest.clone(),
         link: args.ship.link(args.force, "sync"),
     };
+    if args.dry_run {
+        return dry_run(&request, args.ship.json, args.ship.quiet);
+    }
     let started = Instant::now();
     let mut transfer = Transfer {
         result: "failed",
@@ -112,4 +119,40 @@ pub fn run(args: Args) -> Result<(), Error> {
         );
     }
     result
+}
+
+/// Prints what the sync would do.
+fn dry_run(request: &sync::Request, json: bool, quiet: bool) -> Result<(), Error> {
+    let p = sync::preview(request)?;
+    if json {
+        let mut doc = serde_json::to_value(&p).expect("plain fields serialize");
+        doc["command"] = "sync".into();
+        doc["result"] = "ok".into();
+        doc["dry_run"] = true.into();
+        println!("{doc}");
+    }
+    if quiet {
+        return Ok(());
+    }
+    let holds = match (&p.dest_status.holds, &p.dest_status.applying) {
+        (Some(h), _) => format!("which holds {}", h.snapshot),
+        (None, Some(a)) => format!("which is partway to {}", a.target.snapshot),
+        (None, None) if p.dest_status.exists => "whose content is not recorded".into(),
+        (None, None) => "which would be created".into(),
+    };
+    let mut line = format!(
+        "lvmsync-rs sync: dry run: would send {} extent{} ({}, {} bytes) of {} to {} ({holds})",
+        p.extents,
+        if p.extents == 1 { "" } else { "s" },
+        human(p.bytes),
+        p.bytes,
+        printable(&p.source),
+        printable(&p.dest),
+    );
+    if p.resume_from > 0 {
+        line.push_str(&format!(", resuming at byte {}", p.resume_from));
+    }
+    line.push_str("; blocks of zeroes go without data, the rest compressed; nothing was sent");
+    eprintln!("{line}");
+    Ok(())
 }

@@ -27,6 +27,10 @@ pub struct Args {
     /// extended, a longer one cut to SRC's size
     #[arg(long)]
     pub repair: bool,
+    /// With --repair: compare and say what the repair would send, without
+    /// sending it (the exit status is then 3 when the copies differ)
+    #[arg(short = 'n', long, requires = "repair")]
+    pub dry_run: bool,
     #[command(flatten)]
     pub remote: RemoteShell,
     /// Print one JSON object instead of text (on failure too)
@@ -72,7 +76,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
         src: src.into(),
         dest: dest.clone(),
         block_size: args.block_size,
-        repair: args.repair,
+        repair: args.repair && !args.dry_run,
         link: Link {
             progress: args.log.style(args.quiet),
             ..args.remote.link()
@@ -82,12 +86,20 @@ pub fn run(args: Args) -> Result<bool, Error> {
     let mut comparison = Comparison::default();
     verify::verify(&request, &mut comparison)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&comparison).expect("plain fields serialize")
-        );
+        let mut doc = serde_json::to_value(&comparison).expect("plain fields serialize");
+        if args.dry_run {
+            doc["dry_run"] = true.into();
+        }
+        println!("{doc}");
     } else if !args.quiet {
         print_text(&comparison).map_err(Error::Output)?;
+        if args.dry_run && !comparison.identical {
+            println!(
+                "dry run: --repair would send these {} bytes ({}) of SRC to DEST; nothing was sent",
+                comparison.differing_bytes,
+                human(comparison.differing_bytes)
+            );
+        }
     }
     Ok(comparison.identical_now)
 }

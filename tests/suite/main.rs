@@ -17,6 +17,7 @@ mod safety;
 mod scripting;
 mod ssh_sync;
 mod state_cli;
+mod status;
 mod store;
 mod thin_cli;
 mod verify_cli;

@@ -50,6 +50,8 @@ pub enum Error {
     Archive(#[from] crate::archive::ArchiveError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Usage(String),
     #[error("the sender writes delta format version {theirs}, but this lvmsync-rs ({}) reads version {ours} only: install the same version on both hosts", crate::TOOL)]
@@ -161,6 +163,8 @@ impl Error {
         };
         match self {
             Error::Usage(_) => Kind::Usage,
+            Error::Config(crate::config::ConfigError::Invalid { .. }) => Kind::Usage,
+            Error::Config(_) => Kind::Failed,
             Error::FormatVersion { .. } => Kind::Refused,
             Error::Lvm(crate::lvm::LvmError::Tool(_)) => Kind::Failed,
             Error::Lvm(_) | Error::Cow { .. } | Error::Thin(_) => Kind::Source,

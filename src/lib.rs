@@ -23,6 +23,7 @@ pub mod archive;
 pub mod backup;
 pub mod blockdev;
 pub mod changes;
+pub mod config;
 pub mod cow;
 #[cfg(any(test, feature = "devtools"))]
 pub mod cowgen;

@@ -93,7 +93,9 @@ enum Command {
             lvmsync_rs_HASH naming DEST; no other snapshot is ever touched. An interrupted \
             run is recovered and resumed by the next one.\n\n\
             Examples:\n  lvmsync-rs backup vg/root backup:/dev/vg/root-copy\n  \
-            lvmsync-rs backup --snapshot-size 5G vg/data /srv/data.img --create"
+            lvmsync-rs backup --snapshot-size 5G vg/data /srv/data.img --create\n  \
+            lvmsync-rs backup -n vg/root backup:/dev/vg/root-copy\n  \
+            lvmsync-rs backup -q --config /etc/lvmsync-rs/backup.toml"
     )]
     Backup(commands::backup::Args),
     /// Compare SRC and DEST block by block (DEST here or over ssh); with
@@ -221,6 +223,9 @@ enum Done {
     /// The copies differ (verify), or the archive is damaged (archive
     /// check): a result, not an error.
     Differ,
+    /// Failures that were reported as they came (backup --config), with
+    /// the exit status they add up to.
+    Reported(u8),
 }
 
 fn main() -> ExitCode {
@@ -234,7 +239,10 @@ fn main() -> ExitCode {
         Command::Send(args) => commands::send::run(args).map(|()| Done::Ok),
         Command::Apply(args) => commands::apply::run(args).map(|()| Done::Ok),
         Command::Sync(args) => commands::sync::run(args).map(|()| Done::Ok),
-        Command::Backup(args) => commands::backup::run(args).map(|()| Done::Ok),
+        Command::Backup(args) => commands::backup::run(args).map(|code| match code {
+            0 => Done::Ok,
+            code => Done::Reported(code),
+        }),
         Command::Inspect(args) => commands::inspect::run(args).map(|()| Done::Ok),
         Command::Status(args) => commands::status::run(args).map(|()| Done::Ok),
         Command::Verify(args) => as_done(commands::verify::run(args)),
@@ -245,6 +253,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Done::Ok) => ExitCode::SUCCESS,
         Ok(Done::Differ) => ExitCode::from(Kind::Differ.exit_code()),
+        Ok(Done::Reported(code)) => ExitCode::from(code),
         Err(e) if e.is_broken_pipe() => ExitCode::from(141),
         Err(e) => {
             let kind = e.kind();

@@ -50,7 +50,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
                 || format!("round {r}: base {} is not the last round's", doc["base"]),
             );
             // An incremental sends much less than the seed.
-            let sent = doc["bytes_read"].as_u64().unwrap_or(u64::MAX);
+            let sent = doc["transfer"]["bytes_read"].as_u64().unwrap_or(u64::MAX);
             f.check(sent < 24 << 20, || {
                 format!("round {r}: an incremental read {sent} bytes")
             });
@@ -125,7 +125,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
             format!("{case}: no transfer was recorded partway: {killed:?}")
         });
         let doc = f.json(&dir, "resume");
-        let from = doc["resumed_from"].as_u64().unwrap_or(0);
+        let from = doc["transfer"]["resumed_from"].as_u64().unwrap_or(0);
         f.check(from > 0, || {
             format!("{case}: the second run did not resume: {doc}")
         });
@@ -138,7 +138,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         f.same(&dir, "copy", "snap");
         eprintln!(
             "{case}: resumed at byte {from}, read {} bytes, sent {} bytes",
-            doc["bytes_read"], doc["bytes_on_wire"]
+            doc["transfer"]["bytes_read"], doc["transfer"]["bytes_on_wire"]
         );
     }
     let seed = results.join("seedkill");
@@ -171,7 +171,9 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
             format!("overflow {tag}: the fallback is not explained: {err}")
         });
         // Much less than the volume went over: the differences only.
-        let sent = doc["bytes_on_wire"].as_u64().unwrap_or(u64::MAX);
+        let sent = doc["transfer"]["bytes_on_wire"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
         f.check(sent < 46 << 20, || format!("overflow {tag}: sent {sent}"));
         f.same(&over, copy, snap);
     }

@@ -10,6 +10,7 @@ mod common;
 mod archive;
 mod backup_cli;
 mod delta_cli;
+mod demo;
 mod fixtures;
 mod list_cli;
 mod mutation;

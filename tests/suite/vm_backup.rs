@@ -1,7 +1,8 @@
 //! `lvmsync-rs backup` on real LVM volumes in a real kernel
 //! (`tests/vm/scenarios/backup.sh`): rounds of backups while the origin is
 //! written, snapshot rotation, the base check, runs killed midway and
-//! resumed, and an overflowed base.
+//! resumed, an overflowed base, and the restore procedure of the user
+//! guide: the backup copy onto a fresh LV, and the origin repaired in place.
 //!
 //! Needs what `tests/run` installs (qemu, a Debian kernel, lvm2).
 
@@ -50,7 +51,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
                 || format!("round {r}: base {} is not the last round's", doc["base"]),
             );
             // An incremental sends much less than the seed.
-            let sent = doc["bytes_read"].as_u64().unwrap_or(u64::MAX);
+            let sent = doc["transfer"]["bytes_read"].as_u64().unwrap_or(u64::MAX);
             f.check(sent < 24 << 20, || {
                 format!("round {r}: an incremental read {sent} bytes")
             });
@@ -125,7 +126,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
             format!("{case}: no transfer was recorded partway: {killed:?}")
         });
         let doc = f.json(&dir, "resume");
-        let from = doc["resumed_from"].as_u64().unwrap_or(0);
+        let from = doc["transfer"]["resumed_from"].as_u64().unwrap_or(0);
         f.check(from > 0, || {
             format!("{case}: the second run did not resume: {doc}")
         });
@@ -138,7 +139,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         f.same(&dir, "copy", "snap");
         eprintln!(
             "{case}: resumed at byte {from}, read {} bytes, sent {} bytes",
-            doc["bytes_read"], doc["bytes_on_wire"]
+            doc["transfer"]["bytes_read"], doc["transfer"]["bytes_on_wire"]
         );
     }
     let seed = results.join("seedkill");
@@ -171,7 +172,9 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
             format!("overflow {tag}: the fallback is not explained: {err}")
         });
         // Much less than the volume went over: the differences only.
-        let sent = doc["bytes_on_wire"].as_u64().unwrap_or(u64::MAX);
+        let sent = doc["transfer"]["bytes_on_wire"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
         f.check(sent < 46 << 20, || format!("overflow {tag}: sent {sent}"));
         f.same(&over, copy, snap);
     }
@@ -203,6 +206,50 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
             )
         });
     }
+
+    // Restoring (docs/user-guide.md, "Restoring from a backup copy"): the
+    // copy onto a fresh LV, whole; the damaged origin repaired from the
+    // copy with only the blocks that differ; both then equal the copy, and
+    // the next backup is an incremental from the snapshot it kept.
+    let rest = results.join("restore");
+    f.json(&rest, "backup");
+    f.same(&rest, "copy", "snap");
+    let s = sums(&rest);
+    f.check(s.get("damaged") != s.get("copy"), || {
+        "restore: the damage changed nothing".into()
+    });
+    let full = f.json(&rest, "full");
+    f.check(full["bytes_read"] == 48u64 << 20, || {
+        format!("restore: sync --full did not copy all 48 MiB: {full}")
+    });
+    f.ok(&rest, "cmp-full");
+    f.same(&rest, "restored", "copy");
+    let repair = f.json(&rest, "repair");
+    f.check(
+        repair["identical"] == false && repair["identical_now"] == true,
+        || format!("restore: verify --repair: {repair}"),
+    );
+    let differ = repair["differing_bytes"].as_u64().unwrap_or(0);
+    let r = &repair["repaired"];
+    let sent = r["data_bytes"].as_u64().unwrap_or(0) + r["zero_bytes"].as_u64().unwrap_or(0);
+    f.check(differ > 0 && differ < 16 << 20 && sent == differ, || {
+        format!("restore: {differ} bytes differ, {sent} sent: {repair}")
+    });
+    f.ok(&rest, "cmp-repair");
+    f.same(&rest, "origin", "copy");
+    let after = f.json(&rest, "after");
+    f.check(after["kind"] == "incremental", || {
+        format!("restore: the backup after the repair: {after}")
+    });
+    f.same(&rest, "copy-after", "snap-after");
+    f.same(&rest, "copy-after", "copy");
+    f.check(lines(&rest, "owned-after.txt").len() == 1, || {
+        format!("restore: owned after {:?}", lines(&rest, "owned-after.txt"))
+    });
+    eprintln!(
+        "restore: sync --full sent {} bytes; verify --repair found {differ} bytes differing and sent a delta of {} bytes",
+        full["bytes_on_wire"], r["delta_bytes"]
+    );
 
     f.assert_none(&log);
 }

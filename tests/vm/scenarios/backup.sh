@@ -21,6 +21,10 @@
 #             new snapshot and repairs it; the same when the snapshot the
 #             copy holds was removed; --reseed copies the whole volume.
 #   thin      three backups of a thin origin (with discards) to a thin LV.
+#   restore   after a backup, the origin is damaged; the backup copy is
+#             copied onto a fresh LV (sync --full) and repairs the origin in
+#             place (verify --repair): both end equal to the copy, and the
+#             next backup is an incremental again.
 #
 # Each case's directory holds the commands' rc/out/err, sums.txt ("NAME
 # SHA256"), and owned.txt (tool-owned snapshots, one per line).
@@ -258,3 +262,29 @@ for r in 1 2 3; do
     record_sum "copy$r" /dev/$VG/tcopy
 done
 lvs --noheadings -o lv_name,data_percent "$VG/tcopy" > "$SDIR/tcopy-usage.txt"
+
+# ----------------------------------------------------------------- restore
+# The restore procedure of docs/user-guide.md ("Restoring from a backup copy").
+scenario_begin restore
+step backup "$LVMSYNC" backup --json --snapshot-size 48m "$VG/origin" /dev/$VG/copy
+record_sum snap "/dev/$VG/$(newest_owned)"
+record_sum copy /dev/$VG/copy
+# Then the origin is damaged: rewritten at places, 1 MiB of it zeroed.
+change /dev/$VG/origin 8
+fill_range /dev/$VG/origin $((40 * MiB)) $((1 * MiB)) zero
+record_sum damaged /dev/$VG/origin
+# The copy onto a fresh LV, which starts as garbage.
+make_origin "$VG" restored "$SIZE"
+fill_range /dev/$VG/restored 0 $((48 * MiB)) random
+step full "$LVMSYNC" sync --full --json /dev/$VG/copy /dev/$VG/restored
+step cmp-full cmp /dev/$VG/copy /dev/$VG/restored
+record_sum restored /dev/$VG/restored
+# The origin repaired in place: only the blocks that differ are sent.
+step repair "$LVMSYNC" verify --repair --json /dev/$VG/copy /dev/$VG/origin
+step cmp-repair cmp /dev/$VG/copy /dev/$VG/origin
+record_sum origin /dev/$VG/origin
+# The nightly backup goes on from the snapshot it kept.
+step after "$LVMSYNC" backup --json --snapshot-size 48m "$VG/origin" /dev/$VG/copy
+owned -after
+record_sum snap-after "/dev/$VG/$(newest_owned)"
+record_sum copy-after /dev/$VG/copy

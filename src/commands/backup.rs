@@ -155,9 +155,14 @@ fn run_one(request: &backup::Request, quiet: bool) -> (Outcome, Result<(), Error
         }
     });
     outcome.transfer.seconds = started.elapsed().as_secs_f64();
+    // The transfer's own result says the same as the backup's.
     match &result {
-        Ok(()) => outcome.result = "ok",
+        Ok(()) => {
+            outcome.result = "ok";
+            outcome.transfer.result = "ok";
+        }
         Err(e) => {
+            outcome.transfer.result = "failed";
             outcome.error = Some(e.to_string().replace('\n', " "));
             outcome.error_kind = Some(e.kind().name());
             outcome.exit_code = Some(e.kind().exit_code());

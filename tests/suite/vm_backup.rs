@@ -251,5 +251,59 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
         full["bytes_on_wire"], r["delta_bytes"]
     );
 
+    // status and dry runs on real volumes: they say what the next run
+    // does and change nothing; --config backs up one volume and reports
+    // the other that fails.
+    let op = results.join("operator");
+    let status = f.json(&op, "status");
+    let held = lines(&op, "owned-before.txt");
+    f.check(
+        held.len() == 1
+            && status["holds"]["snapshot"] == format!("lvmsynctest/{}", held[0])
+            && status["kind"] == "device"
+            && status["next_backup"]["kind"] == "incremental",
+        || format!("operator: status {status}, owned {held:?}"),
+    );
+    let dry = f.json(&op, "dryrun");
+    let bytes = dry["bytes"].as_u64().unwrap_or(0);
+    f.check(
+        dry["dry_run"] == true
+            && dry["kind"] == "incremental"
+            && dry["base"] == format!("lvmsynctest/{}", held.first().map_or("", |s| s.as_str()))
+            && dry["creates_snapshot"] == true
+            && dry["removes_after"]
+                == serde_json::json!(dry["base"].as_str().map(|b| vec![b]).unwrap_or_default())
+            && bytes > 0
+            && bytes < 8 << 20,
+        || format!("operator: backup -n {dry}"),
+    );
+    f.check(lines(&op, "owned-dryrun.txt") == held, || {
+        format!(
+            "operator: the dry run changed the snapshots: {:?}",
+            lines(&op, "owned-dryrun.txt")
+        )
+    });
+    f.same(&op, "copy-dryrun", "copy-before");
+    let rc = read_result(&op, "config.rc").trim().to_string();
+    let out = read_result(&op, "config.out");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let vols = doc["volumes"].as_array().cloned().unwrap_or_default();
+    f.check(
+        rc != "0"
+            && doc["exit_code"].to_string() == rc
+            && vols.len() == 2
+            && vols[0]["result"] == "ok"
+            && vols[0]["kind"] == "incremental"
+            && vols[0]["transfer"]["data_bytes"]
+                .as_u64()
+                .is_some_and(|d| d > 0 && d <= bytes)
+            && vols[1]["result"] == "failed",
+        || format!("operator: backup --config exit {rc}: {out}"),
+    );
+    f.same(&op, "copy-after", "snap-after");
+    f.check(lines(&op, "owned-after.txt").len() == 1, || {
+        format!("operator: owned after {:?}", lines(&op, "owned-after.txt"))
+    });
+
     f.assert_none(&log);
 }

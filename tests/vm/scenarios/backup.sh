@@ -288,3 +288,32 @@ step after "$LVMSYNC" backup --json --snapshot-size 48m "$VG/origin" /dev/$VG/co
 owned -after
 record_sum snap-after "/dev/$VG/$(newest_owned)"
 record_sum copy-after /dev/$VG/copy
+
+# ---------------------------------------------------------------- operator
+# What status and dry runs say on real volumes, and that they change
+# nothing; backup --config with a volume that works and one that does not.
+scenario_begin operator
+change /dev/$VG/origin 9
+owned -before
+record_sum copy-before /dev/$VG/copy
+step status "$LVMSYNC" status --json --origin "$VG/origin" /dev/$VG/copy
+step dryrun "$LVMSYNC" backup -n --json --snapshot-size 48m "$VG/origin" /dev/$VG/copy
+owned -dryrun
+record_sum copy-dryrun /dev/$VG/copy
+cat > "$SDIR/backup.toml" <<TOML
+[defaults]
+snapshot_size = "48m"
+
+[[volume]]
+origin = "$VG/origin"
+dest = "/dev/$VG/copy"
+
+[[volume]]
+origin = "$VG/no-such-lv"
+dest = "/tmp/nowhere.img"
+create = true
+TOML
+step config "$LVMSYNC" backup --json --config "$SDIR/backup.toml"
+owned -after
+record_sum snap-after "/dev/$VG/$(newest_owned)"
+record_sum copy-after /dev/$VG/copy

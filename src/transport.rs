@@ -848,6 +848,16 @@ impl Watchdog {
         }
     }
 
+    /// Something that says data went through, from another place.
+    pub fn ticker(&self) -> Box<dyn Fn() + Send> {
+        let last = self.last.clone();
+        Box::new(move || {
+            if let Ok(mut l) = last.lock() {
+                *l = Instant::now();
+            }
+        })
+    }
+
     /// Whether it stopped the apply.
     pub fn fired(&self) -> bool {
         self.stalled.load(std::sync::atomic::Ordering::SeqCst)

@@ -164,6 +164,10 @@ pub struct Shipping {
     pub json: bool,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Send at most RATE to DEST, smoothly: KiB per second (500), or
+    /// bytes per second with a unit (500k, 10M, 1G), as rsync reads it
+    #[arg(long, value_name = "RATE", value_parser = lvmsync::throttle::parse_rate)]
+    pub bwlimit: Option<u64>,
 }
 
 impl Shipping {
@@ -174,6 +178,7 @@ impl Shipping {
             force,
             progress: self.log.style(self.quiet),
             command,
+            bwlimit: self.bwlimit,
             ..self.remote.link()
         }
     }
@@ -236,6 +241,7 @@ impl RemoteShell {
             timeout: Duration::from_secs(self.timeout),
             progress: Style::Hidden,
             command: "verify",
+            bwlimit: None,
         }
     }
 }

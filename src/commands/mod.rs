@@ -22,7 +22,7 @@ use lvmsync::changes::ChangeSource;
 use lvmsync::progress::Style;
 use lvmsync::ship::Link;
 use lvmsync::stream::Compression;
-use lvmsync::units::parse_size;
+use lvmsync::units::{parse_duration, parse_size};
 
 /// The one JSON object a command prints on stdout when it fails and was
 /// asked for `--json`.
@@ -185,8 +185,9 @@ pub struct LogArgs {
     /// bar is drawn instead when stderr is a terminal and this is plain)
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
-    /// Seconds between progress lines when stderr is not a terminal
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Time between progress lines when stderr is not a terminal (90,
+    /// 90s, 5m, 1h; a plain number is seconds)
+    #[arg(long, value_name = "DURATION", default_value_t = 10, value_parser = parse_duration)]
     pub progress_every: u64,
 }
 
@@ -216,10 +217,11 @@ pub struct RemoteShell {
     /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
     #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
     pub remote_path: String,
-    /// Seconds to wait for the remote to log in, open DEST and answer; then,
-    /// while a delta is sent, for it to take more data; then, while it
-    /// syncs DEST, for it to say it is alive
-    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    /// How long to wait (90, 90s, 5m, 1h; a plain number is seconds) for
+    /// the remote to log in, open DEST and answer; then, while the delta is
+    /// sent, for it to take more data; then, while it syncs DEST, for it to
+    /// say it is alive
+    #[arg(long, value_name = "DURATION", default_value_t = 60, value_parser = parse_duration)]
     pub timeout: u64,
 }
 

@@ -11,6 +11,7 @@ mod archive;
 mod backup_cli;
 mod delta_cli;
 mod fixtures;
+mod help_cli;
 mod list_cli;
 mod mutation;
 mod safety;

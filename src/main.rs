@@ -39,6 +39,9 @@ pub struct Cli {
 enum Command {
     /// List the byte ranges of the origin that changed since SNAPSHOT was taken
     #[command(
+        override_usage = "lvmsync-rs list [OPTIONS] SNAPSHOT\n       \
+            lvmsync-rs list [OPTIONS] --cow PATH [--origin-size BYTES]\n       \
+            lvmsync-rs list [OPTIONS] --thin-metadata PATH --thin1 ID --thin2 ID [--origin-size BYTES]",
         after_help = "SNAPSHOT may be written vg/lv, /dev/vg/lv, /dev/mapper/vg-lv or a dm name.\n\
             Only the COW table (for a thin snapshot, the pool's metadata, through thin_delta) is \
             read, never the data.\n\n\
@@ -48,6 +51,9 @@ enum Command {
     List(commands::list::Args),
     /// Write the changes since SNAPSHOT was taken as a delta stream
     #[command(
+        override_usage = "lvmsync-rs send [OPTIONS] SNAPSHOT -o FILE|-\n       \
+            lvmsync-rs send [OPTIONS] --cow PATH --data-source PATH [--origin-size BYTES] -o FILE|-\n       \
+            lvmsync-rs send [OPTIONS] --thin-metadata PATH --thin1 ID --thin2 ID --data-source PATH -o FILE|-",
         after_help = "The changed extents come from the snapshot's COW table, or for a thin snapshot \
             from the pool's metadata; their data from the \
             origin (or --data-source), read now.\n\
@@ -70,6 +76,11 @@ enum Command {
     Apply(commands::apply::Args),
     /// Send the changes since SNAPSHOT was taken to DEST and apply them there, over ssh
     #[command(
+        override_usage = "lvmsync-rs sync [OPTIONS] SNAPSHOT DEST\n       \
+            lvmsync-rs sync --full [OPTIONS] SOURCE DEST\n       \
+            lvmsync-rs sync [OPTIONS] --cow PATH --data-source PATH DEST\n       \
+            lvmsync-rs sync [OPTIONS] --thin-metadata PATH --thin1 ID --thin2 ID --data-source PATH DEST\n       \
+            lvmsync-rs SNAPSHOT DEST",
         after_help = "DEST is [user@]host:PATH (applied on that host by `lvmsync-rs apply`, run \
             through ssh) or a local PATH (a PATH starting with / or ./ is local even with a `:`).\n\
             Nothing is written to a temporary file on either side. Before any data is sent, the \
@@ -99,6 +110,12 @@ enum Command {
     /// Compare SRC and DEST block by block (DEST here or over ssh); with
     /// --repair, send the blocks that differ
     #[command(
+        override_usage = "lvmsync-rs verify [OPTIONS] SRC DEST",
+        mut_arg("timeout", |a| a.help(
+            "How long to wait (90, 90s, 5m, 1h; a plain number is seconds) for the remote to \
+            log in, open DEST and answer; with --repair, also for it to take more of the \
+            repair delta, and to say it is alive while it syncs DEST"
+        )),
         after_help = "SRC is a block device, an LV or snapshot (vg/lv means /dev/vg/lv), or an \
             image file. DEST is a local \
             PATH or [user@]host:PATH (hashed on that host by `lvmsync-rs verify`, run through \
@@ -115,7 +132,7 @@ enum Command {
     Verify(commands::verify::Args),
     /// Show what a delta holds and check it, without writing anything
     #[command(
-        after_help = "DELTA may be `-` for stdin. Exits 1 if the delta is damaged or \
+        after_help = "DELTA may be `-` for stdin. Exits 5 if the delta is damaged or \
         incomplete, after showing what could be read."
     )]
     Inspect(commands::inspect::Args),

@@ -261,7 +261,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
                 monthly: keep_monthly,
             };
             if keep.is_empty() {
-                usage_error("say what to keep: --keep-last N, --keep-daily N, --keep-weekly N or --keep-monthly N");
+                usage_error("archive prune", "say what to keep: --keep-last N, --keep-daily N, --keep-weekly N or --keep-monthly N");
             }
             let archive = Archive::open(&archive, &store.options(), false)?;
             let mut all = Vec::new();

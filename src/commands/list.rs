@@ -72,7 +72,7 @@ struct JsonThinListing<'a> {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let source = args.changes.change_source(false, false);
+    let source = args.changes.change_source("list", false, false);
     let listing = changes::read(&source, None)?;
     let stdout = io::stdout().lock();
     let mut out = BufWriter::with_capacity(1 << 16, stdout);

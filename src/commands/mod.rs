@@ -40,10 +40,19 @@ pub fn print_failure(command: &str, e: &lvmsync::Error) {
     );
 }
 
-/// Exits as the argument parser does for a usage error (status 2).
-pub fn usage_error(message: &str) -> ! {
-    crate::Cli::command()
-        .error(clap::error::ErrorKind::ArgumentConflict, message)
+/// Exits as the argument parser does for a usage error (status 2), with
+/// the usage of `command` (a subcommand's name, or names: "archive prune").
+pub fn usage_error(command: &str, message: &str) -> ! {
+    let mut cli = crate::Cli::command();
+    // Built, the subcommands know their full names for the usage line.
+    cli.build();
+    let mut cmd = &mut cli;
+    for name in command.split_whitespace() {
+        cmd = cmd
+            .find_subcommand_mut(name)
+            .expect("usage_error names a subcommand");
+    }
+    cmd.error(clap::error::ErrorKind::ArgumentConflict, message)
         .exit()
 }
 
@@ -135,11 +144,11 @@ pub struct ChangeArgs {
 
 impl ChangeArgs {
     /// The change source named (see [`TableArgs::change_source`]); a
-    /// usage error ends the program.
-    pub fn change_source(self, reads_data: bool, data_source: bool) -> ChangeSource {
+    /// usage error of `command` ends the program.
+    pub fn change_source(self, command: &str, reads_data: bool, data_source: bool) -> ChangeSource {
         self.table
             .change_source(self.snapshot, reads_data, data_source)
-            .unwrap_or_else(|e| usage_error(&e))
+            .unwrap_or_else(|e| usage_error(command, &e))
     }
 }
 

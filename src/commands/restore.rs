@@ -41,7 +41,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let (volume, point) = restore::parse_spec(&args.volume).unwrap_or_else(|e| usage_error(&e));
+    let (volume, point) =
+        restore::parse_spec(&args.volume).unwrap_or_else(|e| usage_error("restore", &e));
     let started = Instant::now();
     let archive = Archive::open(&args.archive, &args.store.options(), false)?;
     let restored = restore::restore(

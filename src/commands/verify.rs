@@ -16,7 +16,7 @@ use super::{usage_error, LogArgs, RemoteShell};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// SRC, then DEST: [user@]host:PATH or a local PATH
-    #[arg(value_name = "SRC DEST", num_args = 1..=2, required = true)]
+    #[arg(value_names = ["SRC", "DEST"], num_args = 1..=2, required = true, action = clap::ArgAction::Set)]
     pub args: Vec<String>,
     /// Bytes per hashed block: a power of two from 4k to 64M; the
     /// differences are found to this granularity
@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
     let (src, dest) = match (args.args.as_slice(), args.remote_side) {
         ([path], true) => {
             let (Some(protocol), Some(src_size)) = (args.protocol, args.src_size) else {
-                usage_error("--remote-side takes one PATH")
+                usage_error("verify", "--remote-side takes one PATH")
             };
             remote::serve(&remote::Side {
                 path: path.into(),
@@ -64,9 +64,12 @@ pub fn run(args: Args) -> Result<bool, Error> {
             })?;
             return Ok(true);
         }
-        (_, true) => usage_error("--remote-side takes one PATH"),
+        (_, true) => usage_error("verify", "--remote-side takes one PATH"),
         ([src, dest], false) => (src, dest),
-        _ => usage_error("name SRC and DEST ([user@]host:PATH or a local PATH)"),
+        _ => usage_error(
+            "verify",
+            "name SRC and DEST ([user@]host:PATH or a local PATH)",
+        ),
     };
     let request = verify::Request {
         src: src.into(),

@@ -1,12 +1,134 @@
-//! What an operator reads and types: durations and sizes as people write
-//! them.
+//! What an operator reads and types: the usage lines of --help, and
+//! durations and sizes as people write them.
 
 use crate::common::images::{Change, Fill};
 use crate::common::{
-    assert_clean_failure, assert_usage_errors, json, run, s, scratch, script, stderr,
+    assert_clean_failure, assert_ok, assert_usage_errors, json, run, s, scratch, script, stderr,
+    stdout,
 };
 
 const MIB: usize = 1 << 20;
+
+/// The `Usage:` lines of a help text or usage error, each trimmed.
+fn usage_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Usage: ") {
+            inside = true;
+            lines.push(rest.trim().to_string());
+        } else if inside && line.starts_with("       ") {
+            lines.push(line.trim().to_string());
+        } else {
+            inside = false;
+        }
+    }
+    lines
+}
+
+#[test]
+fn usage_lines_name_each_form_of_a_command() {
+    let help = |args: &[&str]| {
+        let out = run(args);
+        assert_ok(&out);
+        stdout(&out)
+    };
+    let sync = help(&["sync", "--help"]);
+    assert_eq!(
+        usage_lines(&sync),
+        [
+            "lvmsync-rs sync [OPTIONS] SNAPSHOT DEST",
+            "lvmsync-rs sync --full [OPTIONS] SOURCE DEST",
+            "lvmsync-rs sync [OPTIONS] --cow PATH --data-source PATH DEST",
+            "lvmsync-rs sync [OPTIONS] --thin-metadata PATH --thin1 ID --thin2 ID --data-source PATH DEST",
+            "lvmsync-rs SNAPSHOT DEST",
+        ]
+    );
+    assert!(!sync.contains("..."), "no argument repeats: {sync}");
+    assert!(sync.contains("Copy all of SOURCE"), "{sync}");
+    let verify = help(&["verify", "--help"]);
+    assert_eq!(
+        usage_lines(&verify),
+        ["lvmsync-rs verify [OPTIONS] SRC DEST"]
+    );
+    assert!(!verify.contains("..."), "{verify}");
+    let list = help(&["list", "--help"]);
+    assert_eq!(
+        usage_lines(&list),
+        [
+            "lvmsync-rs list [OPTIONS] SNAPSHOT",
+            "lvmsync-rs list [OPTIONS] --cow PATH [--origin-size BYTES]",
+            "lvmsync-rs list [OPTIONS] --thin-metadata PATH --thin1 ID --thin2 ID [--origin-size BYTES]",
+        ]
+    );
+    let send = help(&["send", "--help"]);
+    assert_eq!(
+        usage_lines(&send)[0],
+        "lvmsync-rs send [OPTIONS] SNAPSHOT -o FILE|-"
+    );
+    assert!(usage_lines(&send)[1].contains("--cow PATH --data-source PATH"));
+
+    // --timeout: sync's help speaks of the delta sent; verify's of the
+    // comparison, and of the delta only with --repair.
+    let timeout = |help: &str| {
+        let at = help
+            .find("--timeout <DURATION>")
+            .expect("--timeout is listed");
+        help[at..].lines().next().unwrap().to_string()
+    };
+    assert!(
+        timeout(&sync).contains("then, while the delta is sent"),
+        "{}",
+        timeout(&sync)
+    );
+    assert!(
+        !timeout(&verify).contains("while the delta is sent"),
+        "{}",
+        timeout(&verify)
+    );
+    assert!(timeout(&verify).contains("with --repair"));
+}
+
+#[test]
+fn a_usage_error_found_after_parsing_shows_its_own_command() {
+    let c = Change::new(
+        scratch("help-send-usage"),
+        MIB,
+        4096,
+        3,
+        [(1, Fill::Random)],
+    );
+    let out = run(&[
+        "send",
+        "--cow",
+        s(&c.cow_path),
+        "--data-source",
+        s(&c.new_path),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("-o FILE, or -o - for stdout"), "{err}");
+    assert!(
+        usage_lines(&err)
+            .first()
+            .is_some_and(|l| l.starts_with("lvmsync-rs send ")),
+        "send's usage, not the top level's: {err}"
+    );
+    assert!(out.stdout.is_empty());
+    // sync --full names SOURCE, as its usage does.
+    let out = run(&["sync", "--full", s(&c.new_path)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("name a SOURCE and a DEST"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        usage_lines(&stderr(&out))[0].starts_with("lvmsync-rs sync "),
+        "{}",
+        stderr(&out)
+    );
+}
 
 #[test]
 fn durations_take_units_and_sizes_take_fractions() {

@@ -6,7 +6,7 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use lvmsync::error::Kind;
 use lvmsync::Error;
@@ -163,24 +163,84 @@ enum Command {
     Serve(commands::serve::Args),
 }
 
-/// Subcommands; any other first argument (a snapshot, or an option) means
-/// `sync`.
-const SUBCOMMANDS: &[&str] = &[
-    "list", "send", "apply", "inspect", "sync", "backup", "restore", "archive", "verify", "serve",
-    "help",
-];
+/// A first argument that is neither a subcommand nor an option, nor a
+/// snapshot that exists, but a subcommand mistyped.
+struct Typo {
+    word: String,
+    command: String,
+}
 
-/// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`.
-fn with_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+/// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`; a first
+/// argument that reads as a mistyped subcommand is refused instead.
+fn with_subcommand(mut args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, Typo> {
+    let mut names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    names.push("help".into());
     let implicit = match args.get(1).and_then(|a| a.to_str()) {
         Some("-h" | "--help" | "-V" | "--version") => false,
-        Some(a) => !SUBCOMMANDS.contains(&a),
+        Some(a) if names.iter().any(|n| n == a) => false,
+        Some(a) => {
+            if let Some(command) = mistyped(a, &names) {
+                return Err(Typo {
+                    word: a.to_string(),
+                    command,
+                });
+            }
+            true
+        }
         None => args.len() > 1,
     };
     if implicit {
         args.insert(1, "sync".into());
     }
-    args
+    Ok(args)
+}
+
+/// The subcommand `word` is a typo of: a word with no `/` or `:` (which a
+/// snapshot or DEST could have), not an option, naming no file here nor
+/// device-mapper device, within an edit or two of a subcommand's name.
+fn mistyped(word: &str, names: &[String]) -> Option<String> {
+    if word.is_empty() || word.starts_with('-') || word.contains(['/', ':']) {
+        return None;
+    }
+    let path = std::path::Path::new(word);
+    if path.exists() || std::path::Path::new("/dev/mapper").join(word).exists() {
+        return None;
+    }
+    let word = word.to_lowercase();
+    let close = |d: usize| d <= 1 || (d == 2 && word.chars().count() >= 5);
+    names
+        .iter()
+        .map(|n| (edit_distance(&word, n), n))
+        .filter(|&(d, _)| close(d))
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, n)| n.clone())
+}
+
+/// The edits (a character inserted, removed, replaced, or two neighbours
+/// swapped) that turn `a` into `b`: the optimal string alignment distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 impl Command {
@@ -227,7 +287,17 @@ enum Done {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(with_subcommand(std::env::args_os().collect()));
+    let args = match with_subcommand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(Typo { word, command }) => {
+            eprintln!(
+                "lvmsync-rs: error: unknown command '{}'; did you mean '{command}'?",
+                lvmsync::units::printable(&word)
+            );
+            return ExitCode::from(Kind::Usage.exit_code());
+        }
+    };
+    let cli = Cli::parse_from(args);
     let name = cli.command.name();
     let (json, prints_own) = cli.command.json();
     let as_done =

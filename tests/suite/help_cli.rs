@@ -1,10 +1,12 @@
-//! What an operator reads and types: the usage lines of --help, and
-//! durations and sizes as people write them.
+//! What an operator reads and types: the usage lines of --help, a
+//! mistyped subcommand, and durations and sizes as people write them.
+
+use std::fs;
 
 use crate::common::images::{Change, Fill};
 use crate::common::{
-    assert_clean_failure, assert_ok, assert_usage_errors, json, run, s, scratch, script, stderr,
-    stdout,
+    assert_clean_failure, assert_ok, assert_usage_errors, command, json, run, s, scratch, script,
+    stderr, stdout,
 };
 
 const MIB: usize = 1 << 20;
@@ -128,6 +130,52 @@ fn a_usage_error_found_after_parsing_shows_its_own_command() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_mistyped_subcommand_is_named_with_the_one_meant() {
+    let dir = scratch("help-typos");
+    for (word, meant) in [
+        ("lsit", "list"),
+        ("snyc", "sync"),
+        ("verfy", "verify"),
+        ("aply", "apply"),
+        ("LIST", "list"),
+        ("bakcup", "backup"),
+        ("restroe", "restore"),
+        ("archvie", "archive"),
+        ("inspcet", "inspect"),
+    ] {
+        let out = command()
+            .args([word, "vg/snap"])
+            .current_dir(&*dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{word}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out),
+            format!("lvmsync-rs: error: unknown command '{word}'; did you mean '{meant}'?\n")
+        );
+        assert!(out.stdout.is_empty(), "{word}");
+    }
+    // What could be a snapshot is still the shorthand for sync: a file or
+    // a path that exists, a name with '/' or ':', a word far from every
+    // subcommand.
+    fs::write(dir.join("lsit"), b"a file called lsit").unwrap();
+    for (args, needle) in [
+        (
+            &["lsit", "backup:/x"][..],
+            "lsit: no such device (/dev/mapper/lsit)",
+        ),
+        (&["snyc/x", "backup:/x"][..], "snyc/x: no such device"),
+        (
+            &["vg0", "backup:/x"][..],
+            "vg0: no such device (/dev/mapper/vg0)",
+        ),
+    ] {
+        let out = command().args(args).current_dir(&*dir).output().unwrap();
+        assert_clean_failure(&out, needle);
+    }
 }
 
 #[test]

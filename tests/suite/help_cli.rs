@@ -165,7 +165,7 @@ fn a_mistyped_subcommand_is_named_with_the_one_meant() {
     for (args, needle) in [
         (
             &["lsit", "backup:/x"][..],
-            "lsit: no such device (/dev/mapper/lsit)",
+            "lsit: a regular file, not an LVM snapshot",
         ),
         (&["snyc/x", "backup:/x"][..], "snyc/x: no such device"),
         (

@@ -351,19 +351,40 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
         "not an lvmsync-rs delta",
         0,
     );
+    // A newer version, and one no lvmsync-rs writes: a flipped bit of
+    // the version field is a damaged header, not a call for an upgrade.
     let mut other = good.clone();
-    other[8] = 99;
+    other[8] = 3;
     check_damaged(
         &f,
         &recs,
         "version",
         &other,
         &format!(
-            "delta format version 99, but this lvmsync-rs reads version {} only",
+            "delta format version 3, but this lvmsync-rs reads version {} only: it was written by a newer lvmsync-rs",
             stream::VERSION
         ),
         0,
     );
+    let mut flipped = good.clone();
+    flipped[10] ^= 1;
+    check_damaged(
+        &f,
+        &recs,
+        "version-bit",
+        &flipped,
+        "damaged header: its format version field reads 65538, which no lvmsync-rs writes",
+        0,
+    );
+    for (bytes, code) in [(&other, 4), (&flipped, 5)] {
+        let path = f.path("version-status.lvd");
+        fs::write(&path, bytes).unwrap();
+        let copy = f.copy_of_old("version-status.img");
+        for args in [vec!["apply", s(&path), s(&copy)], vec!["inspect", s(&path)]] {
+            let out = run(&args);
+            assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        }
+    }
     check_damaged(
         &f,
         &recs,
@@ -756,7 +777,7 @@ fn bad_arguments_are_refused() {
         (&["apply", delta, delta], "are the same file"),
         (
             &["apply", cow, copy_arg],
-            "not an lvmsync-rs delta: it starts with 53 6e 41 70",
+            "a dm-snapshot COW image, not a delta: list or send it with --cow; nothing was written",
         ),
         (
             &["apply", delta, "/dev/null"],
@@ -765,6 +786,7 @@ fn bad_arguments_are_refused() {
         // inspect
         (&["inspect", missing], no_such_file),
         (&["inspect", new], "not an lvmsync-rs delta"),
+        (&["inspect", cow], "a dm-snapshot COW image, not a delta"),
     ]);
     assert_usage_errors(&[
         (&["send", "--cow", cow, "--data-source", new], ""),

@@ -269,7 +269,7 @@ pub enum StreamError {
     DamagedPayload { index: u64, at: u64, reason: String },
     #[error("damaged END record at byte {at}: {reason}")]
     DamagedEnd { at: u64, reason: String },
-    #[error("the END record at byte {at} does not match the stream: it counts {claimed} {what}, the stream holds {found}")]
+    #[error("the END record at byte {at} does not match the stream: its count of {what} is {claimed}, the stream holds {found}")]
     EndMismatch {
         at: u64,
         what: &'static str,
@@ -278,7 +278,7 @@ pub enum StreamError {
     },
     #[error("the END record at byte {at} does not match the stream: the digest of the bytes before it differs, so the stream was altered")]
     DigestMismatch { at: u64 },
-    #[error("{extra} bytes follow the END record, which ends at byte {at}: a delta ends with its END record (two deltas joined, or garbage appended?)")]
+    #[error("{} {} the END record, which ends at byte {at}: a delta ends with its END record (two deltas joined, or garbage appended?)", crate::units::counted(*.extra, "byte"), if *.extra == 1 { "follows" } else { "follow" })]
     TrailingData { at: u64, extra: u64 },
     #[error("read error at byte {at}: {source}")]
     Read { at: u64, source: io::Error },
@@ -1265,8 +1265,13 @@ pub fn check_record(
             truncated()
         } else {
             bad(format!(
-                "{} bytes follow its header, its payload is {}",
-                payload.len(),
+                "{} {} its header, its payload is {}",
+                crate::units::counted(payload.len() as u64, "byte"),
+                if payload.len() == 1 {
+                    "follows"
+                } else {
+                    "follow"
+                },
                 head.stored
             ))
         });

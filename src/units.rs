@@ -98,6 +98,25 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// A count and its noun, singular for 1: `1 record`, `2 records`,
+/// `0 entries` (a noun ending in `y` ends in `ies`).
+pub fn counted(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {noun}s"),
+    }
+}
+
+/// `was` for one, `were` for any other count.
+pub fn were(n: u64) -> &'static str {
+    if n == 1 {
+        "was"
+    } else {
+        "were"
+    }
+}
+
 /// `1.5 GiB` style, for messages.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -205,6 +224,16 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(counted(1, "record"), "1 record");
+        assert_eq!(counted(0, "record"), "0 records");
+        assert_eq!(counted(2, "entry"), "2 entries");
+        assert_eq!(counted(1, "entry"), "1 entry");
+        assert_eq!(were(1), "was");
+        assert_eq!(were(3), "were");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use lvmsync::backup::{self, Outcome};
 use lvmsync::snapshots::{SnapshotSize, DEFAULT_SNAPSHOT_SIZE};
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
 use super::{Shipping, StoreArgs};
@@ -75,13 +75,13 @@ pub fn run(args: Args) -> Result<(), Error> {
     if result.is_ok() && !quiet {
         let t = &outcome.transfer;
         let mut line = format!(
-            "lvmsync-rs backup: {} now holds {} ({}): {} of data and {} of zeroes in {} records, {} bytes ({}) sent in {:.1} s",
+            "lvmsync-rs backup: {} now holds {} ({}): {} of data and {} of zeroes in {}, {} bytes ({}) sent in {:.1} s",
             args.dest,
             outcome.snapshot.as_deref().unwrap_or("?"),
             outcome.kind.as_deref().unwrap_or("?"),
             human(t.data_bytes),
             human(t.zero_bytes),
-            t.records,
+            counted(t.records, "record"),
             t.bytes_on_wire,
             human(t.bytes_on_wire),
             t.seconds,

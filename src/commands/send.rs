@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use lvmsync::send::{self, Delta, Output};
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
 use super::{usage_error, ChangeArgs, Compress, LogArgs};
@@ -79,8 +79,8 @@ pub fn run(args: Args) -> Result<(), Error> {
         return Ok(());
     }
     eprintln!(
-        "lvmsync-rs send: {} records from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}) to {}",
-        written.totals.records,
+        "lvmsync-rs send: {} from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}) to {}",
+        counted(written.totals.records, "record"),
         delta.name,
         human(written.totals.data_bytes),
         human(written.totals.zero_bytes),

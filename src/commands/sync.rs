@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use lvmsync::ship::Transfer;
 use lvmsync::sync::{self, What};
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
 use super::{usage_error, Shipping, TableArgs};
@@ -109,8 +109,8 @@ pub fn run(args: Args) -> Result<(), Error> {
             );
         }
         eprintln!(
-            "lvmsync-rs sync: {} records from {}: {} of data and {} of zeroes, sent as a delta of {} bytes ({}) in {:.1} s ({}/s) to {dest}, applied and checked there; the copy is synced",
-            transfer.records,
+            "lvmsync-rs sync: {} from {}: {} of data and {} of zeroes, sent as a delta of {} bytes ({}) in {:.1} s ({}/s) to {dest}, applied and checked there; the copy is synced",
+            counted(transfer.records, "record"),
             transfer.source.as_deref().unwrap_or("?"),
             human(transfer.data_bytes),
             human(transfer.zero_bytes),

@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 
 use lvmsync::ship::Link;
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::verify::{self, remote, Comparison};
 use lvmsync::Error;
 
@@ -121,12 +121,17 @@ fn print_text(r: &Comparison) -> io::Result<()> {
     if r.src_size != r.dest_size {
         writeln!(
             out,
-            "sizes differ: the last {} bytes of {} count as a difference",
-            r.src_size.abs_diff(r.dest_size),
+            "sizes differ: the last {} of {} {} as a difference",
+            counted(r.src_size.abs_diff(r.dest_size), "byte"),
             if r.src_size > r.dest_size {
                 "SRC"
             } else {
                 "DEST"
+            },
+            if r.src_size.abs_diff(r.dest_size) == 1 {
+                "counts"
+            } else {
+                "count"
             }
         )?;
     }
@@ -160,16 +165,15 @@ fn print_text(r: &Comparison) -> io::Result<()> {
     let n = r.differences.len();
     writeln!(
         out,
-        "differ: {} bytes ({}) in {n} range{}; {read}{wire}",
-        r.differing_bytes,
+        "differ: {} ({}) in {}; {read}{wire}",
+        counted(r.differing_bytes, "byte"),
         human(r.differing_bytes),
-        if n == 1 { "" } else { "s" }
+        counted(n as u64, "range")
     )?;
     if let Some(p) = &r.repaired {
         let mut line = format!(
-            "repaired: {} record{} ({} of data, {} of zeroes) sent as a delta of {} bytes ({}), applied to {} and checked",
-            p.records,
-            if p.records == 1 { "" } else { "s" },
+            "repaired: {} ({} of data, {} of zeroes) sent as a delta of {} bytes ({}), applied to {} and checked",
+            counted(p.records, "record"),
             human(p.data_bytes),
             human(p.zero_bytes),
             p.delta_bytes,
@@ -193,8 +197,13 @@ fn print_text(r: &Comparison) -> io::Result<()> {
         } else {
             writeln!(
                 out,
-                "DEST is a block device larger than SRC: its last {} bytes remain",
-                p.dest_size_after - r.src_size
+                "DEST is a block device larger than SRC: its last {} {}",
+                counted(p.dest_size_after - r.src_size, "byte"),
+                if p.dest_size_after - r.src_size == 1 {
+                    "remains"
+                } else {
+                    "remain"
+                }
             )?;
         }
     }

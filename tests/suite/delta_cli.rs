@@ -303,6 +303,10 @@ fn check_damaged(f: &Fixture, recs: &[Rec], name: &str, bytes: &[u8], needle: &s
     } else {
         assert!(
             stderr.contains(&format!("{k} record{} (", if k == 1 { "" } else { "s" }))
+                && stderr.contains(&format!(
+                    ") {} applied to",
+                    if k == 1 { "was" } else { "were" }
+                ))
                 && stderr.contains("applying an intact copy of the whole delta completes the job"),
             "{name}: {stderr}"
         );
@@ -524,7 +528,7 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
         &recs,
         "end-count",
         &with_end(&miscount, stream::digest(body)),
-        &format!("it counts {} records, the stream holds {n}", n + 1),
+        &format!("its count of records is {}, the stream holds {n}", n + 1),
         n,
     );
     check_damaged(
@@ -543,6 +547,16 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
         "trailing",
         &trailing,
         "4 bytes follow the END record",
+        n,
+    );
+    let mut one_more = good.clone();
+    one_more.push(0);
+    check_damaged(
+        &f,
+        &recs,
+        "trailing-byte",
+        &one_more,
+        "1 byte follows the END record",
         n,
     );
 

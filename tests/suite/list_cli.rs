@@ -260,4 +260,14 @@ fn a_regular_file_named_as_a_snapshot_is_called_one() {
     let out = in_dir(&["list", "--cow", "snap.cow", "--origin-size", "64k"]);
     assert_ok(&out);
     assert!(stdout(&out).contains("in 2 extents"), "{}", stdout(&out));
+    // One of each, in the singular.
+    image(&dir, "one.cow", 4096, &[1]);
+    let out = in_dir(&["list", "--cow", "one.cow", "--origin-size", "64k"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("table:       1 entry in 1 metadata area\n"),
+        "{text}"
+    );
+    assert!(text.contains(") in 1 extent\n"), "{text}");
 }

@@ -19,16 +19,7 @@ use lvmsync::Error;
     long_about = "Ship the changes of LVM snapshots to a backup copy, checked end to end.\n\n\
         lvmsync-rs reads the kernel's record of which chunks changed since a snapshot \
         was taken, so the cost of a sync grows with the changed data, not with the device.",
-    after_help = concat!(
-        "`lvmsync-rs SNAPSHOT [user@]host:DEST` is short for `lvmsync-rs sync SNAPSHOT [user@]host:DEST`.\n\n",
-        "Exit status: 0 success; 1 failed (an I/O error, a tool that failed); 2 usage error; ",
-        "3 the copies differ (verify) or the archive is damaged (archive check); 4 refused, nothing written ",
-        "(another base, a device in use, another writer, DEST too small, a restricted far end, no such point); ",
-        "5 a damaged delta, archive object or report; 6 the far end or the object store cannot be reached; ",
-        "7 a transfer cut or stalled midway (the same command completes it); 8 the snapshot or change table ",
-        "cannot be read as asked (not a snapshot, invalidated, merging). With --json, a failure prints ",
-        "{\"result\": \"failed\", \"error\", \"error_kind\", \"exit_code\"} on stdout."
-    )
+    after_help = after_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -161,7 +152,40 @@ enum Command {
             under a prefix in /dev. Anything else is refused with one line."
     )]
     Serve(commands::serve::Args),
+    /// Print the shell completion script for bash, zsh or fish on stdout
+    #[command(after_help = "Examples:\n  \
+            lvmsync-rs completions bash > /etc/bash_completion.d/lvmsync-rs\n  \
+            lvmsync-rs completions zsh > /usr/local/share/zsh/site-functions/_lvmsync-rs\n  \
+            lvmsync-rs completions fish > /etc/fish/completions/lvmsync-rs.fish")]
+    Completions(commands::man::CompletionArgs),
+    /// Write the manual pages: lvmsync-rs.1 and one page per subcommand
+    #[command(
+        after_help = "Without DIR, the main page (lvmsync-rs.1) is printed on stdout. With DIR \
+            (created if missing), lvmsync-rs.1 and a page per subcommand (lvmsync-rs-sync.1, \
+            lvmsync-rs-archive-prune.1, ...) are written there, each replaced whole.\n\n\
+            Examples:\n  lvmsync-rs man | man -l -\n  \
+            lvmsync-rs man /usr/local/share/man/man1"
+    )]
+    Man(commands::man::ManArgs),
 }
+
+/// The text after the options in `lvmsync-rs --help`: the shorthand for
+/// sync, the exit statuses, and what `--json` prints on failure.
+fn after_help() -> String {
+    let mut text = format!("{SHORTHAND}\n\nExit status, and error_kind with --json:\n");
+    for (code, kind, what) in commands::man::exit_statuses() {
+        text.push_str(&format!("  {code}  {:<12} {what}\n", kind.unwrap_or("")));
+    }
+    text.push('\n');
+    text.push_str(JSON_FAILURE);
+    text
+}
+
+const SHORTHAND: &str =
+    "`lvmsync-rs SNAPSHOT [user@]host:DEST` is short for `lvmsync-rs sync SNAPSHOT [user@]host:DEST`.";
+
+const JSON_FAILURE: &str = "With --json, a failure prints {\"result\": \"failed\", \"error\", \
+    \"error_kind\", \"exit_code\"} on stdout.";
 
 /// A first argument that is neither a subcommand nor an option, nor a
 /// snapshot that exists, but a subcommand mistyped.
@@ -257,6 +281,8 @@ impl Command {
             Command::Restore(_) => "restore",
             Command::Archive(_) => "archive",
             Command::Serve(_) => "serve",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
     }
 
@@ -273,7 +299,7 @@ impl Command {
             Command::Inspect(a) => (a.json, true),
             Command::Restore(a) => (a.json, false),
             Command::Archive(a) => (a.json(), false),
-            Command::Serve(_) => (false, false),
+            Command::Serve(_) | Command::Completions(_) | Command::Man(_) => (false, false),
         }
     }
 }
@@ -313,6 +339,8 @@ fn main() -> ExitCode {
         Command::Restore(args) => commands::restore::run(args).map(|()| Done::Ok),
         Command::Archive(args) => as_done(commands::archive::run(args)),
         Command::Serve(args) => as_done(commands::serve::run(args)),
+        Command::Completions(args) => commands::man::completions(args).map(|()| Done::Ok),
+        Command::Man(args) => commands::man::man(args).map(|()| Done::Ok),
     };
     match result {
         Ok(Done::Ok) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod archive;
 pub mod backup;
 pub mod inspect;
 pub mod list;
+pub mod man;
 pub mod restore;
 pub mod send;
 pub mod serve;

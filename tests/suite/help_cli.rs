@@ -1,7 +1,10 @@
 //! What an operator reads and types: the usage lines of --help, a
-//! mistyped subcommand, and durations and sizes as people write them.
+//! mistyped subcommand, durations and sizes as people write them, and the
+//! manual pages and shell completions made from the same definitions.
 
+use std::collections::BTreeSet;
 use std::fs;
+use std::process::Command;
 
 use crate::common::images::{Change, Fill};
 use crate::common::{
@@ -303,4 +306,185 @@ fn durations_take_units_and_sizes_take_fractions() {
         new,
     ]));
     assert_eq!(verified["block_size"], 512 * 1024);
+}
+
+/// The subcommands `lvmsync-rs --help` lists (but help).
+fn subcommands() -> Vec<String> {
+    let out = run(&["--help"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    let list = text
+        .split("Commands:\n")
+        .nth(1)
+        .expect("--help lists the commands");
+    let names: Vec<String> = list
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|&n| n != "help")
+        .map(String::from)
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    names
+}
+
+/// Whether groff is installed, to format pages with.
+fn groff() -> bool {
+    Command::new("groff").arg("--version").output().is_ok()
+}
+
+/// Checks one page: its title and sections; formatted by groff when it is
+/// installed, which must not warn.
+#[track_caller]
+fn check_page(name: &str, text: &str) {
+    let title = name
+        .strip_suffix(".1")
+        .unwrap()
+        .to_uppercase()
+        .replace('-', "\\-");
+    assert!(
+        text.contains(&format!(".TH {title} 1 ")),
+        "{name}: no title line {title}"
+    );
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH DESCRIPTION",
+        ".SH \"SEE ALSO\"",
+    ] {
+        assert!(text.contains(section), "{name}: no {section}");
+    }
+    if groff() {
+        let dir = scratch(&format!("help-groff-{name}"));
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        let out = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{name}: groff: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn man_pages_are_made_for_every_subcommand() {
+    let dir = scratch("help-man");
+    let pages = dir.join("man1");
+    let out = run(&["man", s(&pages)]);
+    assert_ok(&out);
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("wrote lvmsync-rs.1"),
+        "{}",
+        stderr(&out)
+    );
+    let written: BTreeSet<String> = fs::read_dir(&pages)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut want: BTreeSet<String> = subcommands()
+        .iter()
+        .map(|c| format!("lvmsync-rs-{c}.1"))
+        .collect();
+    want.insert("lvmsync-rs.1".into());
+    for sub in ["list", "check", "prune"] {
+        want.insert(format!("lvmsync-rs-archive-{sub}.1"));
+    }
+    assert_eq!(written, want);
+    for name in &written {
+        check_page(name, &fs::read_to_string(pages.join(name)).unwrap());
+    }
+    // The main page: every exit status, and each subcommand's page named.
+    let main = fs::read_to_string(pages.join("lvmsync-rs.1")).unwrap();
+    let exit = main
+        .split(".SH \"EXIT STATUS\"")
+        .nth(1)
+        .expect("an EXIT STATUS section");
+    let exit = exit.split("\n.SH ").next().unwrap();
+    for status in [
+        "0",
+        "1 (failed)",
+        "2 (usage)",
+        "3 (differ)",
+        "4 (refused)",
+        "5 (damaged)",
+        "6 (unreachable)",
+        "7 (interrupted)",
+        "8 (source)",
+    ] {
+        assert!(
+            exit.contains(&format!(".TP\n{status}\n")),
+            "{status} in {exit}"
+        );
+    }
+    for sub in subcommands() {
+        assert!(main.contains(&format!("lvmsync\\-rs\\-{sub}(1)")), "{sub}");
+    }
+    // A subcommand's page: its forms, its options, its examples.
+    let sync = fs::read_to_string(pages.join("lvmsync-rs-sync.1")).unwrap();
+    assert!(
+        sync.contains("\\fBlvmsync\\-rs sync\\fR \\-\\-full [OPTIONS] SOURCE DEST"),
+        "{sync}"
+    );
+    assert!(sync.contains("\\-\\-timeout"), "{sync}");
+    assert!(sync.contains(".nf\nlvmsync\\-rs vg/root\\-snap backup:/dev/vg/root\\-copy\n"));
+    // Without DIR: the main page on stdout, as the file holds it.
+    let out = run(&["man"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), main);
+    // A DIR that cannot be made.
+    let file = dir.join("file");
+    fs::write(&file, b"x").unwrap();
+    assert_clean_failure(&run(&["man", s(&file.join("man1"))]), "cannot create");
+}
+
+#[test]
+fn shell_completions_know_the_subcommands() {
+    let dir = scratch("help-completions");
+    let out = run(&["completions", "bash"]);
+    assert_ok(&out);
+    let bash = stdout(&out);
+    for sub in subcommands() {
+        assert!(bash.contains(&sub), "{sub} in the bash completion");
+    }
+    let path = dir.join("lvmsync-rs.bash");
+    fs::write(&path, &bash).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(check.status.success(), "bash -n: {}", stderr(&check));
+    // Completing in bash, as the Tab key does.
+    let complete = |words: &str| {
+        let script = format!(
+            "source {}\nCOMP_WORDS=({words})\nCOMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+             _lvmsync__rs lvmsync-rs \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            s(&path)
+        );
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{words}: {}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(complete("lvmsync-rs ver").trim(), "verify");
+    // Past a subcommand too (clap_complete's own script completes nothing
+    // there for a program whose name has a '-').
+    assert_eq!(complete("lvmsync-rs sync --ful").trim(), "--full");
+    assert_eq!(
+        complete("lvmsync-rs archive prune --keep-l").trim(),
+        "--keep-last"
+    );
+    for (shell, start) in [
+        ("zsh", "#compdef lvmsync-rs"),
+        ("fish", "complete -c lvmsync-rs"),
+    ] {
+        let out = run(&["completions", shell]);
+        assert_ok(&out);
+        assert!(stdout(&out).contains(start), "{shell}");
+        assert!(stdout(&out).contains("verify"), "{shell}");
+    }
+    assert_usage_errors(&[(&["completions", "tcsh"], "possible values: bash, zsh, fish")]);
 }

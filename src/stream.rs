@@ -32,6 +32,11 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3Default};
 pub const MAGIC: [u8; 8] = [0x89, b'L', b'V', b'M', b'S', b'D', b'\r', b'\n'];
 /// The format version this code writes and the only one it reads.
 pub const VERSION: u32 = 2;
+
+/// How far past [`VERSION`] a delta's version may be and still be taken
+/// for one a newer lvmsync-rs wrote: a version further on (a flipped high
+/// bit: 65538) is a damaged header.
+pub const PLAUSIBLE_NEWER_VERSIONS: u32 = 64;
 /// Largest encoded header accepted, in bytes.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Largest extent one record covers. Bounds the memory a reader needs (one
@@ -244,8 +249,14 @@ pub enum StreamError {
     Empty,
     #[error("not an lvmsync-rs delta: it starts with {found} (a delta starts with 89 4c 56 4d 53 44 0d 0a)")]
     NotADelta { found: String },
-    #[error("delta format version {found}, but this lvmsync-rs reads version {known} only; use an lvmsync-rs that knows version {found}")]
-    UnknownVersion { found: u32, known: u32 },
+    #[error("a dm-snapshot COW image, not a delta: list or send it with --cow")]
+    CowImage,
+    #[error("delta format version {found}, but this lvmsync-rs reads version {known} only: it was written by {by} lvmsync-rs; use one that knows version {found}")]
+    UnknownVersion {
+        found: u32,
+        known: u32,
+        by: &'static str,
+    },
     #[error("truncated: the delta ends at byte {at}, {context}")]
     Truncated { at: u64, context: String },
     #[error("damaged header: {reason}")]
@@ -258,7 +269,7 @@ pub enum StreamError {
     DamagedPayload { index: u64, at: u64, reason: String },
     #[error("damaged END record at byte {at}: {reason}")]
     DamagedEnd { at: u64, reason: String },
-    #[error("the END record at byte {at} does not match the stream: it counts {claimed} {what}, the stream holds {found}")]
+    #[error("the END record at byte {at} does not match the stream: its count of {what} is {claimed}, the stream holds {found}")]
     EndMismatch {
         at: u64,
         what: &'static str,
@@ -267,7 +278,7 @@ pub enum StreamError {
     },
     #[error("the END record at byte {at} does not match the stream: the digest of the bytes before it differs, so the stream was altered")]
     DigestMismatch { at: u64 },
-    #[error("{extra} bytes follow the END record, which ends at byte {at}: a delta ends with its END record (two deltas joined, or garbage appended?)")]
+    #[error("{} {} the END record, which ends at byte {at}: a delta ends with its END record (two deltas joined, or garbage appended?)", crate::units::counted(*.extra, "byte"), if *.extra == 1 { "follows" } else { "follow" })]
     TrailingData { at: u64, extra: u64 },
     #[error("read error at byte {at}: {source}")]
     Read { at: u64, source: io::Error },
@@ -837,6 +848,9 @@ impl<R: Read> Reader<R> {
         if n == 0 {
             return Err(StreamError::Empty);
         }
+        if n >= 4 && LittleEndian::read_u32(&pre[..4]) == crate::cow::SNAP_MAGIC {
+            return Err(StreamError::CowImage);
+        }
         if pre[..magic_len] != MAGIC[..magic_len] {
             return Err(StreamError::NotADelta {
                 found: hex(&pre[..magic_len]),
@@ -849,10 +863,22 @@ impl<R: Read> Reader<R> {
             });
         }
         let version = LittleEndian::read_u32(&pre[8..12]);
+        if version == 0 || version > VERSION + PLAUSIBLE_NEWER_VERSIONS {
+            return Err(StreamError::DamagedHeader {
+                reason: format!(
+                    "its format version field reads {version}, which no lvmsync-rs writes (this one writes version {VERSION})"
+                ),
+            });
+        }
         if version != VERSION {
             return Err(StreamError::UnknownVersion {
                 found: version,
                 known: VERSION,
+                by: if version > VERSION {
+                    "a newer"
+                } else {
+                    "an older"
+                },
             });
         }
         if n < PREAMBLE_LEN {
@@ -1239,8 +1265,13 @@ pub fn check_record(
             truncated()
         } else {
             bad(format!(
-                "{} bytes follow its header, its payload is {}",
-                payload.len(),
+                "{} {} its header, its payload is {}",
+                crate::units::counted(payload.len() as u64, "byte"),
+                if payload.len() == 1 {
+                    "follows"
+                } else {
+                    "follow"
+                },
                 head.stored
             ))
         });
@@ -1441,12 +1472,34 @@ mod tests {
     fn versions_and_magic_are_checked_first() {
         let w = Writer::new(Vec::new(), &header(4096, Compression::Lz4)).unwrap();
         let (mut bytes, _, _) = w.finish().unwrap();
-        bytes[8] = 99;
+        bytes[8] = 9;
         let err = read_all(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("delta format version 99, but this lvmsync-rs reads version {VERSION} only; use an lvmsync-rs that knows version 99")
+            format!("delta format version 9, but this lvmsync-rs reads version {VERSION} only: it was written by a newer lvmsync-rs; use one that knows version 9")
         );
+        bytes[8] = 1;
+        let err = read_all(&bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("written by an older lvmsync-rs"),
+            "{err}"
+        );
+        // A version no lvmsync-rs writes: a bit of the header flipped.
+        for version in [0, VERSION + PLAUSIBLE_NEWER_VERSIONS + 1, VERSION | 1 << 16] {
+            bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            let err = read_all(&bytes).unwrap_err();
+            assert!(
+                matches!(err, StreamError::DamagedHeader { .. }),
+                "{version}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("its format version field reads {version}")),
+                "{err}"
+            );
+        }
+        let err = read_all(b"SnAp\x01\0\0\0\x01\0\0\0\x08\0\0\0").unwrap_err();
+        assert!(matches!(err, StreamError::CowImage), "{err}");
         let err = read_all(b"#!/bin/sh\n").unwrap_err();
         assert!(err.to_string().contains("not an lvmsync-rs delta"), "{err}");
         assert!(matches!(read_all(b""), Err(StreamError::Empty)));

@@ -121,7 +121,7 @@ pub enum TransportError {
     },
     #[error("{host}: the apply ended without reporting what it applied ({status}); run the same command again")]
     NoReport { host: String, status: String },
-    #[error("{host}: the apply reports {what} {applied}, but {sent} were sent; run the same command again")]
+    #[error("{host}: the apply reports {what} {applied}, but the sender sent {sent}; run the same command again")]
     ReportMismatch {
         host: String,
         what: &'static str,

@@ -35,9 +35,9 @@ pub fn run(args: Args) -> Result<bool, Error> {
             a.dest = restriction.check(&a.dest, a.create)?;
             super::apply::run(a).map(|()| true)
         }
-        Command::Verify(mut v) if v.remote_side && !v.repair && v.args.len() == 1 => {
-            let path = restriction.check(&PathBuf::from(&v.args[0]), false)?;
-            v.args[0] = path.display().to_string();
+        Command::Verify(mut v) if v.remote_side && !v.repair && v.dest.is_none() => {
+            let path = restriction.check(&PathBuf::from(&v.src), false)?;
+            v.src = path.display().to_string();
             super::verify::run(v)
         }
         Command::Status(mut s) if s.remote_side => {

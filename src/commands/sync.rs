@@ -14,11 +14,13 @@ use super::{usage_error, Shipping, TableArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// SNAPSHOT (a classic or thin LVM snapshot; with --full, SOURCE; none
-    /// with --cow or --thin-metadata), then DEST: [user@]host:PATH or a
-    /// local PATH
-    #[arg(value_names = ["SNAPSHOT", "DEST"], num_args = 1..=2, required = true, action = clap::ArgAction::Set)]
-    pub args: Vec<String>,
+    /// A classic or thin LVM snapshot (with --full, SOURCE: any device or
+    /// image); with --cow or --thin-metadata, DEST alone is named
+    #[arg(value_name = "SNAPSHOT", required = true)]
+    pub snapshot: String,
+    /// [user@]host:PATH, or a local PATH
+    #[arg(value_name = "DEST")]
+    pub dest: Option<String>,
     /// Copy all of SOURCE (any device or image, a snapshot included)
     /// instead of a snapshot's changes: the first copy (the seed). Blocks
     /// of zeroes go as ZERO records, without data
@@ -42,9 +44,16 @@ pub struct Args {
     pub dry_run: bool,
 }
 
+/// SNAPSHOT and DEST as given: one name or two.
+fn names(args: &Args) -> Vec<String> {
+    std::iter::once(args.snapshot.clone())
+        .chain(args.dest.clone())
+        .collect()
+}
+
 pub fn run(args: Args) -> Result<(), Error> {
     let table = args.table.names_a_table();
-    let (snapshot, dest) = match (args.args.as_slice(), table) {
+    let (snapshot, dest) = match (names(&args).as_slice(), table) {
         ([src, dest], false) if args.full => (src.clone(), dest.clone()),
         ([dest], true) => (String::new(), dest.clone()),
         (_, true) if args.data_source.is_none() => usage_error(

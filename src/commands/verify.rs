@@ -15,9 +15,12 @@ use super::{usage_error, LogArgs, RemoteShell};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// SRC, then DEST: [user@]host:PATH or a local PATH
-    #[arg(value_names = ["SRC", "DEST"], num_args = 1..=2, required = true, action = clap::ArgAction::Set)]
-    pub args: Vec<String>,
+    /// A block device, LV or snapshot (vg/lv), or an image file
+    #[arg(value_name = "SRC", required = true)]
+    pub src: String,
+    /// [user@]host:PATH, or a local PATH
+    #[arg(value_name = "DEST")]
+    pub dest: Option<String>,
     /// Bytes per hashed block: a power of two from 4k to 64M; the
     /// differences are found to this granularity
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = verify::parse_block_size)]
@@ -54,8 +57,16 @@ pub struct Args {
 }
 
 /// Compares; `Ok(true)` when SRC and DEST are identical at the end.
+/// SRC and DEST as given: one name or two.
+fn names(args: &Args) -> Vec<String> {
+    std::iter::once(args.src.clone())
+        .chain(args.dest.clone())
+        .collect()
+}
+
 pub fn run(args: Args) -> Result<bool, Error> {
-    let (src, dest) = match (args.args.as_slice(), args.remote_side) {
+    let names = names(&args);
+    let (src, dest) = match (names.as_slice(), args.remote_side) {
         ([path], true) => {
             let (Some(protocol), Some(src_size)) = (args.protocol, args.src_size) else {
                 usage_error("verify", "--remote-side takes one PATH")

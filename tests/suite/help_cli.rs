@@ -488,3 +488,24 @@ fn shell_completions_know_the_subcommands() {
     }
     assert_usage_errors(&[(&["completions", "tcsh"], "possible values: bash, zsh, fish")]);
 }
+
+/// Options may come between the two names, as people type them: the
+/// second name is DEST, not a repeated first argument.
+#[test]
+fn options_between_the_two_names_are_read() {
+    let dir = scratch("between");
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    fs::write(&a, vec![7u8; 64 * 1024]).unwrap();
+    fs::write(&b, vec![7u8; 64 * 1024]).unwrap();
+    let out = run(&["verify", s(&a), "--block-size", "4k", s(&b)]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("identical"), "{}", stdout(&out));
+    // sync with --data-source between SNAPSHOT and DEST gets past the
+    // parser to the snapshot, which does not exist here.
+    let out = run(&["sync", "no-such-snap", "--data-source", s(&a), s(&b)]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-snap"), "{}", stderr(&out));
+    // Three names are still one too many.
+    let out = run(&["verify", s(&a), s(&b), s(&a)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

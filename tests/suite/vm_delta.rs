@@ -30,12 +30,13 @@ fn a_backup_updated_through_a_delta_equals_its_source() {
         "file: the origin was not changed, the test proves nothing".into()
     });
 
-    // Onto a device smaller than the origin: refused, nothing written.
+    // Onto a device smaller than the origin: refused (exit 4), nothing
+    // written.
     let small = results.join("toosmall");
     let rc = read_result(&small, "apply.rc");
-    f.check(rc.trim() == "1", || {
+    f.check(rc.trim() == "4", || {
         format!(
-            "toosmall: apply onto a smaller device: exit {:?} (expected 1): {}",
+            "toosmall: apply onto a smaller device: exit {:?} (expected 4, refused): {}",
             rc.trim(),
             read_result(&small, "apply.err").trim()
         )

@@ -193,16 +193,23 @@ fn check_refused(s: &Scenario, runs: &[(String, i32, String, String)], failures:
         "merging-active" => "",
         _ => "",
     };
+    // A snapshot that cannot be read as asked is exit 8 ("source"); with
+    // --json, stdout carries the same one-line error as a failure object.
     for (tag, rc, out, err) in runs {
         let one_line = err.trim_end().lines().count() == 1;
-        if *rc != 1
-            || !out.is_empty()
-            || !one_line
-            || !err.starts_with("lvmsync-rs: error: ")
-            || !err.contains(reason)
-        {
+        let message = err
+            .trim_end()
+            .strip_prefix("lvmsync-rs: error: ")
+            .unwrap_or_default();
+        let json_agrees = serde_json::from_str::<serde_json::Value>(out).is_ok_and(|v| {
+            v["result"] == "failed"
+                && v["error_kind"] == "source"
+                && v["exit_code"] == 8
+                && v["error"] == message
+        });
+        if *rc != 8 || !json_agrees || !one_line || message.is_empty() || !err.contains(reason) {
             failures.fail(format!(
-                "{name} [{tag}]: expected exit 1 and one line saying {reason:?}; got exit {rc}, stdout {out:?}, stderr {err:?}"
+                "{name} [{tag}]: expected exit 8, one line saying {reason:?} and the same error as JSON; got exit {rc}, stdout {out:?}, stderr {err:?}"
             ));
         }
     }

@@ -116,7 +116,7 @@ impl Failures {
             || err.contains("panicked")
         {
             self.fail(format!(
-                "{}: {tag}: expected exit 1 and one line with {needle:?}, got exit {:?}: {err:?}",
+                "{}: {tag}: expected a refusal (exit 1, 4-8) and one line with {needle:?}, got exit {:?}: {err:?}",
                 dir.display(),
                 rc.trim()
             ));

@@ -39,6 +39,9 @@ pub enum Args {
         read_data: bool,
         #[arg(long)]
         json: bool,
+        /// Print only the volumes that are damaged, and their problems
+        #[arg(short, long, conflicts_with = "json")]
+        quiet: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -65,6 +68,9 @@ pub enum Args {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// Print nothing unless something fails
+        #[arg(short, long, conflicts_with_all = ["json", "dry_run"])]
+        quiet: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -200,6 +206,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
             volume,
             read_data,
             json,
+            quiet,
             store,
         } => {
             let archive = Archive::open(&archive, &store.options(), false)?;
@@ -214,7 +221,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
                     serde_json::json!({ "archive": archive.location(), "whole": whole, "volumes": all })
                 );
             } else {
-                for c in &all {
+                for c in all.iter().filter(|c| !quiet || !c.problems.is_empty()) {
                     let read = if read_data {
                         format!(
                             ", {} ({}) read and checked",
@@ -239,7 +246,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
                         println!("  {}", lvmsync::units::printable(p));
                     }
                 }
-                if all.is_empty() {
+                if all.is_empty() && !quiet {
                     println!("{}: no volumes", archive.location());
                 }
             }
@@ -254,6 +261,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
             keep_monthly,
             dry_run,
             json,
+            quiet,
             store,
         } => {
             let keep = Keep {
@@ -275,6 +283,9 @@ pub fn run(args: Args) -> Result<bool, Error> {
                     "{}",
                     serde_json::json!({ "archive": archive.location(), "dry_run": dry_run, "volumes": all })
                 );
+                return Ok(true);
+            }
+            if quiet {
                 return Ok(true);
             }
             let list = |v: &[u64]| {

@@ -23,6 +23,10 @@ pub struct Args {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+    /// Print nothing unless the delta is damaged or incomplete: check it
+    /// whole, and say only what is wrong
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
 }
 
 /// Counts kept while reading.
@@ -69,7 +73,12 @@ pub fn run(args: Args) -> Result<(), Error> {
             return Err(e);
         }
     };
-    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let stdout: Box<dyn Write> = if args.quiet {
+        Box::new(io::sink())
+    } else {
+        Box::new(io::stdout().lock())
+    };
+    let mut out = BufWriter::with_capacity(1 << 16, stdout);
     let result = if args.json {
         json(&name, &mut reader, &mut out)
     } else {

@@ -21,6 +21,10 @@ pub struct Args {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+    /// Print nothing: the exit status says whether the changes could be
+    /// listed
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
 }
 
 #[derive(Serialize)]
@@ -74,6 +78,9 @@ struct JsonThinListing<'a> {
 pub fn run(args: Args) -> Result<(), Error> {
     let source = args.changes.change_source("list", false, false);
     let listing = changes::read(&source, None)?;
+    if args.quiet {
+        return Ok(());
+    }
     let stdout = io::stdout().lock();
     let mut out = BufWriter::with_capacity(1 << 16, stdout);
     match (&listing, args.json) {

@@ -246,6 +246,13 @@ fn list_check_and_prune_keep_every_kept_point_restorable() {
         assert_ok(&check);
         assert_eq!(json(&check)["whole"], true);
         assert_eq!(json(&check)["volumes"][0]["deltas_read"], 5);
+        // For cron: a whole archive checked with -q prints nothing.
+        let quiet = kit.run(&["archive", "check", "-q", &kit.location]);
+        assert_ok(&quiet);
+        assert!(
+            quiet.stdout.is_empty() && quiet.stderr.is_empty(),
+            "{quiet:?}"
+        );
 
         // A dry run changes nothing.
         let dry = kit.run(&[
@@ -312,15 +319,21 @@ fn list_check_and_prune_keep_every_kept_point_restorable() {
             .unwrap();
         assert_eq!(objects.len(), 6, "{}: {objects:?}", kit.kind);
 
-        // Prune again to the last one: it becomes a seed too.
-        assert_ok(&kit.run(&[
+        // Prune again to the last one, quietly: it becomes a seed too.
+        let quiet = kit.run(&[
             "archive",
             "prune",
+            "-q",
             "--keep-last",
             "1",
             &kit.location,
             VOLUME,
-        ]));
+        ]);
+        assert_ok(&quiet);
+        assert!(
+            quiet.stdout.is_empty() && quiet.stderr.is_empty(),
+            "{quiet:?}"
+        );
         let dest = kit.dir.join("last.img");
         assert_ok(&restore(&kit, 5, &dest, &["--create"]));
         assert_same(
@@ -399,6 +412,11 @@ fn a_damaged_cut_or_missing_object_is_named_and_nothing_unchecked_is_written() {
             String::from_utf8_lossy(&check.stderr)
         );
         assert!(String::from_utf8_lossy(&check.stdout).contains(&key));
+        // -q still names the damaged volume and what is wrong with it.
+        let quiet = kit.run(&["archive", "check", "-q", "--read-data", &kit.location]);
+        assert_eq!(quiet.status.code(), Some(3));
+        let said = String::from_utf8_lossy(&quiet.stdout);
+        assert!(said.contains("DAMAGED") && said.contains(&key), "{said}");
         fs::write(&file, &whole).unwrap();
         assert_ok(&restore(&kit, 3, &fresh, &["--full", "--create"]));
         assert_same(

@@ -212,6 +212,8 @@ fn success_prints_one_object_with_json_and_nothing_with_q() {
             s(&delta),
         ],
         vec!["verify", "-q", s(&c.new_path), s(&copy)],
+        vec!["list", "-q", "--cow", s(&c.cow_path)],
+        vec!["inspect", "-q", s(&delta)],
     ] {
         let out = run(&args);
         assert_ok(&out);
@@ -222,6 +224,15 @@ fn success_prints_one_object_with_json_and_nothing_with_q() {
             stderr(&out)
         );
     }
+    // inspect -q of a damaged delta says only what is wrong.
+    let whole = fs::read(&delta).unwrap();
+    let cut = c.path("quiet-cut.lvd");
+    fs::write(&cut, &whole[..whole.len() - 10]).unwrap();
+    let out = run(&["inspect", "-q", s(&cut)]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "{}", stdout(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
     // sync's and backup's summaries: every key once (backup's transfer is
     // an object of its own).
     let out = run(&[

@@ -9,7 +9,15 @@
 //! another copy with pread/pwrite, then fsyncs it (apply syncs its copy too).
 //! Also the peak memory of the child processes, and the delta's size.
 //!
+//! First, the standard small workload: a 4 GiB image with 1% of its 4 KiB
+//! chunks changed in extents of 1 to 3 chunks (about 43 MB in 5,300
+//! extents), with a cold page cache and then a warm one, next to its floor:
+//! the same extents read with a readahead hint for all of them
+//! (POSIX_FADV_WILLNEED), written with pwrite, then fsync.
+//!
 //! Run: `cargo bench --bench delta`. Environment:
+//! - `BENCH_WORKLOAD`: `standard` or `bulk` to run only one of the two;
+//! - `BENCH_STANDARD_GIB`: the standard workload's image size (default 4);
 //! - `BENCH_GIB`: changed data in GiB (default 1; the image is 4 times that);
 //! - `BENCH_ROUNDS`: rounds of the three measurements (default 3; the median
 //!   is reported);
@@ -29,7 +37,7 @@ mod measure;
 #[path = "common/workload.rs"]
 mod workload;
 
-use workload::{copy_extents, make_copy, same_extents, Content, Workload};
+use workload::{copy_extents, copy_extents_hinted, make_copy, same_extents, Content, Workload};
 
 /// `send ... -o - | apply - copy`; returns the wall time and apply's report.
 fn pipeline(cow: &Path, new: &Path, copy: &Path, compress: &str) -> (f64, String) {
@@ -60,12 +68,116 @@ fn pipeline(cow: &Path, new: &Path, copy: &Path, compress: &str) -> (f64, String
 }
 
 fn main() {
-    let gib = env_f64("BENCH_GIB", 1.0);
     let rounds = env_f64("BENCH_ROUNDS", 3.0).max(1.0) as usize;
+    let only = std::env::var("BENCH_WORKLOAD").unwrap_or_default();
     let dir = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
         .join(format!("bench-delta-{}", std::process::id()));
+    if only != "bulk" {
+        fs::create_dir_all(&dir).unwrap();
+        standard(&dir.join("standard"), rounds);
+    }
+    if only != "standard" {
+        bulk(&dir.join("bulk"), rounds);
+    }
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Reads the changed extents of the new image and the whole COW image
+/// once, so that their pages are in the page cache (the rest of the new
+/// image is a hole: reading it would only fill the cache with zeroes).
+fn warm(work: &Workload) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(&work.new).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for e in &work.extents {
+        f.read_exact_at(&mut buf[..e.length as usize], e.offset)
+            .unwrap();
+    }
+    fs::read(&work.cow).unwrap();
+}
+
+/// The standard small workload, cold and warm, next to its floor.
+fn standard(dir: &Path, rounds: usize) {
+    fs::create_dir_all(dir).unwrap();
+    let gib = env_f64("BENCH_STANDARD_GIB", 4.0);
+    let work = Workload::scattered(dir, gib, 1.0);
+    let copy = dir.join("copy.img");
+    let (mut floor_cold, mut cold, mut floor_warm, mut warm_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for cache in ["cold", "warm"] {
+            let prepare = || {
+                make_copy(&copy, work.origin_size, &work.extents);
+                if cache == "cold" {
+                    measure::drop_cache(&[&work.new, &work.cow, &copy]);
+                } else {
+                    warm(&work);
+                }
+            };
+            prepare();
+            let f = copy_extents_hinted(&work.new, &copy, &work.extents);
+            prepare();
+            let (p, report) = pipeline(&work.cow, &work.new, &copy, "lz4");
+            if round == 0 {
+                assert!(
+                    same_extents(&work.new, &copy, &work.extents),
+                    "the copy differs from the new image after send | apply ({cache})"
+                );
+                assert!(report.contains("stream digest matched"), "{report}");
+            }
+            println!(
+                "standard, round {}, {cache}: floor {:.3} s, send | apply {:.3} s",
+                round + 1,
+                f,
+                p
+            );
+            if cache == "cold" {
+                floor_cold.push(f);
+                cold.push(p);
+            } else {
+                floor_warm.push(f);
+                warm_t.push(p);
+            }
+        }
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mbs = |secs: f64| work.changed as f64 / 1e6 / secs;
+    println!("standard workload, median of {rounds} rounds:");
+    // The disk's speed drifts from round to round: each round's ratio is
+    // taken between runs a moment apart, and their median is the figure.
+    let paired = |f: &[f64], p: &[f64]| {
+        let mut r: Vec<f64> = f.iter().zip(p).map(|(f, p)| f / p).collect();
+        median(&mut r)
+    };
+    for (cache, floors, runs, target) in [
+        ("cold", &mut floor_cold, &mut cold, 0.75),
+        ("warm", &mut floor_warm, &mut warm_t, 0.8),
+    ] {
+        let ratio = paired(floors, runs);
+        let (f, p) = (median(floors), median(runs));
+        println!(
+            "  {cache}: floor {:.3} s ({:.0} MB/s), send | apply {:.3} s ({:.0} MB/s): {:.2} of the floor's speed, round by round (target {target}: {})",
+            f,
+            mbs(f),
+            p,
+            mbs(p),
+            ratio,
+            verdict(ratio >= target)
+        );
+    }
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// The bulk workload: 1 GiB of changes by default.
+fn bulk(dir: &Path, rounds: usize) {
+    let gib = env_f64("BENCH_GIB", 1.0);
+    let dir = dir.to_path_buf();
     fs::create_dir_all(&dir).unwrap();
 
     let work = Workload::make(&dir, gib);

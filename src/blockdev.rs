@@ -127,6 +127,24 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Tells the kernel that `length` bytes at `offset` will be read soon,
+    /// so that it starts reading them now, many at once (a hint; refusals
+    /// are ignored). A block device is read with `O_DIRECT`, past the page
+    /// cache, so it is given no hint.
+    pub fn advise_willneed(&self, offset: u64, length: u64) {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        if self.0.is_block_device {
+            return;
+        }
+        let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0.file);
+        let _ = posix_fadvise(fd, offset, length, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+    }
+}
+
 impl ReadAt for Source {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if offset

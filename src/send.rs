@@ -565,6 +565,10 @@ fn check_source_size(source: &Source, origin_size: u64) -> Result<(), SendError>
     Ok(())
 }
 
+/// How much changed data past the pieces being read the kernel is asked
+/// to read ahead, in bytes.
+const READAHEAD: u64 = 16 << 20;
+
 /// Worker threads that read and encode, at most.
 pub const MAX_WORKERS: usize = 4;
 
@@ -680,12 +684,32 @@ fn send_changes<W: Write>(
                 length,
                 zero,
             });
+        // Readahead across extents: the kernel is told of the pieces whose
+        // data comes up to READAHEAD bytes after the pieces handed to the
+        // workers, so that the disk has many reads queued instead of one
+        // per worker.
+        let mut hints = pieces(&changes).filter(|&(_, _, zero)| !zero);
+        let (mut handed, mut hinted) = (0u64, 0u64);
+        let mut hint_ahead = |length: u64| {
+            handed += length;
+            while hinted < handed.saturating_add(READAHEAD) {
+                let Some((offset, length, _)) = hints.next() else {
+                    hinted = u64::MAX;
+                    break;
+                };
+                source.advise_willneed(offset, length);
+                hinted += length;
+            }
+        };
         let mut spare: Vec<Encoded> = Vec::new();
         let mut ready: BTreeMap<u64, Encoded> = BTreeMap::new();
         let (mut sent, mut written) = (0u64, 0u64);
         loop {
             while sent < written + window {
                 let Some(piece) = todo.next() else { break };
+                if !piece.zero {
+                    hint_ahead(piece.length);
+                }
                 let out = spare.pop().unwrap_or_default();
                 if job_tx.send((piece, out)).is_err() {
                     break;

@@ -347,7 +347,8 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
         force: false,
         ..req.link.clone()
     };
-    let mut session = Session::connect(&dest, &link, &mut outcome.transfer)?;
+    let format = req.compression.version();
+    let mut session = Session::connect(&dest, &link, format, &mut outcome.transfer)?;
     let state = session.dest_state().cloned();
     let decision = decide(&Situation {
         origin: &origin,

@@ -634,7 +634,7 @@ fn send_changes<W: Write>(
         .map_or(1, |n| n.get())
         .clamp(1, MAX_WORKERS);
     let window = 2 * workers as u64;
-    let encoder = Encoder::new(writer.compression());
+    let compression = writer.compression();
     let (job_tx, job_rx) = mpsc::channel::<(Piece, Encoded)>();
     let (done_tx, done_rx) = mpsc::channel::<(u64, Result<Encoded, SendError>)>();
     let job_rx = Mutex::new(job_rx);
@@ -643,6 +643,8 @@ fn send_changes<W: Write>(
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
             scope.spawn(move || {
                 let mut buf = AlignedBuf::new(READ_LEN + 2 * DIRECT_ALIGN);
+                // One per thread: a zstd context serves all its pieces.
+                let mut encoder = Encoder::new(compression);
                 loop {
                     let job = match job_rx.lock() {
                         Ok(rx) => rx.recv(),

@@ -51,7 +51,8 @@ pub fn sync(req: &Request, transfer: &mut Transfer) -> Result<(), Error> {
     if let Location::Local(path) = &dest {
         delta.check_dest(Path::new(path))?;
     }
-    let mut session = Session::connect(&dest, &req.link, transfer)?;
+    let format = delta.header.compression.version();
+    let mut session = Session::connect(&dest, &req.link, format, transfer)?;
     if let What::Changes { .. } = req.what {
         let resume = session.resume_point(&delta);
         delta.resume_from(resume);

@@ -10,9 +10,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use serde::Serialize;
 
 use lvmsync::files::{DeltaInput, DELTA_READ_BUF};
-use lvmsync::stream::{
-    Compression, Header, Reader, RecordKind, SourceKind, StreamError, Totals, VERSION,
-};
+use lvmsync::stream::{Compression, Header, Reader, RecordKind, SourceKind, StreamError, Totals};
 use lvmsync::units::{human, printable};
 use lvmsync::Error;
 
@@ -101,7 +99,11 @@ fn json<R: Read>(
     }
     write!(out, "{{\"command\":\"inspect\",\"delta\":")?;
     serde_json::to_writer(&mut *out, name)?;
-    write!(out, ",\"format_version\":{VERSION},\"header\":")?;
+    write!(
+        out,
+        ",\"format_version\":{},\"header\":",
+        reader.version()
+    )?;
     serde_json::to_writer(&mut *out, reader.header())?;
     write!(out, ",\"records\":[")?;
     let mut data_records = 0u64;
@@ -165,19 +167,20 @@ fn text<R: Read>(
     reader: &mut Reader<R>,
     out: &mut impl Write,
 ) -> io::Result<Option<StreamError>> {
-    write_header(name, reader.header(), out)?;
+    write_header(name, reader.version(), reader.header(), out)?;
     writeln!(out)?;
     writeln!(
         out,
         "{:>16} {:>20} {:>10}  {:<8} {:>10}",
         "at", "offset", "length", "kind", "stored"
     )?;
+    let compressed = format!("data {}", reader.header().compression.codec());
     let mut data_records = 0u64;
     let damage = loop {
         match reader.next_record() {
             Ok(Some(rec)) => {
                 let kind = match rec.kind {
-                    RecordKind::Data { compressed: true } => "data lz4",
+                    RecordKind::Data { compressed: true } => compressed.as_str(),
                     RecordKind::Data { compressed: false } => "data",
                     RecordKind::Zero => "zero",
                 };
@@ -254,14 +257,14 @@ fn text<R: Read>(
 
 /// The header, with anything a terminal would act on escaped: its text
 /// comes from whoever made the delta.
-fn write_header(name: &str, h: &Header, out: &mut impl Write) -> io::Result<()> {
+fn write_header(name: &str, version: u32, h: &Header, out: &mut impl Write) -> io::Result<()> {
     let h = &h.printable();
     let name = printable(name);
     let s = &h.source;
     writeln!(out, "delta:        {name}")?;
     writeln!(
         out,
-        "format:       version {VERSION}, written by {}",
+        "format:       version {version}, written by {}",
         h.tool
     )?;
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".to_string());
@@ -339,14 +342,10 @@ fn write_header(name: &str, h: &Header, out: &mut impl Write) -> io::Result<()> 
         h.chunk_size,
         human(h.chunk_size)
     )?;
-    writeln!(
-        out,
-        "compression:  {}",
-        match h.compression {
-            Compression::Lz4 => "lz4",
-            Compression::None => "none",
-        }
-    )?;
+    match h.compression {
+        Compression::Zstd { level } => writeln!(out, "compression:  zstd, level {level}")?,
+        other => writeln!(out, "compression:  {}", other.codec())?,
+    }
     for (k, v) in &h.properties {
         writeln!(out, "property:     {k} = {v}")?;
     }

@@ -148,9 +148,10 @@ impl ChangeArgs {
 /// and backup.
 #[derive(clap::Args, Debug)]
 pub struct Shipping {
-    /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
-    pub compress: Compress,
+    /// Compress DATA records: lz4, zstd[:LEVEL] (LEVEL 1 to 19, 3 by
+    /// default) or none; each is stored raw when that does not make it smaller
+    #[arg(long, value_name = "HOW", default_value = "lz4")]
+    pub compress: Compression,
     /// Create DEST as a regular file when it does not exist
     #[arg(long)]
     pub create: bool,
@@ -260,21 +261,6 @@ impl StoreArgs {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
             ..lvmsync::store::StoreOptions::default()
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Compress {
-    Lz4,
-    None,
-}
-
-impl From<Compress> for Compression {
-    fn from(c: Compress) -> Compression {
-        match c {
-            Compress::Lz4 => Compression::Lz4,
-            Compress::None => Compression::None,
         }
     }
 }

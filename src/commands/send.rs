@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use lvmsync::send::{self, Delta, Output};
+use lvmsync::stream::Compression;
 use lvmsync::units::human;
 use lvmsync::Error;
 
-use super::{usage_error, ChangeArgs, Compress, LogArgs};
+use super::{usage_error, ChangeArgs, LogArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,9 +21,10 @@ pub struct Args {
     /// Write the delta to FILE, or to stdout with `-o -`
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
-    pub compress: Compress,
+    /// Compress DATA records: lz4, zstd[:LEVEL] (LEVEL 1 to 19, 3 by
+    /// default) or none; each is stored raw when that does not make it smaller
+    #[arg(long, value_name = "HOW", default_value = "lz4")]
+    pub compress: Compression,
     /// No summary on stderr; errors only
     #[arg(short, long)]
     pub quiet: bool,
@@ -49,7 +51,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
         send::refuse_terminal(std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
     }
-    let delta = Delta::of_changes(&source, args.data_source.as_deref(), args.compress.into())?;
+    let delta = Delta::of_changes(&source, args.data_source.as_deref(), args.compress)?;
     let written = send::write_delta(&delta, &output, args.log.style(args.quiet))?;
     if args.json {
         println!(

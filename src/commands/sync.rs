@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     };
     let request = sync::Request {
         what,
-        compression: args.ship.compress.into(),
+        compression: args.ship.compress,
         dest: dest.clone(),
         link: args.ship.link(args.force, "sync"),
     };

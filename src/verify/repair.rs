@@ -94,7 +94,8 @@ pub fn repair(
                 ..req.link.clone()
             };
             let mut shipped = Transfer::default();
-            let session = Session::connect(dest, &link, &mut shipped)?;
+            let format = delta.header.compression.version();
+            let session = Session::connect(dest, &link, format, &mut shipped)?;
             session.ship(&delta, &mut shipped)?;
             repaired.records = shipped.records;
             repaired.data_bytes = shipped.data_bytes;

@@ -38,7 +38,7 @@ use crate::stream::{
     Compression, Header, PointInTime, Reader, RecordKind, SourceInfo, SourceKind, StreamError,
     Totals, Writer, MAX_RECORD_LEN,
 };
-use crate::units::human;
+use crate::units::{counted, human, were};
 
 /// The header property that asks for a regular-file destination of exactly
 /// the origin's size: its value is `origin_size`, and a larger file is cut
@@ -88,10 +88,10 @@ impl fmt::Display for Progress {
         } else {
             write!(
                 f,
-                "{} record{} ({}) were applied to {} before it, nothing from it on; records can be applied again, so applying an intact copy of the whole delta completes the job",
-                self.records,
-                if self.records == 1 { "" } else { "s" },
+                "{} ({}) {} applied to {} before it, nothing from it on; records can be applied again, so applying an intact copy of the whole delta completes the job",
+                counted(self.records, "record"),
                 human(self.bytes),
+                were(self.records),
                 self.dest
             )?;
         }

@@ -63,6 +63,8 @@ struct Settings {
     timeout: Option<u64>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
+    /// As `--bwlimit` reads it.
+    bwlimit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +165,10 @@ pub fn parse(text: &str, link: &Link) -> Result<Vec<Request>, String> {
                 .parse::<Compression>()
                 .map_err(|e| bad("compress", format!("{how:?}: {e}")))?,
         };
+        let bwlimit = match &s.bwlimit {
+            Some(r) => Some(crate::throttle::parse_rate(r).map_err(|e| bad("bwlimit", e))?),
+            None => link.bwlimit,
+        };
         if s.timeout == Some(0) {
             return Err(bad("timeout", "give 1 second or more".into()));
         }
@@ -179,6 +185,7 @@ pub fn parse(text: &str, link: &Link) -> Result<Vec<Request>, String> {
                 rsh: s.rsh.unwrap_or_else(|| link.rsh.clone()),
                 remote_path: s.remote_path.unwrap_or_else(|| link.remote_path.clone()),
                 timeout: s.timeout.map_or(link.timeout, Duration::from_secs),
+                bwlimit,
                 ..link.clone()
             },
             reseed: false,
@@ -208,7 +215,8 @@ fn merged(defaults: &Settings, own: &Settings) -> Settings {
         remote_path,
         timeout,
         s3_endpoint,
-        s3_region
+        s3_region,
+        bwlimit
     )
 }
 
@@ -229,15 +237,7 @@ mod tests {
     use super::*;
 
     fn link() -> Link {
-        Link {
-            rsh: "ssh".into(),
-            remote_path: "lvmsync-rs".into(),
-            create: false,
-            force: false,
-            timeout: Duration::from_secs(60),
-            progress: crate::progress::Style::Hidden,
-            command: "backup",
-        }
+        Link::default()
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub enum CowError {
         needed: u64,
         size: u64,
     },
-    #[error("corrupt table: metadata area {area} entry {index} points at COW chunk {new_chunk}, past the end of the COW device ({cow_chunks} chunks)")]
+    #[error("corrupt table: metadata area {area} entry {index} points at COW chunk {new_chunk}, past the end of the COW device ({})", crate::units::counted(*.cow_chunks, "chunk"))]
     EntryPastCow {
         area: u64,
         index: u64,

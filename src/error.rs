@@ -73,9 +73,9 @@ pub enum Kind {
     /// check): a result, not an error. Exit 3.
     Differ,
     /// DEST, the archive or the far end refuses, and nothing was written:
-    /// a delta for another base, a device in use, another writer, DEST
-    /// too small or one of the delta's inputs, a restricted far end, a
-    /// point or volume that is not there. Exit 4.
+    /// a delta for another base or of another format version, a device
+    /// in use, another writer, DEST too small or one of the delta's inputs,
+    /// a restricted far end, a point or volume that is not there. Exit 4.
     Refused,
     /// A delta, an archive object or a far end's report fails its checks.
     /// Exit 5.
@@ -172,8 +172,18 @@ impl Error {
                 Kind::Failed
             }
             Error::Send(e) => send(e),
+            // A delta of another format version is not damaged: this
+            // lvmsync-rs cannot read it, and writes nothing.
+            Error::Stream {
+                source: StreamError::UnknownVersion { .. },
+                ..
+            } => Kind::Refused,
             Error::Stream { .. } => Kind::Damaged,
             Error::Apply(e) => match e {
+                A::Stream {
+                    source: StreamError::UnknownVersion { .. },
+                    ..
+                } => Kind::Refused,
                 A::Stream { .. } => Kind::Damaged,
                 A::DestMissing { .. }
                 | A::DestDirectory { .. }

@@ -44,6 +44,7 @@ pub mod sync;
 pub mod thin;
 #[cfg(any(test, feature = "devtools"))]
 pub mod thingen;
+pub mod throttle;
 pub mod time;
 pub mod tool;
 pub mod transport;

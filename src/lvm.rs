@@ -34,6 +34,8 @@ pub enum LvmError {
     },
     #[error("{spec}: not a block device")]
     NotBlockDevice { spec: String },
+    #[error("{spec}: a regular file, not an LVM snapshot; {hint}")]
+    RegularFile { spec: String, hint: String },
     #[error("{spec}: not a device-mapper device, so not an LVM snapshot")]
     NotDeviceMapper { spec: String },
     #[error(
@@ -309,7 +311,12 @@ impl ThinSnapshot {
 /// Finds the snapshot that `spec` names, classic or thin, and checks that
 /// its changes can be read.
 pub fn find(spec: &str) -> Result<Found, LvmError> {
-    let device = resolve(spec)?;
+    let device = resolve(spec).map_err(|e| match e {
+        LvmError::NotFound { .. } | LvmError::NotBlockDevice { .. } => {
+            regular_file(spec).unwrap_or(e)
+        }
+        e => e,
+    })?;
     let lv = lv_for_device(&device);
     let table = dmsetup("table", &device.name)?;
     let lines: Vec<&str> = table.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -632,6 +639,30 @@ pub fn resolve(spec: &str) -> Result<DmDevice, LvmError> {
         Some(name) => Ok(DmDevice { name, major, minor }),
         None => Err(LvmError::NotDeviceMapper { spec: spec.into() }),
     }
+}
+
+/// When `spec`, named as a snapshot, is a regular file (as a path, or
+/// where its snapshot name points), what to say: what it is, and what to
+/// give instead.
+fn regular_file(spec: &str) -> Option<LvmError> {
+    let path = [Path::new(spec).to_path_buf(), spec_path(spec)]
+        .into_iter()
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file()))?;
+    let mut magic = [0u8; 4];
+    let cow = fs::File::open(&path)
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && u32::from_le_bytes(magic) == crate::cow::SNAP_MAGIC;
+    Some(LvmError::RegularFile {
+        spec: spec.into(),
+        hint: if cow {
+            format!(
+                "it holds a dm-snapshot COW store: read it with --cow {spec} --origin-size SIZE"
+            )
+        } else {
+            "SNAPSHOT names an LVM snapshot (VG/LV, /dev/VG/LV or a device-mapper name)".into()
+        },
+    })
 }
 
 /// `vg/lv` is `/dev/vg/lv`; a bare name is a dm name; a path is a path.

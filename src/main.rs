@@ -6,7 +6,7 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use lvmsync::error::Kind;
 use lvmsync::Error;
@@ -19,16 +19,7 @@ use lvmsync::Error;
     long_about = "Ship the changes of LVM snapshots to a backup copy, checked end to end.\n\n\
         lvmsync-rs reads the kernel's record of which chunks changed since a snapshot \
         was taken, so the cost of a sync grows with the changed data, not with the device.",
-    after_help = concat!(
-        "`lvmsync-rs SNAPSHOT [user@]host:DEST` is short for `lvmsync-rs sync SNAPSHOT [user@]host:DEST`.\n\n",
-        "Exit status: 0 success; 1 failed (an I/O error, a tool that failed); 2 usage error; ",
-        "3 the copies differ (verify) or the archive is damaged (archive check); 4 refused, nothing written ",
-        "(another base, a device in use, another writer, DEST too small, a restricted far end, no such point); ",
-        "5 a damaged delta, archive object or report; 6 the far end or the object store cannot be reached; ",
-        "7 a transfer cut or stalled midway (the same command completes it); 8 the snapshot or change table ",
-        "cannot be read as asked (not a snapshot, invalidated, merging). With --json, a failure prints ",
-        "{\"result\": \"failed\", \"error\", \"error_kind\", \"exit_code\"} on stdout."
-    )
+    after_help = after_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -39,6 +30,9 @@ pub struct Cli {
 enum Command {
     /// List the byte ranges of the origin that changed since SNAPSHOT was taken
     #[command(
+        override_usage = "lvmsync-rs list [OPTIONS] SNAPSHOT\n       \
+            lvmsync-rs list [OPTIONS] --cow PATH [--origin-size BYTES]\n       \
+            lvmsync-rs list [OPTIONS] --thin-metadata PATH --thin1 ID --thin2 ID [--origin-size BYTES]",
         after_help = "SNAPSHOT may be written vg/lv, /dev/vg/lv, /dev/mapper/vg-lv or a dm name.\n\
             Only the COW table (for a thin snapshot, the pool's metadata, through thin_delta) is \
             read, never the data.\n\n\
@@ -48,6 +42,9 @@ enum Command {
     List(commands::list::Args),
     /// Write the changes since SNAPSHOT was taken as a delta stream
     #[command(
+        override_usage = "lvmsync-rs send [OPTIONS] SNAPSHOT -o FILE|-\n       \
+            lvmsync-rs send [OPTIONS] --cow PATH --data-source PATH [--origin-size BYTES] -o FILE|-\n       \
+            lvmsync-rs send [OPTIONS] --thin-metadata PATH --thin1 ID --thin2 ID --data-source PATH -o FILE|-",
         after_help = "The changed extents come from the snapshot's COW table, or for a thin snapshot \
             from the pool's metadata; their data from the \
             origin (or --data-source), read now.\n\
@@ -70,6 +67,11 @@ enum Command {
     Apply(commands::apply::Args),
     /// Send the changes since SNAPSHOT was taken to DEST and apply them there, over ssh
     #[command(
+        override_usage = "lvmsync-rs sync [OPTIONS] SNAPSHOT DEST\n       \
+            lvmsync-rs sync --full [OPTIONS] SOURCE DEST\n       \
+            lvmsync-rs sync [OPTIONS] --cow PATH --data-source PATH DEST\n       \
+            lvmsync-rs sync [OPTIONS] --thin-metadata PATH --thin1 ID --thin2 ID --data-source PATH DEST\n       \
+            lvmsync-rs SNAPSHOT DEST",
         after_help = "DEST is [user@]host:PATH (applied on that host by `lvmsync-rs apply`, run \
             through ssh) or a local PATH (a PATH starting with / or ./ is local even with a `:`).\n\
             Nothing is written to a temporary file on either side. Before any data is sent, the \
@@ -101,6 +103,12 @@ enum Command {
     /// Compare SRC and DEST block by block (DEST here or over ssh); with
     /// --repair, send the blocks that differ
     #[command(
+        override_usage = "lvmsync-rs verify [OPTIONS] SRC DEST",
+        mut_arg("timeout", |a| a.help(
+            "How long to wait (90, 90s, 5m, 1h; a plain number is seconds) for the remote to \
+            log in, open DEST and answer; with --repair, also for it to take more of the \
+            repair delta, and to say it is alive while it syncs DEST"
+        )),
         after_help = "SRC is a block device, an LV or snapshot (vg/lv means /dev/vg/lv), or an \
             image file. DEST is a local \
             PATH or [user@]host:PATH (hashed on that host by `lvmsync-rs verify`, run through \
@@ -128,7 +136,7 @@ enum Command {
     Status(commands::status::Args),
     /// Show what a delta holds and check it, without writing anything
     #[command(
-        after_help = "DELTA may be `-` for stdin. Exits 1 if the delta is damaged or \
+        after_help = "DELTA may be `-` for stdin. Exits 5 if the delta is damaged or \
         incomplete, after showing what could be read."
     )]
     Inspect(commands::inspect::Args),
@@ -158,26 +166,119 @@ enum Command {
             under a prefix in /dev. Anything else is refused with one line."
     )]
     Serve(commands::serve::Args),
+    /// Print the shell completion script for bash, zsh or fish on stdout
+    #[command(after_help = "Examples:\n  \
+            lvmsync-rs completions bash > /etc/bash_completion.d/lvmsync-rs\n  \
+            lvmsync-rs completions zsh > /usr/local/share/zsh/site-functions/_lvmsync-rs\n  \
+            lvmsync-rs completions fish > /etc/fish/completions/lvmsync-rs.fish")]
+    Completions(commands::man::CompletionArgs),
+    /// Write the manual pages: lvmsync-rs.1 and one page per subcommand
+    #[command(
+        after_help = "Without DIR, the main page (lvmsync-rs.1) is printed on stdout. With DIR \
+            (created if missing), lvmsync-rs.1 and a page per subcommand (lvmsync-rs-sync.1, \
+            lvmsync-rs-archive-prune.1, ...) are written there, each replaced whole.\n\n\
+            Examples:\n  lvmsync-rs man | man -l -\n  \
+            lvmsync-rs man /usr/local/share/man/man1"
+    )]
+    Man(commands::man::ManArgs),
 }
 
-/// Subcommands; any other first argument (a snapshot, or an option) means
-/// `sync`.
-const SUBCOMMANDS: &[&str] = &[
-    "list", "send", "apply", "inspect", "sync", "backup", "restore", "archive", "verify", "status",
-    "serve", "help",
-];
+/// The text after the options in `lvmsync-rs --help`: the shorthand for
+/// sync, the exit statuses, and what `--json` prints on failure.
+fn after_help() -> String {
+    let mut text = format!("{SHORTHAND}\n\nExit status, and error_kind with --json:\n");
+    for (code, kind, what) in commands::man::exit_statuses() {
+        text.push_str(&format!("  {code}  {:<12} {what}\n", kind.unwrap_or("")));
+    }
+    text.push('\n');
+    text.push_str(JSON_FAILURE);
+    text
+}
 
-/// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`.
-fn with_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+const SHORTHAND: &str =
+    "`lvmsync-rs SNAPSHOT [user@]host:DEST` is short for `lvmsync-rs sync SNAPSHOT [user@]host:DEST`.";
+
+const JSON_FAILURE: &str = "With --json, a failure prints {\"result\": \"failed\", \"error\", \
+    \"error_kind\", \"exit_code\"} on stdout.";
+
+/// A first argument that is neither a subcommand nor an option, nor a
+/// snapshot that exists, but a subcommand mistyped.
+struct Typo {
+    word: String,
+    command: String,
+}
+
+/// `lvmsync-rs SNAPSHOT DEST` is `lvmsync-rs sync SNAPSHOT DEST`; a first
+/// argument that reads as a mistyped subcommand is refused instead.
+fn with_subcommand(mut args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, Typo> {
+    let mut names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    names.push("help".into());
     let implicit = match args.get(1).and_then(|a| a.to_str()) {
         Some("-h" | "--help" | "-V" | "--version") => false,
-        Some(a) => !SUBCOMMANDS.contains(&a),
+        Some(a) if names.iter().any(|n| n == a) => false,
+        Some(a) => {
+            if let Some(command) = mistyped(a, &names) {
+                return Err(Typo {
+                    word: a.to_string(),
+                    command,
+                });
+            }
+            true
+        }
         None => args.len() > 1,
     };
     if implicit {
         args.insert(1, "sync".into());
     }
-    args
+    Ok(args)
+}
+
+/// The subcommand `word` is a typo of: a word with no `/` or `:` (which a
+/// snapshot or DEST could have), not an option, naming no file here nor
+/// device-mapper device, within an edit or two of a subcommand's name.
+fn mistyped(word: &str, names: &[String]) -> Option<String> {
+    if word.is_empty() || word.starts_with('-') || word.contains(['/', ':']) {
+        return None;
+    }
+    let path = std::path::Path::new(word);
+    if path.exists() || std::path::Path::new("/dev/mapper").join(word).exists() {
+        return None;
+    }
+    let word = word.to_lowercase();
+    let close = |d: usize| d <= 1 || (d == 2 && word.chars().count() >= 5);
+    names
+        .iter()
+        .map(|n| (edit_distance(&word, n), n))
+        .filter(|&(d, _)| close(d))
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, n)| n.clone())
+}
+
+/// The edits (a character inserted, removed, replaced, or two neighbours
+/// swapped) that turn `a` into `b`: the optimal string alignment distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 impl Command {
@@ -195,6 +296,8 @@ impl Command {
             Command::Restore(_) => "restore",
             Command::Archive(_) => "archive",
             Command::Serve(_) => "serve",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
     }
 
@@ -212,7 +315,7 @@ impl Command {
             Command::Status(a) => (a.json, false),
             Command::Restore(a) => (a.json, false),
             Command::Archive(a) => (a.json(), false),
-            Command::Serve(_) => (false, false),
+            Command::Serve(_) | Command::Completions(_) | Command::Man(_) => (false, false),
         }
     }
 }
@@ -229,7 +332,17 @@ enum Done {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(with_subcommand(std::env::args_os().collect()));
+    let args = match with_subcommand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(Typo { word, command }) => {
+            eprintln!(
+                "lvmsync-rs: error: unknown command '{}'; did you mean '{command}'?",
+                lvmsync::units::printable(&word)
+            );
+            return ExitCode::from(Kind::Usage.exit_code());
+        }
+    };
+    let cli = Cli::parse_from(args);
     let name = cli.command.name();
     let (json, prints_own) = cli.command.json();
     let as_done =
@@ -249,6 +362,8 @@ fn main() -> ExitCode {
         Command::Restore(args) => commands::restore::run(args).map(|()| Done::Ok),
         Command::Archive(args) => as_done(commands::archive::run(args)),
         Command::Serve(args) => as_done(commands::serve::run(args)),
+        Command::Completions(args) => commands::man::completions(args).map(|()| Done::Ok),
+        Command::Man(args) => commands::man::man(args).map(|()| Done::Ok),
     };
     match result {
         Ok(Done::Ok) => ExitCode::SUCCESS,

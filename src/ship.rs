@@ -40,6 +40,7 @@ use crate::progress::{Progress, Style};
 use crate::send::{Delta, SendError};
 use crate::state::State;
 use crate::stream::Totals;
+use crate::throttle::Throttled;
 use crate::transport::{
     Connection, Echo, Expect, Hello, Launch, Location, TransportError, Watchdog,
 };
@@ -163,15 +164,7 @@ fn apply_words(
     dest: &str,
 ) -> Vec<String> {
     let mut words = program.to_vec();
-    words.extend(
-        [
-            "apply",
-            "--remote",
-            "--expect-format",
-            &format.to_string(),
-        ]
-        .map(String::from),
-    );
+    words.extend(["apply", "--remote", "--expect-format", &format.to_string()].map(String::from));
     if create {
         words.push("--create".into());
     }
@@ -200,6 +193,25 @@ pub struct Link {
     pub progress: Style,
     /// The command progress lines name.
     pub command: &'static str,
+    /// At most this many bytes per second to DEST (`--bwlimit`).
+    pub bwlimit: Option<u64>,
+}
+
+impl Default for Link {
+    /// `ssh`, `lvmsync-rs` in the remote PATH, a minute's timeout, nothing
+    /// created or forced, no progress, no limit.
+    fn default() -> Link {
+        Link {
+            rsh: "ssh".into(),
+            remote_path: "lvmsync-rs".into(),
+            create: false,
+            force: false,
+            timeout: Duration::from_secs(60),
+            progress: Style::Hidden,
+            command: "",
+            bwlimit: None,
+        }
+    }
 }
 
 impl Link {
@@ -268,6 +280,7 @@ pub struct Session {
     state: Option<State>,
     /// How long the far end may take no data before the run stops.
     stall: Duration,
+    bwlimit: Option<u64>,
     progress: Progress,
 }
 
@@ -294,6 +307,7 @@ impl Session {
             name: launch.name.clone(),
             state,
             stall: link.timeout,
+            bwlimit: link.bwlimit,
             progress,
         })
     }
@@ -337,13 +351,18 @@ impl Session {
             .into());
         };
         files::grow_pipe(&stdin);
-        let out = BufWriter::with_capacity(SHIP_BUF, stdin);
+        let watchdog = conn.watchdog(self.stall);
+        // Unlimited, the rate is one that is never reached.
+        let rate = self.bwlimit.unwrap_or(u64::MAX / 4);
+        let out = BufWriter::with_capacity(
+            SHIP_BUF.min(rate as usize),
+            Throttled::new(stdin, rate, watchdog.ticker()),
+        );
         let mut w = match delta.writer(out) {
             Ok(w) => w,
             Err(_) => return Err(self.conn.cut(0).into()),
         };
         let progress = self.progress.handle();
-        let watchdog = conn.watchdog(self.stall);
         let sent = delta.send(&mut w, |w| {
             watchdog.tick();
             let t = w.totals();
@@ -543,12 +562,8 @@ mod tests {
     fn the_remote_command_ends_with_a_path_after_the_options() {
         let link = Link {
             rsh: "ssh -p 22".into(),
-            remote_path: "lvmsync-rs".into(),
             create: true,
-            force: false,
-            timeout: Duration::from_secs(1),
-            progress: Style::Hidden,
-            command: "sync",
+            ..Link::default()
         };
         let l = link
             .launch(

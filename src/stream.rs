@@ -37,6 +37,11 @@ pub const MAGIC: [u8; 8] = [0x89, b'L', b'V', b'M', b'S', b'D', b'\r', b'\n'];
 pub const VERSION: u32 = 3;
 /// The oldest format version this code reads.
 pub const OLDEST_VERSION: u32 = 2;
+
+/// How far past [`VERSION`] a delta's version may be and still be taken
+/// for one a newer lvmsync-rs wrote: a version further on (a flipped high
+/// bit: 65538) is a damaged header.
+pub const PLAUSIBLE_NEWER_VERSIONS: u32 = 64;
 /// Largest encoded header accepted, in bytes.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Largest extent one record covers. Bounds the memory a reader needs (one
@@ -187,7 +192,9 @@ pub enum Compression {
     Lz4,
     /// zstd (format version 3), at `level`: what the writer used, for
     /// information (decoding does not need it).
-    Zstd { level: i32 },
+    Zstd {
+        level: i32,
+    },
 }
 
 impl Compression {
@@ -332,8 +339,14 @@ pub enum StreamError {
     Empty,
     #[error("not an lvmsync-rs delta: it starts with {found} (a delta starts with 89 4c 56 4d 53 44 0d 0a)")]
     NotADelta { found: String },
-    #[error("delta format version {found}, but this lvmsync-rs reads versions {} to {known} only; use an lvmsync-rs that knows version {found}", OLDEST_VERSION)]
-    UnknownVersion { found: u32, known: u32 },
+    #[error("a dm-snapshot COW image, not a delta: list or send it with --cow")]
+    CowImage,
+    #[error("delta format version {found}, but this lvmsync-rs reads versions {} to {known} only: it was written by {by} lvmsync-rs; use one that knows version {found}", OLDEST_VERSION)]
+    UnknownVersion {
+        found: u32,
+        known: u32,
+        by: &'static str,
+    },
     #[error("truncated: the delta ends at byte {at}, {context}")]
     Truncated { at: u64, context: String },
     #[error("damaged header: {reason}")]
@@ -346,7 +359,7 @@ pub enum StreamError {
     DamagedPayload { index: u64, at: u64, reason: String },
     #[error("damaged END record at byte {at}: {reason}")]
     DamagedEnd { at: u64, reason: String },
-    #[error("the END record at byte {at} does not match the stream: it counts {claimed} {what}, the stream holds {found}")]
+    #[error("the END record at byte {at} does not match the stream: its count of {what} is {claimed}, the stream holds {found}")]
     EndMismatch {
         at: u64,
         what: &'static str,
@@ -355,7 +368,7 @@ pub enum StreamError {
     },
     #[error("the END record at byte {at} does not match the stream: the digest of the bytes before it differs, so the stream was altered")]
     DigestMismatch { at: u64 },
-    #[error("{extra} bytes follow the END record, which ends at byte {at}: a delta ends with its END record (two deltas joined, or garbage appended?)")]
+    #[error("{} {} the END record, which ends at byte {at}: a delta ends with its END record (two deltas joined, or garbage appended?)", crate::units::counted(*.extra, "byte"), if *.extra == 1 { "follows" } else { "follow" })]
     TrailingData { at: u64, extra: u64 },
     #[error("read error at byte {at}: {source}")]
     Read { at: u64, source: io::Error },
@@ -961,6 +974,9 @@ impl<R: Read> Reader<R> {
         if n == 0 {
             return Err(StreamError::Empty);
         }
+        if n >= 4 && LittleEndian::read_u32(&pre[..4]) == crate::cow::SNAP_MAGIC {
+            return Err(StreamError::CowImage);
+        }
         if pre[..magic_len] != MAGIC[..magic_len] {
             return Err(StreamError::NotADelta {
                 found: hex(&pre[..magic_len]),
@@ -973,10 +989,22 @@ impl<R: Read> Reader<R> {
             });
         }
         let version = LittleEndian::read_u32(&pre[8..12]);
+        if version == 0 || version > VERSION + PLAUSIBLE_NEWER_VERSIONS {
+            return Err(StreamError::DamagedHeader {
+                reason: format!(
+                    "its format version field reads {version}, which no lvmsync-rs writes (this one writes version {VERSION})"
+                ),
+            });
+        }
         if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(StreamError::UnknownVersion {
                 found: version,
                 known: VERSION,
+                by: if version > VERSION {
+                    "a newer"
+                } else {
+                    "an older"
+                },
             });
         }
         if n < PREAMBLE_LEN {
@@ -1286,10 +1314,7 @@ fn check_head(
             return Err(format!("unknown flags 0x{:02x}", head.flags))
         }
         KIND_DATA if head.flags == FLAG_LZ4 | FLAG_ZSTD => {
-            return Err(format!(
-                "flags 0x{:02x} say both lz4 and zstd",
-                head.flags
-            ))
+            return Err(format!("flags 0x{:02x} say both lz4 and zstd", head.flags))
         }
         KIND_ZERO if head.flags != 0 => return Err(format!("unknown flags 0x{:02x}", head.flags)),
         KIND_DATA | KIND_ZERO => {}
@@ -1398,7 +1423,11 @@ impl Decoder {
                     .map_err(|e| format!("no zstd decompression context ({e})"))?;
                 self.zstd = Some(z);
             }
-            match self.zstd.as_mut().map(|z| z.decompress_to_buffer(payload, out)) {
+            match self
+                .zstd
+                .as_mut()
+                .map(|z| z.decompress_to_buffer(payload, out))
+            {
                 Some(Ok(n)) if n == len => {}
                 Some(Ok(n)) => {
                     return Err(format!(
@@ -1457,8 +1486,13 @@ pub fn check_record(
             truncated()
         } else {
             bad(format!(
-                "{} bytes follow its header, its payload is {}",
-                payload.len(),
+                "{} {} its header, its payload is {}",
+                crate::units::counted(payload.len() as u64, "byte"),
+                if payload.len() == 1 {
+                    "follows"
+                } else {
+                    "follow"
+                },
                 head.stored
             ))
         });
@@ -1653,11 +1687,17 @@ mod tests {
                 for bit in [0, 3, 7] {
                     let mut b = bytes.clone();
                     b[i] ^= 1 << bit;
-                    assert!(read_all(&b).is_err(), "{compression}: bit {bit} of byte {i}");
+                    assert!(
+                        read_all(&b).is_err(),
+                        "{compression}: bit {bit} of byte {i}"
+                    );
                 }
             }
             for cut in 0..bytes.len() {
-                assert!(read_all(&bytes[..cut]).is_err(), "{compression}: cut at {cut}");
+                assert!(
+                    read_all(&bytes[..cut]).is_err(),
+                    "{compression}: cut at {cut}"
+                );
             }
         }
     }
@@ -1666,11 +1706,11 @@ mod tests {
     fn versions_and_magic_are_checked_first() {
         let w = Writer::new(Vec::new(), &header(4096, Compression::Lz4)).unwrap();
         let (mut bytes, _, _) = w.finish().unwrap();
-        bytes[8] = 99;
+        bytes[8] = 9;
         let err = read_all(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "delta format version 99, but this lvmsync-rs reads versions 2 to 3 only; use an lvmsync-rs that knows version 99"
+            format!("delta format version 9, but this lvmsync-rs reads versions {OLDEST_VERSION} to {VERSION} only: it was written by a newer lvmsync-rs; use one that knows version 9")
         );
         for version in [1, 4] {
             bytes[8] = version;
@@ -1678,6 +1718,28 @@ mod tests {
                 matches!(read_all(&bytes), Err(StreamError::UnknownVersion { found, .. }) if found == u32::from(version))
             );
         }
+        bytes[8] = 1;
+        let err = read_all(&bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("written by an older lvmsync-rs"),
+            "{err}"
+        );
+        // A version no lvmsync-rs writes: a bit of the header flipped.
+        for version in [0, VERSION + PLAUSIBLE_NEWER_VERSIONS + 1, VERSION | 1 << 16] {
+            bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            let err = read_all(&bytes).unwrap_err();
+            assert!(
+                matches!(err, StreamError::DamagedHeader { .. }),
+                "{version}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("its format version field reads {version}")),
+                "{err}"
+            );
+        }
+        let err = read_all(b"SnAp\x01\0\0\0\x01\0\0\0\x08\0\0\0").unwrap_err();
+        assert!(matches!(err, StreamError::CowImage), "{err}");
         let err = read_all(b"#!/bin/sh\n").unwrap_err();
         assert!(err.to_string().contains("not an lvmsync-rs delta"), "{err}");
         assert!(matches!(read_all(b""), Err(StreamError::Empty)));
@@ -1699,8 +1761,8 @@ mod tests {
     /// `len` bytes of text: words in an order that varies, as in logs.
     fn text(len: usize) -> Vec<u8> {
         const WORDS: [&str; 12] = [
-            "backup", "volume", "snapshot", "extent", "the", "of", "chunk", "copy", "a",
-            "delta", "record", "origin",
+            "backup", "volume", "snapshot", "extent", "the", "of", "chunk", "copy", "a", "delta",
+            "record", "origin",
         ];
         let mut out = Vec::with_capacity(len + 16);
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -1709,7 +1771,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             out.extend_from_slice(WORDS[(x % 12) as usize].as_bytes());
-            out.push(if x % 9 == 0 { b'\n' } else { b' ' });
+            out.push(if x.is_multiple_of(9) { b'\n' } else { b' ' });
         }
         out.truncate(len);
         out
@@ -1815,7 +1877,10 @@ mod tests {
             stored(Compression::Zstd { level: 1 }),
             stored(Compression::ZSTD),
         );
-        assert!(zstd1 < lz4 && zstd3 < lz4, "lz4 {lz4}, zstd:1 {zstd1}, zstd:3 {zstd3}");
+        assert!(
+            zstd1 < lz4 && zstd3 < lz4,
+            "lz4 {lz4}, zstd:1 {zstd1}, zstd:3 {zstd3}"
+        );
     }
 
     #[test]
@@ -1849,9 +1914,21 @@ mod tests {
             e
         };
         let cases = [
-            (Compression::ZSTD, Compression::Lz4, "a zstd record in a stream whose header says lz4"),
-            (Compression::ZSTD, Compression::None, "a zstd record in a stream whose header says no compression"),
-            (Compression::Lz4, Compression::ZSTD, "an lz4 record in a stream whose header says zstd"),
+            (
+                Compression::ZSTD,
+                Compression::Lz4,
+                "a zstd record in a stream whose header says lz4",
+            ),
+            (
+                Compression::ZSTD,
+                Compression::None,
+                "a zstd record in a stream whose header says no compression",
+            ),
+            (
+                Compression::Lz4,
+                Compression::ZSTD,
+                "an lz4 record in a stream whose header says zstd",
+            ),
         ];
         for (codec, says, want) in cases {
             let e = encoded(codec);
@@ -1863,17 +1940,34 @@ mod tests {
             assert!(matches!(err, StreamError::BadRecord { .. }), "{err}");
             assert!(err.to_string().contains(want), "{err}");
             let mut buf = vec![0u8; MAX_RECORD_LEN as usize];
-            let err = check_record(e.as_bytes(), says, size, 0, 99, &mut buf, &mut Decoder::new())
-                .unwrap_err();
+            let err = check_record(
+                e.as_bytes(),
+                says,
+                size,
+                0,
+                99,
+                &mut buf,
+                &mut Decoder::new(),
+            )
+            .unwrap_err();
             assert!(err.to_string().contains(want), "{err}");
             // The same record where the header says its codec reads.
-            check_record(e.as_bytes(), codec, size, 0, 99, &mut buf, &mut Decoder::new()).unwrap();
+            check_record(
+                e.as_bytes(),
+                codec,
+                size,
+                0,
+                99,
+                &mut buf,
+                &mut Decoder::new(),
+            )
+            .unwrap();
             assert!(buf[..content.len()] == content[..]);
         }
         // Both flags, or one nobody knows.
         let zstd = encoded(Compression::ZSTD);
-        let head = RecordHeader::decode(zstd.as_bytes()[..RECORD_HEADER_LEN].try_into().unwrap())
-            .unwrap();
+        let head =
+            RecordHeader::decode(zstd.as_bytes()[..RECORD_HEADER_LEN].try_into().unwrap()).unwrap();
         let payload = &zstd.as_bytes()[RECORD_HEADER_LEN..];
         for (flags, want) in [
             (FLAG_LZ4 | FLAG_ZSTD, "flags 0x03 say both lz4 and zstd"),
@@ -1933,10 +2027,21 @@ mod tests {
             let err = read_all(&stream_with(&h, &head, payload)).unwrap_err();
             let mut record = head.encode().to_vec();
             record.extend_from_slice(payload);
-            let alone = check_record(&record, h.compression, h.origin_size, 0, 0, &mut buf, &mut decoder)
-                .unwrap_err();
+            let alone = check_record(
+                &record,
+                h.compression,
+                h.origin_size,
+                0,
+                0,
+                &mut buf,
+                &mut decoder,
+            )
+            .unwrap_err();
             let text = err.to_string();
-            assert_eq!(alone.to_string().split(": ").last(), text.split(": ").last());
+            assert_eq!(
+                alone.to_string().split(": ").last(),
+                text.split(": ").last()
+            );
             assert!(!text.contains('\n'), "{text}");
             text
         };
@@ -1949,7 +2054,10 @@ mod tests {
             let mut p = frame.clone();
             p[i] ^= 1 << (i % 8);
             let text = refused(zstd_head(content.len(), &content, &p), &p);
-            assert!(text.starts_with("damaged payload in record 0"), "byte {i}: {text}");
+            assert!(
+                text.starts_with("damaged payload in record 0"),
+                "byte {i}: {text}"
+            );
         }
         for cut in 1..frame.len() {
             let p = &frame[..cut];
@@ -1985,7 +2093,10 @@ mod tests {
         let mut skip = vec![0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0];
         skip.extend_from_slice(b"junk");
         let text = refused(zstd_head(content.len(), &content, &skip), &skip);
-        assert!(text.ends_with("decompresses to 0 bytes instead of 100000"), "{text}");
+        assert!(
+            text.ends_with("decompresses to 0 bytes instead of 100000"),
+            "{text}"
+        );
         // Not zstd at all.
         let junk = noise(500, 3);
         let text = refused(zstd_head(content.len(), &content, &junk), &junk);
@@ -1997,7 +2108,12 @@ mod tests {
     }
 
     fn text_other(len: usize) -> Vec<u8> {
-        b"something else entirely ".iter().copied().cycle().take(len).collect()
+        b"something else entirely "
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect()
     }
 
     #[test]
@@ -2013,13 +2129,21 @@ mod tests {
             assert_eq!(c.to_string().parse::<Compression>(), Ok(c));
         }
         assert_eq!(Compression::Zstd { level: 7 }.to_string(), "zstd:7");
-        for bad in ["zstd:0", "zstd:20", "zstd:-1", "zstd:", "zstd:3x", "zstd: 3"] {
+        for bad in [
+            "zstd:0", "zstd:20", "zstd:-1", "zstd:", "zstd:3x", "zstd: 3",
+        ] {
             let err = bad.parse::<Compression>().unwrap_err();
-            assert_eq!(err, "the zstd level must be a whole number from 1 to 19", "{bad}");
+            assert_eq!(
+                err, "the zstd level must be a whole number from 1 to 19",
+                "{bad}"
+            );
         }
         for bad in ["gzip", "", "ZSTD", "lz4:1", "zstd3", "none:"] {
             let err = bad.parse::<Compression>().unwrap_err();
-            assert!(err.starts_with("give lz4, zstd, zstd:LEVEL"), "{bad}: {err}");
+            assert!(
+                err.starts_with("give lz4, zstd, zstd:LEVEL"),
+                "{bad}: {err}"
+            );
         }
         assert_eq!(
             [Compression::None, Compression::Lz4, Compression::ZSTD].map(Compression::version),

@@ -121,7 +121,7 @@ pub enum TransportError {
     },
     #[error("{host}: the apply ended without reporting what it applied ({status}); run the same command again")]
     NoReport { host: String, status: String },
-    #[error("{host}: the apply reports {what} {applied}, but {sent} were sent; run the same command again")]
+    #[error("{host}: the apply reports {what} {applied}, but the sender sent {sent}; run the same command again")]
     ReportMismatch {
         host: String,
         what: &'static str,
@@ -846,6 +846,16 @@ impl Watchdog {
         if let Ok(mut l) = self.last.lock() {
             *l = Instant::now();
         }
+    }
+
+    /// Something that says data went through, from another place.
+    pub fn ticker(&self) -> Box<dyn Fn() + Send> {
+        let last = self.last.clone();
+        Box::new(move || {
+            if let Ok(mut l) = last.lock() {
+                *l = Instant::now();
+            }
+        })
     }
 
     /// Whether it stopped the apply.

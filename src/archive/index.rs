@@ -75,7 +75,10 @@ impl Index {
         let count = LittleEndian::read_u64(&b[16..24]);
         let delta_len = LittleEndian::read_u64(&b[24..32]);
         if (end - HEAD_LEN) as u64 != count.saturating_mul(ENTRY_LEN as u64) {
-            return Err(format!("it says {count} records, but its length does not"));
+            return Err(format!(
+                "it says {}, but its length does not",
+                crate::units::counted(count, "record")
+            ));
         }
         let mut records = Vec::with_capacity(count as usize);
         let (mut prev_end, mut prev_at) = (0u64, 0u64);

@@ -46,6 +46,7 @@ use thiserror::Error;
 use crate::send::{Delta, SendError};
 use crate::store::{Location, Store, StoreError, StoreOptions, Upload};
 use crate::stream::{Header, Reader, RecordLocation, StreamError, Totals, Writer};
+use crate::units::counted;
 
 use catalog::{Catalog, DeltaRef, MAX_CATALOG_LEN};
 use index::Index;
@@ -461,11 +462,11 @@ impl Archive {
         let index = Index::decode(&body).map_err(damaged)?;
         if index.delta_len != delta.bytes || index.records.len() as u64 != delta.records {
             return Err(damaged(format!(
-                "it lists {} records in {} bytes, the catalogue {} records in {} bytes",
-                index.records.len(),
-                index.delta_len,
-                delta.records,
-                delta.bytes
+                "it lists {} in {}, the catalogue {} in {}",
+                counted(index.records.len() as u64, "record"),
+                counted(index.delta_len, "byte"),
+                counted(delta.records, "record"),
+                counted(delta.bytes, "byte")
             )));
         }
         let size = self

@@ -339,11 +339,11 @@ fn copy_records(
                         decoder,
                     )
                 })
-            .map_err(|source| ArchiveError::DamagedDelta {
-                location: archive.location(),
-                key: key.clone(),
-                source,
-            })?;
+                .map_err(|source| ArchiveError::DamagedDelta {
+                    location: archive.location(),
+                    key: key.clone(),
+                    source,
+                })?;
             if head.offset != r.offset || head.length != r.length || head.kind != r.kind {
                 return Err(ArchiveError::Mismatch {
                     location: archive.location(),

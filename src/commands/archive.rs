@@ -8,7 +8,7 @@ use serde::Serialize;
 use lvmsync::archive::catalog::Catalog;
 use lvmsync::archive::prune::{self, Keep};
 use lvmsync::archive::{check, Archive};
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
 use super::{usage_error, StoreArgs};
@@ -217,8 +217,8 @@ pub fn run(args: Args) -> Result<bool, Error> {
                 for c in &all {
                     let read = if read_data {
                         format!(
-                            ", {} deltas ({}) read and checked",
-                            c.deltas_read,
+                            ", {} ({}) read and checked",
+                            counted(c.deltas_read, "delta"),
                             human(c.bytes_read)
                         )
                     } else {
@@ -230,8 +230,10 @@ pub fn run(args: Args) -> Result<bool, Error> {
                         "DAMAGED"
                     };
                     println!(
-                        "{}: {} points{read}, {} objects no catalogue names: {verdict}",
-                        c.volume, c.points, c.unnamed_objects
+                        "{}: {}{read}, {} no catalogue names: {verdict}",
+                        c.volume,
+                        counted(c.points, "point"),
+                        counted(c.unnamed_objects, "object")
                     );
                     for p in &c.problems {
                         println!("  {}", lvmsync::units::printable(p));
@@ -261,7 +263,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
                 monthly: keep_monthly,
             };
             if keep.is_empty() {
-                usage_error("say what to keep: --keep-last N, --keep-daily N, --keep-weekly N or --keep-monthly N");
+                usage_error("archive prune", "say what to keep: --keep-last N, --keep-daily N, --keep-weekly N or --keep-monthly N");
             }
             let archive = Archive::open(&archive, &store.options(), false)?;
             let mut all = Vec::new();
@@ -295,7 +297,10 @@ pub fn run(args: Args) -> Result<bool, Error> {
                     if dry_run {
                         String::new()
                     } else {
-                        format!(", {} objects removed", p.removed_objects)
+                        format!(
+                            ", {} removed",
+                            counted(p.removed_objects, "object")
+                        )
                     }
                 );
             }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use lvmsync::backup::{self, Outcome};
 use lvmsync::config;
 use lvmsync::snapshots::{SnapshotSize, DEFAULT_SNAPSHOT_SIZE};
-use lvmsync::units::{human, printable};
+use lvmsync::units::{counted, human, printable};
 use lvmsync::Error;
 
 use super::{usage_error, Shipping, StoreArgs};
@@ -55,7 +55,10 @@ pub fn run(args: Args) -> Result<u8, Error> {
     let requests = match (&args.config, &args.origin, &args.dest) {
         (Some(path), None, None) => {
             if args.reseed || args.name.is_some() {
-                usage_error("--reseed and --name go with one ORIGIN and DEST, not with --config");
+                usage_error(
+                    "backup",
+                    "--reseed and --name go with one ORIGIN and DEST, not with --config",
+                );
             }
             match config::load(path, &link) {
                 Ok(requests) => requests,
@@ -72,7 +75,7 @@ pub fn run(args: Args) -> Result<u8, Error> {
             name: args.name.clone(),
             store: args.store.options(),
         }],
-        _ => usage_error("name ORIGIN and DEST, or give --config FILE"),
+        _ => usage_error("backup", "name ORIGIN and DEST, or give --config FILE"),
     };
     let quiet = args.ship.quiet;
     if args.dry_run {
@@ -178,13 +181,13 @@ fn run_one(request: &backup::Request, quiet: bool) -> (Outcome, Result<(), Error
 fn summary(outcome: &Outcome) -> String {
     let t = &outcome.transfer;
     let mut line = format!(
-        "lvmsync-rs backup: {} now holds {} ({}): {} of data and {} of zeroes in {} records, {} bytes ({}) sent in {:.1} s",
+        "lvmsync-rs backup: {} now holds {} ({}): {} of data and {} of zeroes in {}, {} bytes ({}) sent in {:.1} s",
         outcome.dest,
         outcome.snapshot.as_deref().unwrap_or("?"),
         outcome.kind.as_deref().unwrap_or("?"),
         human(t.data_bytes),
         human(t.zero_bytes),
-        t.records,
+        counted(t.records, "record"),
         t.bytes_on_wire,
         human(t.bytes_on_wire),
         t.seconds,

@@ -99,11 +99,7 @@ fn json<R: Read>(
     }
     write!(out, "{{\"command\":\"inspect\",\"delta\":")?;
     serde_json::to_writer(&mut *out, name)?;
-    write!(
-        out,
-        ",\"format_version\":{},\"header\":",
-        reader.version()
-    )?;
+    write!(out, ",\"format_version\":{},\"header\":", reader.version())?;
     serde_json::to_writer(&mut *out, reader.header())?;
     write!(out, ",\"records\":[")?;
     let mut data_records = 0u64;

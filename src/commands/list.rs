@@ -9,7 +9,7 @@ use serde::Serialize;
 use lvmsync::changes::{self, Changes, CowListing, Listing, ThinListing};
 use lvmsync::extents::Extent;
 use lvmsync::lvm::{Snapshot, ThinSnapshot};
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
 use super::ChangeArgs;
@@ -72,7 +72,7 @@ struct JsonThinListing<'a> {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let source = args.changes.change_source(false, false);
+    let source = args.changes.change_source("list", false, false);
     let listing = changes::read(&source, None)?;
     let stdout = io::stdout().lock();
     let mut out = BufWriter::with_capacity(1 << 16, stdout);
@@ -197,11 +197,10 @@ fn write_thin_text(l: &ThinListing, out: &mut impl Write) -> io::Result<()> {
     let share = share_of_origin(changed, l.origin_size);
     writeln!(
         out,
-        "changed:     {} bytes ({}{share}) in {} extent{}; {} bytes of it read as zeroes now",
+        "changed:     {} bytes ({}{share}) in {}; {} bytes of it read as zeroes now",
         changed,
         human(changed),
-        all.len(),
-        if all.len() == 1 { "" } else { "s" },
+        counted(all.len() as u64, "extent"),
         l.zero.total_bytes()
     )?;
     let changes = Changes {
@@ -245,20 +244,18 @@ fn write_text(l: &CowListing, out: &mut impl Write) -> io::Result<()> {
     }
     writeln!(
         out,
-        "table:       {} entries in {} metadata area{}",
-        t.exceptions,
-        t.areas,
-        if t.areas == 1 { "" } else { "s" }
+        "table:       {} in {}",
+        counted(t.exceptions, "entry"),
+        counted(t.areas, "metadata area")
     )?;
     let changed = t.extents.total_bytes();
     let share = share_of_origin(changed, l.origin_size);
     writeln!(
         out,
-        "changed:     {} bytes ({}{share}) in {} extent{}",
+        "changed:     {} bytes ({}{share}) in {}",
         changed,
         human(changed),
-        t.extents.len(),
-        if t.extents.len() == 1 { "" } else { "s" }
+        counted(t.extents.len() as u64, "extent")
     )?;
     if !t.extents.is_empty() {
         writeln!(out)?;

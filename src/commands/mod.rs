@@ -7,6 +7,7 @@ pub mod archive;
 pub mod backup;
 pub mod inspect;
 pub mod list;
+pub mod man;
 pub mod restore;
 pub mod send;
 pub mod serve;
@@ -23,7 +24,7 @@ use lvmsync::changes::ChangeSource;
 use lvmsync::progress::Style;
 use lvmsync::ship::Link;
 use lvmsync::stream::Compression;
-use lvmsync::units::parse_size;
+use lvmsync::units::{parse_duration, parse_size};
 
 /// The one JSON object a command prints on stdout when it fails and was
 /// asked for `--json`.
@@ -41,10 +42,19 @@ pub fn print_failure(command: &str, e: &lvmsync::Error) {
     );
 }
 
-/// Exits as the argument parser does for a usage error (status 2).
-pub fn usage_error(message: &str) -> ! {
-    crate::Cli::command()
-        .error(clap::error::ErrorKind::ArgumentConflict, message)
+/// Exits as the argument parser does for a usage error (status 2), with
+/// the usage of `command` (a subcommand's name, or names: "archive prune").
+pub fn usage_error(command: &str, message: &str) -> ! {
+    let mut cli = crate::Cli::command();
+    // Built, the subcommands know their full names for the usage line.
+    cli.build();
+    let mut cmd = &mut cli;
+    for name in command.split_whitespace() {
+        cmd = cmd
+            .find_subcommand_mut(name)
+            .expect("usage_error names a subcommand");
+    }
+    cmd.error(clap::error::ErrorKind::ArgumentConflict, message)
         .exit()
 }
 
@@ -136,11 +146,11 @@ pub struct ChangeArgs {
 
 impl ChangeArgs {
     /// The change source named (see [`TableArgs::change_source`]); a
-    /// usage error ends the program.
-    pub fn change_source(self, reads_data: bool, data_source: bool) -> ChangeSource {
+    /// usage error of `command` ends the program.
+    pub fn change_source(self, command: &str, reads_data: bool, data_source: bool) -> ChangeSource {
         self.table
             .change_source(self.snapshot, reads_data, data_source)
-            .unwrap_or_else(|e| usage_error(&e))
+            .unwrap_or_else(|e| usage_error(command, &e))
     }
 }
 
@@ -165,6 +175,10 @@ pub struct Shipping {
     pub json: bool,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Send at most RATE to DEST, smoothly: KiB per second (500), or
+    /// bytes per second with a unit (500k, 10M, 1G), as rsync reads it
+    #[arg(long, value_name = "RATE", value_parser = lvmsync::throttle::parse_rate)]
+    pub bwlimit: Option<u64>,
 }
 
 impl Shipping {
@@ -175,6 +189,7 @@ impl Shipping {
             force,
             progress: self.log.style(self.quiet),
             command,
+            bwlimit: self.bwlimit,
             ..self.remote.link()
         }
     }
@@ -187,8 +202,9 @@ pub struct LogArgs {
     /// bar is drawn instead when stderr is a terminal and this is plain)
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
-    /// Seconds between progress lines when stderr is not a terminal
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Time between progress lines when stderr is not a terminal (90,
+    /// 90s, 5m, 1h; a plain number is seconds)
+    #[arg(long, value_name = "DURATION", default_value_t = 10, value_parser = parse_duration)]
     pub progress_every: u64,
 }
 
@@ -218,10 +234,11 @@ pub struct RemoteShell {
     /// The lvmsync-rs program on the remote host (a path, or a name in its PATH)
     #[arg(long, value_name = "PATH", default_value = "lvmsync-rs")]
     pub remote_path: String,
-    /// Seconds to wait for the remote to log in, open DEST and answer; then,
-    /// while a delta is sent, for it to take more data; then, while it
-    /// syncs DEST, for it to say it is alive
-    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    /// How long to wait (90, 90s, 5m, 1h; a plain number is seconds) for
+    /// the remote to log in, open DEST and answer; then, while the delta is
+    /// sent, for it to take more data; then, while it syncs DEST, for it to
+    /// say it is alive
+    #[arg(long, value_name = "DURATION", default_value_t = 60, value_parser = parse_duration)]
     pub timeout: u64,
 }
 
@@ -237,6 +254,7 @@ impl RemoteShell {
             timeout: Duration::from_secs(self.timeout),
             progress: Style::Hidden,
             command: "verify",
+            bwlimit: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use lvmsync::archive::restore::{self, Request};
 use lvmsync::archive::Archive;
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
 use super::{usage_error, LogArgs, StoreArgs};
@@ -41,7 +41,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let (volume, point) = restore::parse_spec(&args.volume).unwrap_or_else(|e| usage_error(&e));
+    let (volume, point) =
+        restore::parse_spec(&args.volume).unwrap_or_else(|e| usage_error("restore", &e));
     let started = Instant::now();
     let archive = Archive::open(&args.archive, &args.store.options(), false)?;
     let restored = restore::restore(
@@ -73,16 +74,16 @@ pub fn run(args: Args) -> Result<(), Error> {
         None => "the whole volume was restored".into(),
     };
     eprintln!(
-        "lvmsync-rs restore: {} holds point {} of {} ({}) now; {what}: {} records checked, {} written from {} read in {} ranged reads of {} deltas, in {seconds:.1} s; the copy is synced",
+        "lvmsync-rs restore: {} holds point {} of {} ({}) now; {what}: {} checked, {} written from {} read in {} of {}, in {seconds:.1} s; the copy is synced",
         restored.dest,
         restored.point,
         restored.volume,
         restored.snapshot,
-        restored.records,
+        counted(restored.records, "record"),
         human(restored.bytes_written),
         human(restored.bytes_read),
-        restored.reads,
-        restored.deltas,
+        counted(restored.reads, "ranged read"),
+        counted(restored.deltas as u64, "delta"),
     );
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use lvmsync::send::{self, Delta, Output};
 use lvmsync::stream::Compression;
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
 use super::{usage_error, ChangeArgs, LogArgs};
@@ -37,17 +37,23 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let source = args.changes.change_source(true, args.data_source.is_some());
+    let source = args
+        .changes
+        .change_source("send", true, args.data_source.is_some());
     let output = match args.output {
         Some(path) if path.as_os_str() == "-" => Output::Stdout,
         Some(path) => Output::File(path),
         None => usage_error(
+            "send",
             "say where the delta goes: -o FILE, or -o - for stdout (to pipe it into apply or ssh)",
         ),
     };
     if output == Output::Stdout {
         if args.json {
-            usage_error("--json writes to stdout, where -o - writes the delta: give -o FILE");
+            usage_error(
+                "send",
+                "--json writes to stdout, where -o - writes the delta: give -o FILE",
+            );
         }
         send::refuse_terminal(std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
     }
@@ -75,8 +81,8 @@ pub fn run(args: Args) -> Result<(), Error> {
         return Ok(());
     }
     eprintln!(
-        "lvmsync-rs send: {} records from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}) to {}",
-        written.totals.records,
+        "lvmsync-rs send: {} from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}) to {}",
+        counted(written.totals.records, "record"),
         delta.name,
         human(written.totals.data_bytes),
         human(written.totals.zero_bytes),

@@ -38,7 +38,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Error> {
     if args.remote_side {
         let Some(protocol) = args.protocol else {
-            usage_error("--remote-side needs --protocol")
+            usage_error("status", "--remote-side needs --protocol")
         };
         return status::serve(&status::Side {
             path: Path::new(&args.dest),

@@ -7,20 +7,21 @@ use std::time::Instant;
 
 use lvmsync::ship::Transfer;
 use lvmsync::sync::{self, What};
-use lvmsync::units::{human, printable};
+use lvmsync::units::{counted, human, printable};
 use lvmsync::Error;
 
 use super::{usage_error, Shipping, TableArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// SNAPSHOT (a classic or thin LVM snapshot; not with --cow), then DEST:
-    /// [user@]host:PATH or a local PATH
-    #[arg(value_name = "SNAPSHOT DEST", num_args = 1..=2, required = true)]
+    /// SNAPSHOT (a classic or thin LVM snapshot; with --full, SOURCE; none
+    /// with --cow or --thin-metadata), then DEST: [user@]host:PATH or a
+    /// local PATH
+    #[arg(value_names = ["SNAPSHOT", "DEST"], num_args = 1..=2, required = true, action = clap::ArgAction::Set)]
     pub args: Vec<String>,
-    /// Copy all of SNAPSHOT, which may then be any device or image,
-    /// instead of its changes: the first copy (the seed). Blocks of
-    /// zeroes go as ZERO records, without data
+    /// Copy all of SOURCE (any device or image, a snapshot included)
+    /// instead of a snapshot's changes: the first copy (the seed). Blocks
+    /// of zeroes go as ZERO records, without data
     #[arg(long, conflicts_with_all = ["cow", "thin_metadata", "data_source", "origin_size"])]
     pub full: bool,
     #[command(flatten)]
@@ -47,11 +48,19 @@ pub fn run(args: Args) -> Result<(), Error> {
         ([src, dest], false) if args.full => (src.clone(), dest.clone()),
         ([dest], true) => (String::new(), dest.clone()),
         (_, true) if args.data_source.is_none() => usage_error(
+            "sync",
             "--cow needs --data-source PATH: the device or image holding the origin's new contents",
         ),
-        (_, true) => usage_error("with --cow, name only DEST"),
+        (_, true) => usage_error("sync", "with --cow or --thin-metadata, name only DEST"),
         ([snapshot, dest], false) => (snapshot.clone(), dest.clone()),
-        _ => usage_error("name a SNAPSHOT and a DEST ([user@]host:PATH or a local PATH)"),
+        (_, false) if args.full => usage_error(
+            "sync",
+            "name a SOURCE and a DEST ([user@]host:PATH or a local PATH)",
+        ),
+        _ => usage_error(
+            "sync",
+            "name a SNAPSHOT and a DEST ([user@]host:PATH or a local PATH)",
+        ),
     };
     let what = if args.full {
         What::Full(PathBuf::from(snapshot))
@@ -63,7 +72,7 @@ pub fn run(args: Args) -> Result<(), Error> {
                 true,
                 args.data_source.is_some(),
             )
-            .unwrap_or_else(|e| usage_error(&e));
+            .unwrap_or_else(|e| usage_error("sync", &e));
         What::Changes {
             source,
             data_source: args.data_source,
@@ -107,8 +116,8 @@ pub fn run(args: Args) -> Result<(), Error> {
             );
         }
         eprintln!(
-            "lvmsync-rs sync: {} records from {}: {} of data and {} of zeroes, sent as a delta of {} bytes ({}) in {:.1} s ({}/s) to {dest}, applied and checked there; the copy is synced",
-            transfer.records,
+            "lvmsync-rs sync: {} from {}: {} of data and {} of zeroes, sent as a delta of {} bytes ({}) in {:.1} s ({}/s) to {dest}, applied and checked there; the copy is synced",
+            counted(transfer.records, "record"),
             transfer.source.as_deref().unwrap_or("?"),
             human(transfer.data_bytes),
             human(transfer.zero_bytes),

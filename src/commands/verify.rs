@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 
 use lvmsync::ship::Link;
-use lvmsync::units::human;
+use lvmsync::units::{counted, human};
 use lvmsync::verify::{self, remote, Comparison};
 use lvmsync::Error;
 
@@ -16,7 +16,7 @@ use super::{usage_error, LogArgs, RemoteShell};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// SRC, then DEST: [user@]host:PATH or a local PATH
-    #[arg(value_name = "SRC DEST", num_args = 1..=2, required = true)]
+    #[arg(value_names = ["SRC", "DEST"], num_args = 1..=2, required = true, action = clap::ArgAction::Set)]
     pub args: Vec<String>,
     /// Bytes per hashed block: a power of two from 4k to 64M; the
     /// differences are found to this granularity
@@ -58,7 +58,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
     let (src, dest) = match (args.args.as_slice(), args.remote_side) {
         ([path], true) => {
             let (Some(protocol), Some(src_size)) = (args.protocol, args.src_size) else {
-                usage_error("--remote-side takes one PATH")
+                usage_error("verify", "--remote-side takes one PATH")
             };
             remote::serve(&remote::Side {
                 path: path.into(),
@@ -68,9 +68,12 @@ pub fn run(args: Args) -> Result<bool, Error> {
             })?;
             return Ok(true);
         }
-        (_, true) => usage_error("--remote-side takes one PATH"),
+        (_, true) => usage_error("verify", "--remote-side takes one PATH"),
         ([src, dest], false) => (src, dest),
-        _ => usage_error("name SRC and DEST ([user@]host:PATH or a local PATH)"),
+        _ => usage_error(
+            "verify",
+            "name SRC and DEST ([user@]host:PATH or a local PATH)",
+        ),
     };
     let request = verify::Request {
         src: src.into(),
@@ -130,12 +133,17 @@ fn print_text(r: &Comparison) -> io::Result<()> {
     if r.src_size != r.dest_size {
         writeln!(
             out,
-            "sizes differ: the last {} bytes of {} count as a difference",
-            r.src_size.abs_diff(r.dest_size),
+            "sizes differ: the last {} of {} {} as a difference",
+            counted(r.src_size.abs_diff(r.dest_size), "byte"),
             if r.src_size > r.dest_size {
                 "SRC"
             } else {
                 "DEST"
+            },
+            if r.src_size.abs_diff(r.dest_size) == 1 {
+                "counts"
+            } else {
+                "count"
             }
         )?;
     }
@@ -169,16 +177,15 @@ fn print_text(r: &Comparison) -> io::Result<()> {
     let n = r.differences.len();
     writeln!(
         out,
-        "differ: {} bytes ({}) in {n} range{}; {read}{wire}",
-        r.differing_bytes,
+        "differ: {} ({}) in {}; {read}{wire}",
+        counted(r.differing_bytes, "byte"),
         human(r.differing_bytes),
-        if n == 1 { "" } else { "s" }
+        counted(n as u64, "range")
     )?;
     if let Some(p) = &r.repaired {
         let mut line = format!(
-            "repaired: {} record{} ({} of data, {} of zeroes) sent as a delta of {} bytes ({}), applied to {} and checked",
-            p.records,
-            if p.records == 1 { "" } else { "s" },
+            "repaired: {} ({} of data, {} of zeroes) sent as a delta of {} bytes ({}), applied to {} and checked",
+            counted(p.records, "record"),
             human(p.data_bytes),
             human(p.zero_bytes),
             p.delta_bytes,
@@ -202,8 +209,13 @@ fn print_text(r: &Comparison) -> io::Result<()> {
         } else {
             writeln!(
                 out,
-                "DEST is a block device larger than SRC: its last {} bytes remain",
-                p.dest_size_after - r.src_size
+                "DEST is a block device larger than SRC: its last {} {}",
+                counted(p.dest_size_after - r.src_size, "byte"),
+                if p.dest_size_after - r.src_size == 1 {
+                    "remains"
+                } else {
+                    "remain"
+                }
             )?;
         }
     }

@@ -156,7 +156,6 @@ fn apply_here(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_repair_delta_is_a_comparison_for_any_content_of_srcs_size() {
@@ -170,15 +169,7 @@ mod tests {
             dest: "host:/copy img".into(),
             block_size: 4096,
             repair: true,
-            link: Link {
-                rsh: "ssh".into(),
-                remote_path: "lvmsync-rs".into(),
-                create: false,
-                force: false,
-                timeout: Duration::from_secs(1),
-                progress: crate::progress::Style::Hidden,
-                command: "verify",
-            },
+            link: Link::default(),
             target: None,
         };
         let h = header(&req, &src);

@@ -303,6 +303,10 @@ fn check_damaged(f: &Fixture, recs: &[Rec], name: &str, bytes: &[u8], needle: &s
     } else {
         assert!(
             stderr.contains(&format!("{k} record{} (", if k == 1 { "" } else { "s" }))
+                && stderr.contains(&format!(
+                    ") {} applied to",
+                    if k == 1 { "was" } else { "were" }
+                ))
                 && stderr.contains("applying an intact copy of the whole delta completes the job"),
             "{name}: {stderr}"
         );
@@ -351,19 +355,42 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
         "not an lvmsync-rs delta",
         0,
     );
+    // A newer version, and one no lvmsync-rs writes: a flipped bit of
+    // the version field is a damaged header, not a call for an upgrade.
     let mut other = good.clone();
-    other[8] = 99;
+    other[8] = stream::VERSION as u8 + 1;
     check_damaged(
         &f,
         &recs,
         "version",
         &other,
         &format!(
-            "delta format version 99, but this lvmsync-rs reads version {} only",
+            "delta format version {}, but this lvmsync-rs reads versions {} to {} only: it was written by a newer lvmsync-rs",
+            stream::VERSION + 1,
+            stream::OLDEST_VERSION,
             stream::VERSION
         ),
         0,
     );
+    let mut flipped = good.clone();
+    flipped[10] ^= 1;
+    check_damaged(
+        &f,
+        &recs,
+        "version-bit",
+        &flipped,
+        "damaged header: its format version field reads 65538, which no lvmsync-rs writes",
+        0,
+    );
+    for (bytes, code) in [(&other, 4), (&flipped, 5)] {
+        let path = f.path("version-status.lvd");
+        fs::write(&path, bytes).unwrap();
+        let copy = f.copy_of_old("version-status.img");
+        for args in [vec!["apply", s(&path), s(&copy)], vec!["inspect", s(&path)]] {
+            let out = run(&args);
+            assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        }
+    }
     check_damaged(
         &f,
         &recs,
@@ -503,7 +530,7 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
         &recs,
         "end-count",
         &with_end(&miscount, stream::digest(body)),
-        &format!("it counts {} records, the stream holds {n}", n + 1),
+        &format!("its count of records is {}, the stream holds {n}", n + 1),
         n,
     );
     check_damaged(
@@ -522,6 +549,16 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
         "trailing",
         &trailing,
         "4 bytes follow the END record",
+        n,
+    );
+    let mut one_more = good.clone();
+    one_more.push(0);
+    check_damaged(
+        &f,
+        &recs,
+        "trailing-byte",
+        &one_more,
+        "1 byte follows the END record",
         n,
     );
 
@@ -622,9 +659,10 @@ fn inspect_shows_a_good_delta_and_stops_at_damage() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
+        // Without zstd, the oldest version that has lz4.
         &format!(
             "format:       version {}, written by lvmsync-rs ",
-            stream::VERSION
+            stream::Compression::Lz4.version()
         ),
         "source:       image ",
         "origin size:  4195840 (4.0 MiB)",
@@ -756,7 +794,7 @@ fn bad_arguments_are_refused() {
         (&["apply", delta, delta], "are the same file"),
         (
             &["apply", cow, copy_arg],
-            "not an lvmsync-rs delta: it starts with 53 6e 41 70",
+            "a dm-snapshot COW image, not a delta: list or send it with --cow; nothing was written",
         ),
         (
             &["apply", delta, "/dev/null"],
@@ -765,6 +803,7 @@ fn bad_arguments_are_refused() {
         // inspect
         (&["inspect", missing], no_such_file),
         (&["inspect", new], "not an lvmsync-rs delta"),
+        (&["inspect", cow], "a dm-snapshot COW image, not a delta"),
     ]);
     assert_usage_errors(&[
         (&["send", "--cow", cow, "--data-source", new], ""),
@@ -779,7 +818,7 @@ fn bad_arguments_are_refused() {
                 "-o",
                 "-",
                 "--compress",
-                "zstd",
+                "zstd:20",
             ],
             "",
         ),

@@ -180,7 +180,10 @@ fn bad_arguments_are_refused() {
             "not a block device or a regular file",
         ),
         // A snapshot name that is a regular file, or nothing at all.
-        (&["list", &img], "not a block device"),
+        (
+            &["list", &img],
+            "a.cow: a regular file, not an LVM snapshot; it holds a dm-snapshot COW store: read it with --cow",
+        ),
         (
             &["list", "novg/nolv"],
             "novg/nolv: no such device (/dev/novg/nolv)",
@@ -214,4 +217,57 @@ fn a_closed_pipe_ends_quietly() {
         "{:?}",
         out.stderr
     );
+}
+
+#[test]
+fn a_regular_file_named_as_a_snapshot_is_called_one() {
+    let dir = scratch("list-regular-file");
+    image(&dir, "snap.cow", 4096, &[1, 5]);
+    fs::write(dir.join("base.img"), random(64 << 10, 3)).unwrap();
+    let in_dir = |args: &[&str]| command().args(args).current_dir(&*dir).output().unwrap();
+    let image_hint = "SNAPSHOT names an LVM snapshot (VG/LV, /dev/VG/LV or a device-mapper name)";
+    let cow_hint =
+        "it holds a dm-snapshot COW store: read it with --cow snap.cow --origin-size SIZE";
+    for (args, needle) in [
+        (
+            &["list", "base.img"][..],
+            format!("base.img: a regular file, not an LVM snapshot; {image_hint}"),
+        ),
+        (
+            &["list", "./base.img"][..],
+            format!("./base.img: a regular file, not an LVM snapshot; {image_hint}"),
+        ),
+        (
+            &["list", "snap.cow"][..],
+            format!("snap.cow: a regular file, not an LVM snapshot; {cow_hint}"),
+        ),
+        (
+            &["send", "snap.cow", "-o", "d.lvd"][..],
+            format!("snap.cow: a regular file, not an LVM snapshot; {cow_hint}"),
+        ),
+        // The shorthand for sync, before anything is run for DEST.
+        (
+            &["base.img", "host:/copy"][..],
+            format!("base.img: a regular file, not an LVM snapshot; {image_hint}"),
+        ),
+    ] {
+        let out = in_dir(args);
+        assert_clean_failure(&out, &needle);
+        assert_eq!(out.status.code(), Some(8), "{args:?}");
+    }
+    assert!(!dir.join("d.lvd").exists());
+    // What the hint says works.
+    let out = in_dir(&["list", "--cow", "snap.cow", "--origin-size", "64k"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("in 2 extents"), "{}", stdout(&out));
+    // One of each, in the singular.
+    image(&dir, "one.cow", 4096, &[1]);
+    let out = in_dir(&["list", "--cow", "one.cow", "--origin-size", "64k"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("table:       1 entry in 1 metadata area\n"),
+        "{text}"
+    );
+    assert!(text.contains(") in 1 extent\n"), "{text}");
 }

@@ -12,6 +12,7 @@ mod backup_cli;
 mod delta_cli;
 mod demo;
 mod fixtures;
+mod help_cli;
 mod list_cli;
 mod mutation;
 mod safety;

@@ -262,6 +262,46 @@ fn hosts_that_read_as_options_and_endless_far_end_lines_are_refused() {
         ]);
         assert_clean_failure(&out, needle);
     }
+    // A DEST with an empty user or host is refused before any remote
+    // shell is run, by sync and by verify; one starting with ':' is a
+    // local path, as for scp.
+    let ran = c.path("rsh-ran");
+    let rsh = script(&c.path("rsh"), &format!("touch {}\nexit 1", s(&ran)));
+    for (dest, needle) in [
+        ("user@:/x", "\"user@:/x\": no host before the ':'"),
+        ("@host:/x", "\"@host:/x\": no user before the '@'"),
+        ("[]:/x", "\"[]:/x\": no host before the ':'"),
+        ("user@[]:/x", "no host before the ':'"),
+        (":/x", ":/x: no such file; give --create"),
+    ] {
+        let sync = run(&[
+            "sync",
+            "-e",
+            s(&rsh),
+            "--cow",
+            s(&c.cow_path),
+            "--data-source",
+            s(&c.new_path),
+            dest,
+        ]);
+        assert_clean_failure(&sync, needle);
+        let verify = run(&["verify", "-e", s(&rsh), s(&c.new_path), dest]);
+        assert_clean_failure(
+            &verify,
+            if dest == ":/x" {
+                ":/x: cannot open"
+            } else {
+                needle
+            },
+        );
+        let status = if dest == ":/x" { [4, 1] } else { [2, 2] };
+        assert_eq!(
+            [sync.status.code(), verify.status.code()],
+            status.map(Some),
+            "{dest}"
+        );
+        assert!(!ran.exists(), "{dest}: the remote shell was run");
+    }
     // A far end that prints without ever ending its line.
     let endless = script(
         &c.path("endless-rsh"),

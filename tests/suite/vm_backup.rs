@@ -290,7 +290,7 @@ fn backups_rotate_snapshots_check_bases_and_resume() {
     let vols = doc["volumes"].as_array().cloned().unwrap_or_default();
     f.check(
         rc != "0"
-            && doc["exit_code"].to_string() == rc
+            && doc["exit_code"].as_u64().map(|c| c.to_string()) == Some(rc.clone())
             && vols.len() == 2
             && vols[0]["result"] == "ok"
             && vols[0]["kind"] == "incremental"

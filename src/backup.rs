@@ -398,6 +398,7 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
                         ..link.clone()
                     },
                     target: Some(new.point_in_time(&origin)),
+                    compression: req.compression,
                 },
                 &mut compared,
             )?;

@@ -100,7 +100,7 @@ fn json<R: Read>(
     write!(out, "{{\"command\":\"inspect\",\"delta\":")?;
     serde_json::to_writer(&mut *out, name)?;
     write!(out, ",\"format_version\":{},\"header\":", reader.version())?;
-    serde_json::to_writer(&mut *out, reader.header())?;
+    serde_json::to_writer(&mut *out, &header_json(reader.header()))?;
     write!(out, ",\"records\":[")?;
     let mut data_records = 0u64;
     let damage = loop {
@@ -156,6 +156,19 @@ fn json<R: Read>(
     serde_json::to_writer(&mut *out, &kind.map(|k| k.exit_code()))?;
     writeln!(out, "}}")?;
     Ok(damage)
+}
+
+/// The header as `inspect --json` shows it: `compression` is the codec's
+/// name (`none`, `lz4` or `zstd`), and `compression_level` the zstd level
+/// (null for the others).
+fn header_json(h: &Header) -> serde_json::Value {
+    let mut doc = serde_json::to_value(h).expect("plain fields serialize");
+    doc["compression"] = h.compression.codec().into();
+    doc["compression_level"] = match h.compression {
+        Compression::Zstd { level } => level.into(),
+        _ => serde_json::Value::Null,
+    };
+    doc
 }
 
 fn text<R: Read>(

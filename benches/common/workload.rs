@@ -143,6 +143,60 @@ impl Workload {
             chunk += gap + len;
             changed += len * CHUNK;
         }
+        Workload::write(dir, extents, origin_size, changed, &mut rng, t)
+    }
+
+    /// The 1% workload: an image of `origin_size` bytes of which `share`
+    /// of the 4 KiB chunks changed, in scattered runs as a filesystem's
+    /// writes leave them (7 in 10 of one chunk, 2 of 2 to 4, 1 of 5 to 16),
+    /// each holding random data, text, zeroes or half and half as in
+    /// [`Workload::make`].
+    pub fn scattered(dir: &Path, origin_size: u64, share: f64) -> Workload {
+        let t = Instant::now();
+        let chunks = origin_size / CHUNK;
+        let target = ((chunks as f64 * share) as u64).max(1);
+        // Gaps average (1 - share) / share times the run before them.
+        let spread = ((1.0 - share) / share * 2.0) as u64;
+        let mut rng = Rng(0x0001_9e7c_e47a_5eed);
+        let mut extents = Vec::new();
+        let (mut chunk, mut changed) = (0u64, 0u64);
+        while changed < target * CHUNK {
+            let len = match rng.below(10) {
+                0..=6 => 1,
+                7 | 8 => 2 + rng.below(3),
+                _ => 5 + rng.below(12),
+            };
+            let gap = rng.below(spread * len + 1);
+            if chunk + gap + len > chunks {
+                break;
+            }
+            let content = match rng.below(20) {
+                0..=7 => Content::Random,
+                8..=14 => Content::Text,
+                15..=17 => Content::Zero,
+                _ => Content::Mixed,
+            };
+            extents.push(Extent {
+                offset: (chunk + gap) * CHUNK,
+                length: len * CHUNK,
+                content,
+            });
+            chunk += gap + len;
+            changed += len * CHUNK;
+        }
+        Workload::write(dir, extents, origin_size, changed, &mut rng, t)
+    }
+
+    /// Writes the new image and the COW image of `extents` in `dir`, and
+    /// says what was made.
+    fn write(
+        dir: &Path,
+        extents: Vec<Extent>,
+        origin_size: u64,
+        changed: u64,
+        rng: &mut Rng,
+        t: Instant,
+    ) -> Workload {
         let new = dir.join("new.img");
         let cow = dir.join("snap.cow");
         let f = File::create(&new).unwrap();
@@ -151,7 +205,7 @@ impl Workload {
         let mut cw = CowWriter::new(File::create(&cow).unwrap(), CHUNK);
         for e in &extents {
             let b = &mut buf[..e.length as usize];
-            fill(&mut rng, e.content, b);
+            fill(rng, e.content, b);
             if e.content != Content::Zero {
                 f.write_all_at(b, e.offset).unwrap();
             }
@@ -172,7 +226,7 @@ impl Workload {
                 / changed as f64
         };
         println!(
-            "changed: {:.2} GiB in {} extents over a {:.0} GiB image ({:.0}% random, {:.0}% text, {:.0}% zeroes, {:.0}% half text half random), made in {:.1} s in {}",
+            "changed: {:.3} GiB in {} extents over a {:.0} GiB image ({:.0}% random, {:.0}% text, {:.0}% zeroes, {:.0}% half text half random), made in {:.1} s in {}",
             changed as f64 / (1u64 << 30) as f64,
             extents.len(),
             origin_size as f64 / (1u64 << 30) as f64,
@@ -200,6 +254,51 @@ impl Workload {
             .map(|e| e.length)
             .sum()
     }
+}
+
+/// An image of `size` bytes: 4 MiB runs of data (half text, half random)
+/// and of zeroes (written, as on a device), alternating: the seed's image.
+pub fn half_zero_image(path: &Path, size: u64) {
+    use std::io::Write;
+    const RUN: usize = 4 << 20;
+    let mut f = File::create(path).unwrap();
+    let mut rng = Rng(0x005e_ed0f_da7a);
+    let mut data = vec![0u8; RUN];
+    let zeroes = vec![0u8; RUN];
+    let mut at = 0u64;
+    let mut n = 0;
+    while at < size {
+        let len = RUN.min((size - at) as usize);
+        if n % 2 == 0 {
+            text(&mut rng, &mut data[..RUN / 2]);
+            rng.fill(&mut data[RUN / 2..]);
+            f.write_all(&data[..len]).unwrap();
+        } else {
+            f.write_all(&zeroes[..len]).unwrap();
+        }
+        at += len as u64;
+        n += 1;
+    }
+    f.sync_all().unwrap();
+}
+
+/// The bytes of `extents` of `image`, one after the other, into `out`:
+/// what a plain compressor of the changed data is given.
+pub fn concat_extents(image: &Path, extents: &[Extent], out: &Path) {
+    use std::io::Write;
+    let f = File::open(image).unwrap();
+    let mut w = std::io::BufWriter::new(File::create(out).unwrap());
+    let mut buf = vec![0u8; PIECE];
+    for e in extents {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            f.read_exact_at(&mut buf[..n], e.offset + done).unwrap();
+            w.write_all(&buf[..n]).unwrap();
+            done += n as u64;
+        }
+    }
+    w.flush().unwrap();
 }
 
 /// A fresh copy of the old image: sparse, with old (random) data where the

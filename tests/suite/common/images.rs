@@ -136,7 +136,10 @@ pub fn words(b: &mut [u8], rng: &mut Rng) {
     while i < b.len() {
         let r = rng.below(1 << 16);
         let word = WORDS[(r % 16) as usize].as_bytes();
-        for &c in word.iter().chain(if r.is_multiple_of(11) { b"\n" } else { b" " }) {
+        for &c in word
+            .iter()
+            .chain(if r.is_multiple_of(11) { b"\n" } else { b" " })
+        {
             if i == b.len() {
                 break;
             }

@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::adapt::Compress;
 use crate::backup::{self, Request};
 use crate::files;
 use crate::ship::Link;
@@ -160,9 +161,9 @@ pub fn parse(text: &str, link: &Link) -> Result<Vec<Request>, String> {
             SnapshotSize::parse(s.snapshot_size.as_deref().unwrap_or(DEFAULT_SNAPSHOT_SIZE))
                 .map_err(|e| bad("snapshot_size", e))?;
         let compression = match s.compress.as_deref() {
-            None => Compression::Lz4,
+            None => Compress::Fixed(Compression::Lz4),
             Some(how) => how
-                .parse::<Compression>()
+                .parse::<Compress>()
                 .map_err(|e| bad("compress", format!("{how:?}: {e}")))?,
         };
         let bwlimit = match &s.bwlimit {
@@ -271,8 +272,11 @@ mod tests {
             ("vg0/root", "ssh -i /k")
         );
         assert_eq!(r[0].link.timeout, Duration::from_secs(30));
-        assert_eq!(r[0].compression, Compression::None);
-        assert_eq!(r[1].compression, Compression::Zstd { level: 7 });
+        assert_eq!(r[0].compression, Compress::Fixed(Compression::None));
+        assert_eq!(
+            r[1].compression,
+            Compress::Fixed(Compression::Zstd { level: 7 })
+        );
         assert_eq!(r[1].origin, "vg0/data");
         assert_eq!(r[1].link.rsh, "ssh -p 2222");
         assert_eq!(r[1].link.timeout, Duration::from_secs(30));
@@ -298,7 +302,7 @@ mod tests {
             ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\nsnapshot_sise = \"1G\"\n", "snapshot_sise"),
             ("[[volume]]\norigin = \"vg/a\"\n", "dest"),
             ("[[volume]]\norigin = \"a\"\ndest = \"/x\"\n", "VG/LV"),
-            ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\ncompress = \"zip\"\n", "\"zip\": give lz4, zstd"),
+            ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\ncompress = \"zip\"\n", "\"zip\": give auto, lz4, zstd"),
             ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\ncompress = \"zstd:22\"\n", "from 1 to 19"),
             ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\nsnapshot_size = \"lots\"\n", "snapshot_size"),
             ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\n[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\n", "named twice"),

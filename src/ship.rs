@@ -260,6 +260,10 @@ pub struct Transfer {
     /// transfer, after an interruption; 0 for a whole delta.
     pub resumed_from: u64,
     pub seconds: f64,
+    /// What `--compress` asked for (`lz4`, `zstd:3`, `auto`...).
+    pub compression: String,
+    /// With `--compress auto`: what it chose and why.
+    pub auto: Option<crate::adapt::AutoReport>,
 }
 
 impl Transfer {
@@ -341,6 +345,7 @@ impl Session {
         self.progress
             .set_total(delta.changes.as_changes().total_bytes());
         transfer.resumed_from = delta.header.resume_from;
+        transfer.compression = delta.compression_name();
         let Some(stdin) = conn.take_stdin() else {
             return Err(TransportError::Cut {
                 host: self.name.clone(),
@@ -404,6 +409,7 @@ impl Session {
             return Err(self.conn.cut(len).into());
         }
         transfer.count(&totals, len);
+        transfer.auto = delta.auto.as_ref().map(|a| a.report());
         await_receipt(self.conn, &Receipt::new(&totals, len, digest), self.stall)?;
         Ok(())
     }

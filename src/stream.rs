@@ -791,6 +791,9 @@ pub struct Encoder {
     compression: Compression,
     /// Made at the first record zstd compresses.
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// With zstd: the level set by [`Encoder::set_zstd_level`] (`--compress
+    /// auto`), or records stored raw (`None`), instead of the header's.
+    level: Option<Option<i32>>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -806,7 +809,21 @@ impl Encoder {
         Encoder {
             compression,
             zstd: None,
+            level: None,
         }
+    }
+
+    /// With zstd, compresses the next records at `level` (any level zstd
+    /// has, its fast negative ones too), or stores them raw (`None`).
+    /// Readers need no level: the stream stays what its header says.
+    pub fn set_zstd_level(&mut self, level: Option<i32>) -> io::Result<()> {
+        if let (Some(l), Some(z)) = (level, self.zstd.as_mut()) {
+            if self.level != Some(level) {
+                z.set_compression_level(l)?;
+            }
+        }
+        self.level = Some(level);
+        Ok(())
     }
 
     /// The compression it uses.
@@ -845,9 +862,13 @@ impl Encoder {
             },
             // Into less room than the content: a frame that does not fit
             // would not make the record smaller, and fails.
+            Compression::Zstd { .. } if self.level == Some(None) => None,
             Compression::Zstd { level } => {
                 if self.zstd.is_none() {
-                    let level = level.clamp(*ZSTD_LEVELS.start(), *ZSTD_LEVELS.end());
+                    let level = match self.level {
+                        Some(Some(l)) => l,
+                        _ => level.clamp(*ZSTD_LEVELS.start(), *ZSTD_LEVELS.end()),
+                    };
                     self.zstd = Some(zstd::bulk::Compressor::new(level)?);
                 }
                 self.zstd.as_mut().and_then(|z| {

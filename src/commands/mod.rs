@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use clap::{CommandFactory, ValueEnum};
 
+use lvmsync::adapt::Compress;
 use lvmsync::changes::ChangeSource;
 use lvmsync::progress::Style;
 use lvmsync::ship::Link;
-use lvmsync::stream::Compression;
 use lvmsync::units::{parse_duration, parse_size};
 
 /// The one JSON object a command prints on stdout when it fails and was
@@ -159,9 +159,11 @@ impl ChangeArgs {
 #[derive(clap::Args, Debug)]
 pub struct Shipping {
     /// Compress DATA records: lz4, zstd[:LEVEL] (LEVEL 1 to 19, 3 by
-    /// default) or none; each is stored raw when that does not make it smaller
+    /// default), none, or auto (zstd at the level that keeps the link busy,
+    /// chosen as the delta is sent); each is stored raw when that does not
+    /// make it smaller
     #[arg(long, value_name = "HOW", default_value = "lz4")]
-    pub compress: Compression,
+    pub compress: Compress,
     /// Create DEST as a regular file when it does not exist
     #[arg(long)]
     pub create: bool,

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use lvmsync::adapt::Compress;
 use lvmsync::send::{self, Delta, Output};
-use lvmsync::stream::Compression;
 use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
@@ -22,9 +22,11 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Compress DATA records: lz4, zstd[:LEVEL] (LEVEL 1 to 19, 3 by
-    /// default) or none; each is stored raw when that does not make it smaller
+    /// default), none, or auto (zstd at the level that keeps the output
+    /// busy, chosen as the delta is written); each is stored raw when that
+    /// does not make it smaller
     #[arg(long, value_name = "HOW", default_value = "lz4")]
-    pub compress: Compression,
+    pub compress: Compress,
     /// No summary on stderr; errors only
     #[arg(short, long)]
     pub quiet: bool,
@@ -57,8 +59,11 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
         send::refuse_terminal(std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
     }
-    let delta = Delta::of_changes(&source, args.data_source.as_deref(), args.compress)?;
+    let mut delta =
+        Delta::of_changes(&source, args.data_source.as_deref(), args.compress.header())?;
+    delta.compress(args.compress);
     let written = send::write_delta(&delta, &output, args.log.style(args.quiet))?;
+    let auto = delta.auto.as_ref().map(|a| a.report());
     if args.json {
         println!(
             "{}",
@@ -72,6 +77,8 @@ pub fn run(args: Args) -> Result<(), Error> {
                 "zero_bytes": written.totals.zero_bytes,
                 "payload_bytes": written.totals.payload_bytes,
                 "delta_bytes": written.length,
+                "compression": delta.compression_name(),
+                "auto": auto,
                 "base": delta.header.base,
                 "target": delta.header.target,
             })
@@ -90,5 +97,8 @@ pub fn run(args: Args) -> Result<(), Error> {
         human(written.length),
         written.to
     );
+    if let Some(auto) = &auto {
+        eprintln!("lvmsync-rs send: --compress auto: {}", auto.line());
+    }
     Ok(())
 }

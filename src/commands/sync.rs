@@ -126,6 +126,9 @@ pub fn run(args: Args) -> Result<(), Error> {
             transfer.seconds,
             human((transfer.bytes_read as f64 / transfer.seconds.max(1e-3)) as u64),
         );
+        if let Some(auto) = &transfer.auto {
+            eprintln!("lvmsync-rs sync: --compress auto: {}", auto.line());
+        }
     }
     result
 }

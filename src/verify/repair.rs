@@ -72,6 +72,7 @@ pub fn repair(
         changes: ChangeSet::read(ExtentSet::from_extents(extents)),
         name: src.path().display().to_string(),
         inputs: vec![src.path().to_path_buf()],
+        auto: None,
     };
     let mut repaired = Repaired {
         dest_size_before: comparison.dest_size,

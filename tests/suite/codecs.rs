@@ -452,3 +452,59 @@ fn verify_repairs_with_the_codec_asked_here_and_over_ssh() {
     assert_same(&dest, &data, "zstd: repaired over ssh");
     assert!(over_ssh < sent[1].1, "{over_ssh} over ssh, {sent:?} here");
 }
+
+#[test]
+fn auto_says_what_it_chose_and_its_delta_applies() {
+    let c = change("codecs-auto");
+    let delta = c.path("auto.lvd");
+    let o = run(&[
+        "send",
+        "--cow",
+        s(&c.cow_path),
+        "--data-source",
+        s(&c.new_path),
+        "--compress",
+        "auto",
+        "--json",
+        "-o",
+        s(&delta),
+    ]);
+    assert_ok(&o);
+    let doc = strict_json(&stdout(&o)).unwrap();
+    assert_eq!(doc["compression"], "auto", "{doc}");
+    let auto = &doc["auto"];
+    assert!(auto["chose"].as_str().unwrap().starts_with("zstd:") || auto["chose"] == "raw");
+    assert!(!auto["why"].as_str().unwrap().is_empty(), "{doc}");
+    // A zstd stream (version 3) whatever the levels.
+    let (doc, _) = inspect(&delta);
+    assert_eq!(doc["format_version"], 3);
+    assert_eq!(doc["header"]["compression"], "zstd");
+    let copy = c.copy_of_old("copy.img");
+    assert_ok(&run(&["apply", s(&delta), s(&copy)]));
+    assert_same(&copy, &c.new, "auto");
+    // The summary line says it too.
+    let o = run(&[
+        "sync",
+        "--cow",
+        s(&c.cow_path),
+        "--data-source",
+        s(&c.new_path),
+        "--compress",
+        "auto",
+        s(&c.copy_of_old("copy2.img")),
+    ]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("lvmsync-rs sync: --compress auto: "),
+        "{}",
+        stderr(&o)
+    );
+    assert_same(&c.path("copy2.img"), &c.new, "auto, synced");
+    // Not where it has no meaning.
+    assert_eq!(
+        run(&["verify", "--repair", "--compress", "auto", "a", "b"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -29,41 +29,15 @@ mod sshd;
 
 use measure::{drop_cache, env_f64, median};
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
-use workload::text;
+use workload::half_zero_image;
 
 use lvmsync::cowgen::{CowImage, Rng};
 
-const RUN: usize = 4 << 20;
 const CHUNK: u64 = 4096;
-
-/// An image of `size` bytes: 4 MiB runs of data (half text, half random)
-/// and of zeroes (written, as on a device), alternating.
-fn make_image(path: &Path, size: u64) {
-    let mut f = File::create(path).unwrap();
-    let mut rng = Rng(0x005e_ed0f_da7a);
-    let mut data = vec![0u8; RUN];
-    let zeroes = vec![0u8; RUN];
-    let mut at = 0u64;
-    let mut n = 0;
-    while at < size {
-        let len = RUN.min((size - at) as usize);
-        if n % 2 == 0 {
-            text(&mut rng, &mut data[..RUN / 2]);
-            rng.fill(&mut data[RUN / 2..]);
-            f.write_all(&data[..len]).unwrap();
-        } else {
-            f.write_all(&zeroes[..len]).unwrap();
-        }
-        at += len as u64;
-        n += 1;
-    }
-    f.sync_all().unwrap();
-}
 
 /// A COW image of `share` of the chunks of an image of `size` bytes (runs
 /// of 1 to 64 chunks), and a new image where those chunks hold random
@@ -125,7 +99,7 @@ fn main() {
     fs::create_dir_all(&dir).unwrap();
     let size = (gib * (1u64 << 30) as f64) as u64 / CHUNK * CHUNK;
     let image = dir.join("image.img");
-    make_image(&image, size);
+    half_zero_image(&image, size);
     let (cow, new, changed) = make_change(&dir, size, 0.01);
     let server = sshd::Sshd::start(&dir.join("sshd"));
     let rsh = server.rsh();

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::adapt::Compress;
 use crate::archive::catalog;
 use crate::archive::{self, Archive, ArchiveError};
 use crate::blockdev::Source;
@@ -29,7 +30,7 @@ use crate::snapshots::{self, SnapshotSize};
 use crate::state::State;
 use crate::status::{self, DestStatus};
 use crate::store::StoreOptions;
-use crate::stream::{Compression, SourceInfo, SourceKind};
+use crate::stream::{SourceInfo, SourceKind};
 use crate::transport::Location;
 use crate::units::human;
 use crate::verify;
@@ -47,7 +48,7 @@ pub struct Request {
     /// `[user@]host:PATH` or a local path.
     pub dest: String,
     pub snapshot_size: SnapshotSize,
-    pub compression: Compression,
+    pub compression: Compress,
     /// How DEST is reached (its `force` is not used: a backup never
     /// overrides DEST's state).
     pub link: Link,
@@ -347,7 +348,8 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
         force: false,
         ..req.link.clone()
     };
-    let mut session = Session::connect(&dest, &link, &mut outcome.transfer)?;
+    let format = req.compression.header().version();
+    let mut session = Session::connect(&dest, &link, format, &mut outcome.transfer)?;
     let state = session.dest_state().cloned();
     let decision = decide(&Situation {
         origin: &origin,
@@ -397,6 +399,7 @@ pub fn run(req: &Request, outcome: &mut Outcome, mut note: impl FnMut(&str)) -> 
                         ..link.clone()
                     },
                     target: Some(new.point_in_time(&origin)),
+                    compression: req.compression.header(),
                 },
                 &mut compared,
             )?;
@@ -771,13 +774,14 @@ fn remove_all_but(origin: &Lv, tag: &str, keep: &Lv, outcome: &mut Outcome) -> R
 
 /// The delta of a full copy of `snap`, a snapshot of `origin`: every
 /// extent, all-zero blocks as ZERO records, bringing a copy to `snap`.
-fn full_copy(origin: &Lv, snap: &Lv, compression: Compression) -> Result<Delta, Error> {
+fn full_copy(origin: &Lv, snap: &Lv, compression: Compress) -> Result<Delta, Error> {
     let path = snap.device();
     let source = Source::open(&path).map_err(|source| Error::Open {
         path: path.display().to_string(),
         source,
     })?;
-    let mut delta = Delta::full_copy(source, compression);
+    let mut delta = Delta::full_copy(source, compression.header());
+    delta.compress(compression);
     delta.header.source = SourceInfo {
         kind: SourceKind::Full,
         vg: Some(origin.vg_name.clone()),
@@ -794,12 +798,13 @@ fn full_copy(origin: &Lv, snap: &Lv, compression: Compression) -> Result<Delta, 
 
 /// The delta of what `base` recorded, with the data of `new`: from `base`
 /// to `new`.
-fn incremental(origin: &Lv, base: &Lv, new: &Lv, compression: Compression) -> Result<Delta, Error> {
+fn incremental(origin: &Lv, base: &Lv, new: &Lv, compression: Compress) -> Result<Delta, Error> {
     let mut delta = Delta::of_changes(
         &ChangeSource::Snapshot(base.full_name()),
         Some(&new.device()),
-        compression,
+        compression.header(),
     )?;
+    delta.compress(compression);
     delta.header.base = Some(base.point_in_time(origin));
     delta.header.target = Some(new.point_in_time(origin));
     Ok(delta)

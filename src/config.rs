@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::adapt::Compress;
 use crate::backup::{self, Request};
 use crate::files;
 use crate::ship::Link;
@@ -54,7 +55,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct Settings {
     snapshot_size: Option<String>,
-    /// `lz4` or `none`.
+    /// `lz4`, `zstd`, `zstd:LEVEL` or `none`.
     compress: Option<String>,
     create: Option<bool>,
     rsh: Option<String>,
@@ -160,9 +161,10 @@ pub fn parse(text: &str, link: &Link) -> Result<Vec<Request>, String> {
             SnapshotSize::parse(s.snapshot_size.as_deref().unwrap_or(DEFAULT_SNAPSHOT_SIZE))
                 .map_err(|e| bad("snapshot_size", e))?;
         let compression = match s.compress.as_deref() {
-            None | Some("lz4") => Compression::Lz4,
-            Some("none") => Compression::None,
-            Some(other) => return Err(bad("compress", format!("{other:?}: give lz4 or none"))),
+            None => Compress::Fixed(Compression::Lz4),
+            Some(how) => how
+                .parse::<Compress>()
+                .map_err(|e| bad("compress", format!("{how:?}: {e}")))?,
         };
         let bwlimit = match &s.bwlimit {
             Some(r) => Some(crate::throttle::parse_rate(r).map_err(|e| bad("bwlimit", e))?),
@@ -256,6 +258,7 @@ mod tests {
             origin = "/dev/vg0/data"
             dest = "s3://bucket/lvm"
             name = "db1/data"
+            compress = "zstd:7"
             rsh = "ssh -p 2222"
             snapshot_size = "10G"
             create = true
@@ -269,7 +272,11 @@ mod tests {
             ("vg0/root", "ssh -i /k")
         );
         assert_eq!(r[0].link.timeout, Duration::from_secs(30));
-        assert_eq!(r[0].compression, Compression::None);
+        assert_eq!(r[0].compression, Compress::Fixed(Compression::None));
+        assert_eq!(
+            r[1].compression,
+            Compress::Fixed(Compression::Zstd { level: 7 })
+        );
         assert_eq!(r[1].origin, "vg0/data");
         assert_eq!(r[1].link.rsh, "ssh -p 2222");
         assert_eq!(r[1].link.timeout, Duration::from_secs(30));
@@ -295,7 +302,8 @@ mod tests {
             ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\nsnapshot_sise = \"1G\"\n", "snapshot_sise"),
             ("[[volume]]\norigin = \"vg/a\"\n", "dest"),
             ("[[volume]]\norigin = \"a\"\ndest = \"/x\"\n", "VG/LV"),
-            ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\ncompress = \"zip\"\n", "lz4 or none"),
+            ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\ncompress = \"zip\"\n", "\"zip\": give auto, lz4, zstd"),
+            ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\ncompress = \"zstd:22\"\n", "from 1 to 19"),
             ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\nsnapshot_size = \"lots\"\n", "snapshot_size"),
             ("[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\n[[volume]]\norigin = \"vg/a\"\ndest = \"/x\"\n", "named twice"),
             ("[defaults]\nrsh = \"ssh\"\n", "no [[volume]]"),

@@ -54,7 +54,7 @@ pub enum Error {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Usage(String),
-    #[error("the sender writes delta format version {theirs}, but this lvmsync-rs ({}) reads version {ours} only: install the same version on both hosts", crate::TOOL)]
+    #[error("the sender writes delta format version {theirs}, but this lvmsync-rs ({}) reads versions {} to {ours} only: install the same version on both hosts", crate::TOOL, crate::stream::OLDEST_VERSION)]
     FormatVersion { theirs: u32, ours: u32 },
     #[error("writing output: {0}")]
     Output(#[source] io::Error),

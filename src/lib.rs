@@ -18,6 +18,7 @@
 //! - around them: [`blockdev`], [`files`], [`progress`], [`units`],
 //!   [`time`], [`error`].
 
+pub mod adapt;
 pub mod apply;
 pub mod archive;
 pub mod backup;

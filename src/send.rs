@@ -17,9 +17,11 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
 
 use thiserror::Error;
 
+use crate::adapt::{Auto, Compress};
 use crate::blockdev::{AlignedBuf, ReadAt, Source, DIRECT_ALIGN};
 use crate::changes::{self, ChangeSet, ChangeSource, Changes, Listing};
 use crate::extents::{Extent, ExtentSet};
@@ -72,6 +74,9 @@ pub struct Delta {
     /// source, and the snapshot, origin, COW device or metadata its changes
     /// come from. None of them may be the destination.
     pub inputs: Vec<PathBuf>,
+    /// With `--compress auto`: what picks the level of each piece, and
+    /// says afterwards what it chose.
+    pub auto: Option<Arc<Auto>>,
 }
 
 impl Delta {
@@ -117,6 +122,7 @@ impl Delta {
             changes: listing.into_change_set(),
             name,
             inputs,
+            auto: None,
         })
     }
 
@@ -154,6 +160,22 @@ impl Delta {
             source: Arc::new(source),
             changes: ChangeSet::read(ExtentSet::from_extents(extents)),
             name: path,
+            auto: None,
+        }
+    }
+
+    /// Compresses as `how` says: the header's codec, and for auto, a
+    /// controller that picks the level as the delta is written.
+    pub fn compress(&mut self, how: Compress) {
+        self.header.compression = how.header();
+        self.auto = how.controller();
+    }
+
+    /// What `--compress` asked, as the summary names it.
+    pub fn compression_name(&self) -> String {
+        match self.auto {
+            Some(_) => "auto".into(),
+            None => self.header.compression.to_string(),
         }
     }
 
@@ -195,7 +217,13 @@ impl Delta {
         w: &mut Writer<W>,
         progress: impl FnMut(&Writer<W>),
     ) -> Result<(), SendError> {
-        send_changes(&self.source, self.changes.as_changes(), w, progress)
+        send_changes(
+            &self.source,
+            self.changes.as_changes(),
+            w,
+            self.auto.as_deref(),
+            progress,
+        )
     }
 
     /// Writes the whole delta to `out`; returns the output, the totals and
@@ -569,6 +597,15 @@ fn check_source_size(source: &Source, origin_size: u64) -> Result<(), SendError>
 /// to read ahead, in bytes.
 const READAHEAD: u64 = 16 << 20;
 
+/// How a worker encoded a piece, for `--compress auto`: at which level,
+/// how many bytes of data (0 for none: zeroes), in how many seconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Encoding {
+    level: Option<i32>,
+    input: u64,
+    secs: f64,
+}
+
 /// Worker threads that read and encode, at most.
 pub const MAX_WORKERS: usize = 4;
 
@@ -622,6 +659,7 @@ fn send_changes<W: Write>(
     source: &Source,
     changes: Changes<'_>,
     writer: &mut Writer<W>,
+    auto: Option<&Auto>,
     mut progress: impl FnMut(&Writer<W>),
 ) -> Result<(), SendError> {
     for e in changes.read.iter().chain(changes.zero) {
@@ -638,15 +676,17 @@ fn send_changes<W: Write>(
         .map_or(1, |n| n.get())
         .clamp(1, MAX_WORKERS);
     let window = 2 * workers as u64;
-    let encoder = Encoder::new(writer.compression());
+    let compression = writer.compression();
     let (job_tx, job_rx) = mpsc::channel::<(Piece, Encoded)>();
-    let (done_tx, done_rx) = mpsc::channel::<(u64, Result<Encoded, SendError>)>();
+    let (done_tx, done_rx) = mpsc::channel::<(u64, Result<Encoded, SendError>, Encoding)>();
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
             scope.spawn(move || {
                 let mut buf = AlignedBuf::new(READ_LEN + 2 * DIRECT_ALIGN);
+                // One per thread: a zstd context serves all its pieces.
+                let mut encoder = Encoder::new(compression);
                 loop {
                     let job = match job_rx.lock() {
                         Ok(rx) => rx.recv(),
@@ -654,6 +694,7 @@ fn send_changes<W: Write>(
                     };
                     let Ok((piece, mut out)) = job else { return };
                     out.clear();
+                    let mut how = Encoding::default();
                     let result = if piece.zero {
                         encoder
                             .zero(piece.offset, piece.length, &mut out)
@@ -661,13 +702,23 @@ fn send_changes<W: Write>(
                             .map(|()| out)
                     } else {
                         read_piece(source, &mut buf, &piece).and_then(|content| {
-                            encoder
+                            let started = Instant::now();
+                            if let Some(auto) = auto {
+                                how.level = auto.level();
+                                how.input = content.len() as u64;
+                                encoder
+                                    .set_zstd_level(how.level)
+                                    .map_err(SendError::Write)?;
+                            }
+                            let done = encoder
                                 .extent(piece.offset, content, &mut out)
                                 .map_err(SendError::Write)
-                                .map(|()| out)
+                                .map(|()| out);
+                            how.secs = started.elapsed().as_secs_f64();
+                            done
                         })
                     };
-                    if done_tx.send((piece.seq, result)).is_err() {
+                    if done_tx.send((piece.seq, result, how)).is_err() {
                         return;
                     }
                 }
@@ -702,7 +753,7 @@ fn send_changes<W: Write>(
             }
         };
         let mut spare: Vec<Encoded> = Vec::new();
-        let mut ready: BTreeMap<u64, Encoded> = BTreeMap::new();
+        let mut ready: BTreeMap<u64, (Encoded, Encoding)> = BTreeMap::new();
         let (mut sent, mut written) = (0u64, 0u64);
         loop {
             while sent < written + window {
@@ -719,14 +770,20 @@ fn send_changes<W: Write>(
             if written == sent {
                 return Ok(());
             }
-            let Ok((seq, result)) = done_rx.recv() else {
+            let Ok((seq, result, how)) = done_rx.recv() else {
                 return Err(SendError::Write(io::Error::other(
                     "a worker thread stopped",
                 )));
             };
-            ready.insert(seq, result?);
-            while let Some(out) = ready.remove(&written) {
+            ready.insert(seq, (result?, how));
+            while let Some((out, how)) = ready.remove(&written) {
+                let started = Instant::now();
                 writer.append(&out).map_err(SendError::Write)?;
+                if let (Some(auto), true) = (auto, how.input > 0) {
+                    let sink = started.elapsed().as_secs_f64();
+                    let bytes = out.as_bytes().len() as u64;
+                    auto.piece(how.level, how.input, bytes, how.secs, sink, workers);
+                }
                 progress(writer);
                 spare.push(out);
                 written += 1;
@@ -773,6 +830,7 @@ mod tests {
                 zero: &zero,
             },
             &mut w,
+            None,
             |_| {},
         )
         .unwrap();

@@ -9,10 +9,11 @@
 //!
 //! 1. The sender runs `RSH [user@]host 'lvmsync-rs' 'apply' '--remote'
 //!    '--expect-format' 'F' [--create] [--force] '--' '-' 'DEST'`, every
-//!    word quoted for the remote shell. The far end refuses at once when
-//!    `F` is not the delta format version it reads.
+//!    word quoted for the remote shell, `F` being the format version of
+//!    the delta it writes (2, or 3 with zstd). The far end refuses at once
+//!    when it does not read version `F`.
 //! 2. The far end opens and checks DEST, then writes one line on its
-//!    stdout: `LVMSYNC-APPLY <protocol> <format version> <dest size>
+//!    stdout: `LVMSYNC-APPLY <protocol> <format version F> <dest size>
 //!    <state>`, the state being DEST's state file as one line of JSON, or
 //!    `-`. The sender waits for it (`--timeout`) before it sends a byte,
 //!    stops when the protocol or the format differs, refuses a delta for
@@ -58,28 +59,31 @@ pub const ALIVE: &str = "LVMSYNC-ALIVE";
 /// How often the far end says [`ALIVE`]: well within the shortest
 /// `--timeout` (1 s).
 const ALIVE_EVERY: Duration = Duration::from_millis(250);
-/// How the far end says hello.
-pub const EXPECT: Expect = Expect {
-    word: HELLO,
-    protocol: PROTOCOL,
-    format: crate::stream::VERSION,
-    what: "delta format version",
-    role: "apply",
-};
+/// How the far end says hello to a sender of deltas of format version
+/// `format`.
+pub fn expect(format: u32) -> Expect {
+    Expect {
+        word: HELLO,
+        protocol: PROTOCOL,
+        format,
+        what: "delta format version",
+        role: "apply",
+    }
+}
 /// The buffer in front of the remote shell's stdin: a few records, so that
 /// the encoding threads rarely wait for the pipe.
 const SHIP_BUF: usize = 1 << 20;
 
-/// The far end's hello line for a DEST of `dest_size` bytes whose state
-/// is `state`.
-fn hello_line(dest_size: u64, state: Option<&State>) -> String {
+/// The far end's hello line, to a sender of format version `format`, for
+/// a DEST of `dest_size` bytes whose state is `state`.
+fn hello_line(format: u32, dest_size: u64, state: Option<&State>) -> String {
     let rest = match state {
         Some(st) => serde_json::to_string(st).expect("plain fields serialize"),
         None => "-".into(),
     };
     Hello {
         protocol: PROTOCOL,
-        format: crate::stream::VERSION,
+        format,
         dest_size,
         rest,
     }
@@ -150,19 +154,17 @@ impl Receipt {
 }
 
 /// The words of the far end's command: `program` (one or more words, such
-/// as `sudo lvmsync-rs`), then the options, then `--`, so that a DEST
-/// starting with `-` is a path.
-fn apply_words(program: &[String], create: bool, force: bool, dest: &str) -> Vec<String> {
+/// as `sudo lvmsync-rs`), then the options (`format`: the delta's format
+/// version), then `--`, so that a DEST starting with `-` is a path.
+fn apply_words(
+    program: &[String],
+    format: u32,
+    create: bool,
+    force: bool,
+    dest: &str,
+) -> Vec<String> {
     let mut words = program.to_vec();
-    words.extend(
-        [
-            "apply",
-            "--remote",
-            "--expect-format",
-            &crate::stream::VERSION.to_string(),
-        ]
-        .map(String::from),
-    );
+    words.extend(["apply", "--remote", "--expect-format", &format.to_string()].map(String::from));
     if create {
         words.push("--create".into());
     }
@@ -213,13 +215,14 @@ impl Default for Link {
 }
 
 impl Link {
-    /// How the apply at `dest` is started: through the remote shell, or as
-    /// this program on this host.
-    pub fn launch(&self, dest: &Location) -> Result<Launch, Error> {
+    /// How the apply at `dest` is started, for a delta of format version
+    /// `format`: through the remote shell, or as this program on this host.
+    pub fn launch(&self, dest: &Location, format: u32) -> Result<Launch, Error> {
+        let expect = expect(format);
         Ok(match dest {
             Location::Remote { host, path } => {
-                Launch::remote_with(&self.rsh, host, &self.remote_path, EXPECT, |p| {
-                    apply_words(p, self.create, self.force, path)
+                Launch::remote_with(&self.rsh, host, &self.remote_path, expect, |p| {
+                    apply_words(p, format, self.create, self.force, path)
                 })?
             }
             Location::Local(path) => {
@@ -227,8 +230,8 @@ impl Link {
                     program: "lvmsync-rs".into(),
                     source,
                 })?;
-                Launch::local_with(&me.display().to_string(), EXPECT, "local apply", |p| {
-                    apply_words(p, self.create, self.force, path)
+                Launch::local_with(&me.display().to_string(), expect, "local apply", |p| {
+                    apply_words(p, format, self.create, self.force, path)
                 })
             }
         })
@@ -257,6 +260,10 @@ pub struct Transfer {
     /// transfer, after an interruption; 0 for a whole delta.
     pub resumed_from: u64,
     pub seconds: f64,
+    /// What `--compress` asked for (`lz4`, `zstd:3`, `auto`...).
+    pub compression: String,
+    /// With `--compress auto`: what it chose and why.
+    pub auto: Option<crate::adapt::AutoReport>,
 }
 
 impl Transfer {
@@ -282,16 +289,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts the apply at `dest` and waits for its hello.
+    /// Starts the apply at `dest` for a delta of format version `format`
+    /// (see [`crate::stream::Compression::version`]) and waits for its
+    /// hello.
     pub fn connect(
         dest: &Location,
         link: &Link,
+        format: u32,
         transfer: &mut Transfer,
     ) -> Result<Session, Error> {
         if let Location::Remote { host, .. } = dest {
             transfer.remote_host = Some(host.clone());
         }
-        let launch = link.launch(dest)?;
+        let launch = link.launch(dest, format)?;
         let progress = Progress::new(link.progress, link.command, "sending", 0);
         let echo: Echo = progress.printer();
         let conn = Connection::start(&launch, link.timeout, echo)?;
@@ -335,6 +345,7 @@ impl Session {
         self.progress
             .set_total(delta.changes.as_changes().total_bytes());
         transfer.resumed_from = delta.header.resume_from;
+        transfer.compression = delta.compression_name();
         let Some(stdin) = conn.take_stdin() else {
             return Err(TransportError::Cut {
                 host: self.name.clone(),
@@ -398,6 +409,7 @@ impl Session {
             return Err(self.conn.cut(len).into());
         }
         transfer.count(&totals, len);
+        transfer.auto = delta.auto.as_ref().map(|a| a.report());
         await_receipt(self.conn, &Receipt::new(&totals, len, digest), self.stall)?;
         Ok(())
     }
@@ -488,11 +500,12 @@ pub struct Receive {
     pub format: u32,
 }
 
-/// The far end of a shipment: checks the sender's format version, opens
-/// DEST, says hello on stdout, applies the delta from stdin, says it is
-/// alive while it syncs DEST, and reports what it applied.
+/// The far end of a shipment: checks that it reads the sender's format
+/// version, opens DEST, says hello on stdout (with that version), applies
+/// the delta from stdin, says it is alive while it syncs DEST, and
+/// reports what it applied.
 pub fn receive(args: &Receive) -> Result<(), Error> {
-    if args.format != crate::stream::VERSION {
+    if !(crate::stream::OLDEST_VERSION..=crate::stream::VERSION).contains(&args.format) {
         return Err(Error::FormatVersion {
             theirs: args.format,
             ours: crate::stream::VERSION,
@@ -508,7 +521,7 @@ pub fn receive(args: &Receive) -> Result<(), Error> {
             .and_then(|()| out.flush())
             .map_err(Error::Output)
     };
-    say(hello_line(dest.size(), dest.state.as_ref()))?;
+    say(hello_line(args.format, dest.size(), dest.state.as_ref()))?;
     let input = BufReader::with_capacity(DELTA_READ_BUF, args.delta.open()?);
     let finishing = Arc::new(AtomicBool::new(false));
     let name = args.delta.name();
@@ -559,10 +572,13 @@ mod tests {
             ..Link::default()
         };
         let l = link
-            .launch(&Location::Remote {
-                host: "root@h".into(),
-                path: "-x y".into(),
-            })
+            .launch(
+                &Location::Remote {
+                    host: "root@h".into(),
+                    path: "-x y".into(),
+                },
+                2,
+            )
             .unwrap();
         assert_eq!(
             l.argv,
@@ -578,7 +594,7 @@ mod tests {
 
     #[test]
     fn hello_and_report_lines_read_back() {
-        let line = hello_line(4096, None);
+        let line = hello_line(2, 4096, None);
         assert_eq!(line, "LVMSYNC-APPLY 3 2 4096 -");
         let h = Hello::parse(&line, HELLO).unwrap();
         assert_eq!((h.protocol, h.format, h.dest_size), (3, 2, 4096));
@@ -592,7 +608,8 @@ mod tests {
             }),
             applying: None,
         };
-        let h = Hello::parse(&hello_line(4096, Some(&state)), HELLO).unwrap();
+        let h = Hello::parse(&hello_line(3, 4096, Some(&state)), HELLO).unwrap();
+        assert_eq!(h.format, 3);
         assert_eq!(hello_state(&h), Some(state));
         let totals = Totals {
             records: 3,

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! magic (8) | version u32 | header length u32 | header (bincode) | header checksum u64
-//! record header (40) | payload      DATA (raw or lz4) or ZERO (no payload)
+//! record header (40) | payload      DATA (raw, lz4 or zstd) or ZERO (no payload)
 //! ...
 //! END record header (40) | END payload (48): counts, byte totals, stream digest
 //! ```
@@ -30,8 +30,13 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3Default};
 /// The first 8 bytes of every delta. The high byte catches 7-bit channels,
 /// `\r\n` catches line-ending conversion.
 pub const MAGIC: [u8; 8] = [0x89, b'L', b'V', b'M', b'S', b'D', b'\r', b'\n'];
-/// The format version this code writes and the only one it reads.
-pub const VERSION: u32 = 2;
+/// The newest format version, which this code reads and writes. A stream
+/// is written in the oldest version that can carry it (see
+/// [`Compression::version`]): version 3 added zstd, so a stream without
+/// zstd is version 2 and readers that know only version 2 read it.
+pub const VERSION: u32 = 3;
+/// The oldest format version this code reads.
+pub const OLDEST_VERSION: u32 = 2;
 
 /// How far past [`VERSION`] a delta's version may be and still be taken
 /// for one a newer lvmsync-rs wrote: a version further on (a flipped high
@@ -59,6 +64,14 @@ pub const KIND_ZERO: u8 = b'Z';
 pub const KIND_END: u8 = b'E';
 /// DATA flag: the payload is an lz4 block.
 pub const FLAG_LZ4: u8 = 1;
+/// DATA flag: the payload is one zstd frame (format version 3). Never set
+/// together with [`FLAG_LZ4`].
+pub const FLAG_ZSTD: u8 = 2;
+/// The zstd levels a writer uses. Levels 20 to 22 take far more memory
+/// and time for little gain on records of at most 1 MiB.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+/// The zstd level when none is given.
+pub const ZSTD_DEFAULT_LEVEL: i32 = 3;
 
 /// What the delta was made from. Any field may be unknown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,11 +182,88 @@ impl SourceKind {
     }
 }
 
+/// How the DATA records of a stream may be compressed, as its header says.
+/// Each record says whether it is; one whose codec does not make it
+/// smaller is stored raw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
     Lz4,
+    /// zstd (format version 3), at `level`: what the writer used, for
+    /// information (decoding does not need it).
+    Zstd {
+        level: i32,
+    },
+}
+
+impl Compression {
+    /// zstd at its default level.
+    pub const ZSTD: Compression = Compression::Zstd {
+        level: ZSTD_DEFAULT_LEVEL,
+    };
+
+    /// The format version of a stream written with this compression: the
+    /// oldest that has it.
+    pub fn version(self) -> u32 {
+        match self {
+            Compression::None | Compression::Lz4 => 2,
+            Compression::Zstd { .. } => 3,
+        }
+    }
+
+    /// The codec's name: `none`, `lz4` or `zstd`.
+    pub fn codec(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd { .. } => "zstd",
+        }
+    }
+
+    /// The DATA flag of a record this compression compresses (0 for none).
+    fn flag(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => FLAG_LZ4,
+            Compression::Zstd { .. } => FLAG_ZSTD,
+        }
+    }
+}
+
+/// As options and configuration files name it: `none`, `lz4`, `zstd`, or
+/// `zstd:LEVEL`.
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::Zstd { level } => write!(f, "zstd:{level}"),
+            other => f.write_str(other.codec()),
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    /// `none`, `lz4`, `zstd` (level [`ZSTD_DEFAULT_LEVEL`]) or
+    /// `zstd:LEVEL` with LEVEL in [`ZSTD_LEVELS`].
+    fn from_str(s: &str) -> Result<Compression, String> {
+        let (min, max) = (ZSTD_LEVELS.start(), ZSTD_LEVELS.end());
+        match s.split_once(':') {
+            None if s == "none" => Ok(Compression::None),
+            None if s == "lz4" => Ok(Compression::Lz4),
+            None if s == "zstd" => Ok(Compression::ZSTD),
+            Some(("zstd", level)) => match level.parse::<i32>() {
+                Ok(level) if ZSTD_LEVELS.contains(&level) => Ok(Compression::Zstd { level }),
+                _ => Err(format!(
+                    "the zstd level must be a whole number from {min} to {max}"
+                )),
+            },
+            _ => Err(format!(
+                "give lz4, zstd, zstd:LEVEL (LEVEL {min} to {max}, {ZSTD_DEFAULT_LEVEL} by default) or none"
+            )),
+        }
+    }
 }
 
 /// The stream header. Its encoding is fixed by the format version: adding,
@@ -251,7 +341,7 @@ pub enum StreamError {
     NotADelta { found: String },
     #[error("a dm-snapshot COW image, not a delta: list or send it with --cow")]
     CowImage,
-    #[error("delta format version {found}, but this lvmsync-rs reads version {known} only: it was written by {by} lvmsync-rs; use one that knows version {found}")]
+    #[error("delta format version {found}, but this lvmsync-rs reads versions {} to {known} only: it was written by {by} lvmsync-rs; use one that knows version {found}", OLDEST_VERSION)]
     UnknownVersion {
         found: u32,
         known: u32,
@@ -390,7 +480,7 @@ fn encode_header(header: &Header) -> io::Result<Vec<u8>> {
         })?;
     let mut out = Vec::with_capacity(PREAMBLE_LEN + body.len() + 8);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&header.compression.version().to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&body);
     let check = xxh3_64(&out);
@@ -528,11 +618,11 @@ impl<W: Write> Writer<W> {
     /// Encodes with `encode` into the scratch buffer, then appends.
     fn encode_and_append(
         &mut self,
-        encode: impl FnOnce(&Encoder, &mut Encoded) -> io::Result<()>,
+        encode: impl FnOnce(&mut Encoder, &mut Encoded) -> io::Result<()>,
     ) -> io::Result<()> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let result = encode(&self.encoder, &mut scratch).and_then(|()| self.append(&scratch));
+        let result = encode(&mut self.encoder, &mut scratch).and_then(|()| self.append(&scratch));
         self.scratch = scratch;
         result
     }
@@ -694,20 +784,56 @@ impl Encoded {
 
 /// Encodes records into [`Encoded`] buffers, so that the costly part of
 /// writing a stream (zero detection, checksums, compression) can run on
-/// several threads while one [`Writer`] appends the results in order.
-#[derive(Debug, Clone, Copy)]
+/// several threads, each with an encoder of its own, while one [`Writer`]
+/// appends the results in order. A zstd encoder keeps its compression
+/// context from record to record.
 pub struct Encoder {
     compression: Compression,
+    /// Made at the first record zstd compresses.
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// With zstd: the level set by [`Encoder::set_zstd_level`] (`--compress
+    /// auto`), or records stored raw (`None`), instead of the header's.
+    level: Option<Option<i32>>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("compression", &self.compression)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Encoder {
     pub fn new(compression: Compression) -> Encoder {
-        Encoder { compression }
+        Encoder {
+            compression,
+            zstd: None,
+            level: None,
+        }
+    }
+
+    /// With zstd, compresses the next records at `level` (any level zstd
+    /// has, its fast negative ones too), or stores them raw (`None`).
+    /// Readers need no level: the stream stays what its header says.
+    pub fn set_zstd_level(&mut self, level: Option<i32>) -> io::Result<()> {
+        if let (Some(l), Some(z)) = (level, self.zstd.as_mut()) {
+            if self.level != Some(level) {
+                z.set_compression_level(l)?;
+            }
+        }
+        self.level = Some(level);
+        Ok(())
+    }
+
+    /// The compression it uses.
+    pub fn compression(&self) -> Compression {
+        self.compression
     }
 
     /// The records for `content` at `offset`, of any length, into `out`
     /// (see [`Writer::extent`]).
-    pub fn extent(&self, offset: u64, content: &[u8], out: &mut Encoded) -> io::Result<()> {
+    pub fn extent(&mut self, offset: u64, content: &[u8], out: &mut Encoded) -> io::Result<()> {
         for_each_run(offset, content, |at, run, zero| {
             if zero {
                 self.zero(at, run.len() as u64, out)
@@ -718,12 +844,15 @@ impl Encoder {
     }
 
     /// One DATA record of `content` (1 to [`MAX_RECORD_LEN`] bytes) at
-    /// `offset`, lz4-compressed when asked and when that makes it smaller,
+    /// `offset`, compressed when asked and when that makes it smaller,
     /// into `out`.
-    pub fn data(&self, offset: u64, content: &[u8], out: &mut Encoded) -> io::Result<()> {
+    pub fn data(&mut self, offset: u64, content: &[u8], out: &mut Encoded) -> io::Result<()> {
         let length = record_length(content.len())?;
         let checksum = xxh3_64(content);
-        let bound = lz4_flex::block::get_maximum_output_size(content.len());
+        let bound = match self.compression {
+            Compression::Lz4 => lz4_flex::block::get_maximum_output_size(content.len()),
+            _ => content.len(),
+        };
         let room = out.room(RECORD_HEADER_LEN + bound.max(content.len()));
         let payload = &mut room[RECORD_HEADER_LEN..];
         let compressed = match self.compression {
@@ -731,10 +860,26 @@ impl Encoder {
                 Ok(n) if n < content.len() => Some(n),
                 _ => None,
             },
+            // Into less room than the content: a frame that does not fit
+            // would not make the record smaller, and fails.
+            Compression::Zstd { .. } if self.level == Some(None) => None,
+            Compression::Zstd { level } => {
+                if self.zstd.is_none() {
+                    let level = match self.level {
+                        Some(Some(l)) => l,
+                        _ => level.clamp(*ZSTD_LEVELS.start(), *ZSTD_LEVELS.end()),
+                    };
+                    self.zstd = Some(zstd::bulk::Compressor::new(level)?);
+                }
+                self.zstd.as_mut().and_then(|z| {
+                    z.compress_to_buffer(content, &mut payload[..content.len() - 1])
+                        .ok()
+                })
+            }
             Compression::None => None,
         };
         let (flags, stored) = match compressed {
-            Some(n) => (FLAG_LZ4, n),
+            Some(n) => (self.compression.flag(), n),
             None => {
                 payload[..content.len()].copy_from_slice(content);
                 (0, content.len())
@@ -828,6 +973,7 @@ pub struct End {
 /// hands a record out. Memory is bounded by [`MAX_RECORD_LEN`].
 pub struct Reader<R: Read> {
     input: R,
+    version: u32,
     header: Header,
     header_len: u64,
     position: u64,
@@ -836,6 +982,7 @@ pub struct Reader<R: Read> {
     prev_end: u64,
     payload: Vec<u8>,
     content: Vec<u8>,
+    decoder: Decoder,
     end: Option<End>,
 }
 
@@ -870,7 +1017,7 @@ impl<R: Read> Reader<R> {
                 ),
             });
         }
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(StreamError::UnknownVersion {
                 found: version,
                 known: VERSION,
@@ -913,6 +1060,15 @@ impl<R: Read> Reader<R> {
             .map_err(|e| StreamError::DamagedHeader {
                 reason: format!("its checksum holds but it cannot be decoded ({e})"),
             })?;
+        if header.compression.version() > version {
+            return Err(StreamError::DamagedHeader {
+                reason: format!(
+                    "it says {} compression, which format version {version} does not have (version {} added it)",
+                    header.compression.codec(),
+                    header.compression.version()
+                ),
+            });
+        }
         if header.resume_from > header.origin_size {
             return Err(StreamError::DamagedHeader {
                 reason: format!(
@@ -925,11 +1081,12 @@ impl<R: Read> Reader<R> {
         let mut hasher = Xxh3Default::new();
         hasher.update(&frame);
         let payload = match header.compression {
-            Compression::Lz4 => vec![0u8; MAX_RECORD_LEN as usize],
+            Compression::Lz4 | Compression::Zstd { .. } => vec![0u8; MAX_RECORD_LEN as usize],
             Compression::None => Vec::new(),
         };
         Ok(Reader {
             input,
+            version,
             header,
             header_len: frame.len() as u64,
             position: frame.len() as u64,
@@ -938,8 +1095,14 @@ impl<R: Read> Reader<R> {
             prev_end: resume_from,
             payload,
             content: vec![0u8; MAX_RECORD_LEN as usize],
+            decoder: Decoder::new(),
             end: None,
         })
+    }
+
+    /// The stream's format version.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     pub fn header(&self) -> &Header {
@@ -1017,7 +1180,7 @@ impl<R: Read> Reader<R> {
                 head.offset, self.prev_end
             )));
         }
-        let compressed = head.kind == KIND_DATA && head.flags & FLAG_LZ4 != 0;
+        let compressed = head.kind == KIND_DATA && head.flags != 0;
         let len = head.length as usize;
         let stored = head.stored as usize;
         let kind = if head.kind == KIND_ZERO {
@@ -1045,7 +1208,8 @@ impl<R: Read> Reader<R> {
             } else {
                 &[][..]
             };
-            decode_payload(&head, payload, content)
+            self.decoder
+                .decode(&head, payload, content)
                 .map_err(|reason| StreamError::DamagedPayload { index, at, reason })?;
             RecordKind::Data { compressed }
         };
@@ -1167,8 +1331,11 @@ fn check_head(
     origin_size: u64,
 ) -> Result<(), String> {
     match head.kind {
-        KIND_DATA if head.flags & !FLAG_LZ4 != 0 => {
+        KIND_DATA if head.flags & !(FLAG_LZ4 | FLAG_ZSTD) != 0 => {
             return Err(format!("unknown flags 0x{:02x}", head.flags))
+        }
+        KIND_DATA if head.flags == FLAG_LZ4 | FLAG_ZSTD => {
+            return Err(format!("flags 0x{:02x} say both lz4 and zstd", head.flags))
         }
         KIND_ZERO if head.flags != 0 => return Err(format!("unknown flags 0x{:02x}", head.flags)),
         KIND_DATA | KIND_ZERO => {}
@@ -1187,21 +1354,31 @@ fn check_head(
             head.offset
         ));
     }
-    let compressed = head.kind == KIND_DATA && head.flags & FLAG_LZ4 != 0;
-    match head.kind {
-        KIND_ZERO if head.stored != 0 || head.checksum != 0 => {
+    // The codec of a compressed DATA record, and how a message names one
+    // of its records.
+    let codec = match head.flags {
+        FLAG_LZ4 => Some(("lz4", "an lz4")),
+        FLAG_ZSTD => Some(("zstd", "a zstd")),
+        _ => None,
+    };
+    match (head.kind, codec) {
+        (KIND_ZERO, _) if head.stored != 0 || head.checksum != 0 => {
             Err("a ZERO record with a payload or a content checksum".into())
         }
-        KIND_DATA if compressed && compression != Compression::Lz4 => {
-            Err("an lz4 record in a stream whose header says no compression".into())
-        }
-        KIND_DATA if compressed && (head.stored == 0 || head.stored >= head.length) => {
+        (KIND_DATA, Some((_, a_record))) if head.flags != compression.flag() => Err(format!(
+            "{a_record} record in a stream whose header says {}",
+            match compression {
+                Compression::None => "no compression",
+                other => other.codec(),
+            }
+        )),
+        (KIND_DATA, Some((name, _))) if head.stored == 0 || head.stored >= head.length => {
             Err(format!(
-                "lz4 payload of {} bytes for {length} bytes of content (must be smaller)",
+                "{name} payload of {} bytes for {length} bytes of content (must be smaller)",
                 head.stored
             ))
         }
-        KIND_DATA if !compressed && head.stored != head.length => Err(format!(
+        (KIND_DATA, None) if head.stored != head.length => Err(format!(
             "raw payload of {} bytes for {length} bytes of content",
             head.stored
         )),
@@ -1209,32 +1386,96 @@ fn check_head(
     }
 }
 
-/// Decompresses a DATA record's lz4 `payload` into `content` (a raw
-/// payload is already there), and checks the content's checksum.
-fn decode_payload(head: &RecordHeader, payload: &[u8], content: &mut [u8]) -> Result<(), String> {
-    let len = head.length as usize;
-    if head.flags & FLAG_LZ4 != 0 {
-        match lz4_flex::block::decompress_into(payload, &mut content[..len]) {
-            Ok(n) if n == len => {}
-            Ok(n) => {
-                return Err(format!(
-                    "its lz4 data decompresses to {n} bytes instead of {len}"
-                ))
+/// Decodes DATA payloads. It keeps a zstd context, made at the first zstd
+/// record, for the records after it: a thread that decodes many records
+/// keeps one decoder.
+#[derive(Default)]
+pub struct Decoder {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Decompresses a DATA record's compressed `payload` into `content`
+    /// (a raw payload is already there), exactly `head.length` bytes, and
+    /// checks the content's checksum. The record's header has passed
+    /// [`check_head`].
+    fn decode(
+        &mut self,
+        head: &RecordHeader,
+        payload: &[u8],
+        content: &mut [u8],
+    ) -> Result<(), String> {
+        let len = head.length as usize;
+        let out = &mut content[..len];
+        if head.flags == FLAG_LZ4 {
+            match lz4_flex::block::decompress_into(payload, out) {
+                Ok(n) if n == len => {}
+                Ok(n) => {
+                    return Err(format!(
+                        "its lz4 data decompresses to {n} bytes instead of {len}"
+                    ))
+                }
+                Err(e) => return Err(format!("its lz4 data cannot be decompressed ({e})")),
             }
-            Err(e) => return Err(format!("its lz4 data cannot be decompressed ({e})")),
+        } else if head.flags == FLAG_ZSTD {
+            // One frame, exactly the payload; decompressed into the
+            // record's room, whatever size its frame header claims.
+            match zstd::zstd_safe::find_frame_compressed_size(payload) {
+                Ok(n) if n == payload.len() => {}
+                Ok(n) => {
+                    return Err(format!(
+                        "its zstd data is not one frame: a frame ends after {n} of its {} bytes",
+                        payload.len()
+                    ))
+                }
+                Err(code) => {
+                    return Err(format!(
+                        "its zstd data is not a zstd frame ({})",
+                        zstd::zstd_safe::get_error_name(code)
+                    ))
+                }
+            }
+            if self.zstd.is_none() {
+                let z = zstd::bulk::Decompressor::new()
+                    .map_err(|e| format!("no zstd decompression context ({e})"))?;
+                self.zstd = Some(z);
+            }
+            match self
+                .zstd
+                .as_mut()
+                .map(|z| z.decompress_to_buffer(payload, out))
+            {
+                Some(Ok(n)) if n == len => {}
+                Some(Ok(n)) => {
+                    return Err(format!(
+                        "its zstd data decompresses to {n} bytes instead of {len}"
+                    ))
+                }
+                None => return Err("no zstd decompression context".into()),
+                Some(Err(e)) => {
+                    return Err(format!(
+                        "its zstd data cannot be decompressed into {len} bytes ({e})"
+                    ))
+                }
+            }
         }
+        if xxh3_64(&content[..len]) != head.checksum {
+            return Err("content checksum mismatch".into());
+        }
+        Ok(())
     }
-    if xxh3_64(&content[..len]) != head.checksum {
-        return Err("content checksum mismatch".into());
-    }
-    Ok(())
 }
 
 /// One DATA or ZERO record on its own, as `bytes` (its header and payload,
 /// cut out of a stream at byte `at`, where it is record `index`): checked
 /// as [`Reader`] checks it, its content decoded into `content` (at least
-/// [`MAX_RECORD_LEN`] bytes). A reader of only some records of a stream
-/// (the archive's restore) checks each of them so before writing it.
+/// [`MAX_RECORD_LEN`] bytes) with `decoder`. A reader of only some records
+/// of a stream (the archive's restore) checks each of them so before
+/// writing it.
 pub fn check_record(
     bytes: &[u8],
     compression: Compression,
@@ -1242,6 +1483,7 @@ pub fn check_record(
     index: u64,
     at: u64,
     content: &mut [u8],
+    decoder: &mut Decoder,
 ) -> Result<(RecordHeader, RecordKind), StreamError> {
     let truncated = || StreamError::Truncated {
         at: at + bytes.len() as u64,
@@ -1279,11 +1521,12 @@ pub fn check_record(
     let kind = if head.kind == KIND_ZERO {
         RecordKind::Zero
     } else {
-        let compressed = head.flags & FLAG_LZ4 != 0;
+        let compressed = head.flags != 0;
         if !compressed {
             content[..payload.len()].copy_from_slice(payload);
         }
-        decode_payload(&head, if compressed { payload } else { &[] }, content)
+        decoder
+            .decode(&head, if compressed { payload } else { &[] }, content)
             .map_err(|reason| StreamError::DamagedPayload { index, at, reason })?;
         RecordKind::Data { compressed }
     };
@@ -1412,14 +1655,14 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             *b = (x >> 56) as u8;
         }
-        for compression in [Compression::Lz4, Compression::None] {
+        for compression in [Compression::Lz4, Compression::None, Compression::ZSTD] {
             let h = header(1 << 30, compression);
             let mut direct = Writer::new(Vec::new(), &h).unwrap();
             direct.extent(4096, &content).unwrap();
             direct.extent(1 << 20, &content[..5000]).unwrap();
             let direct = direct.finish().unwrap();
             let mut appended = Writer::new(Vec::new(), &h).unwrap();
-            let enc = Encoder::new(compression);
+            let mut enc = Encoder::new(compression);
             let mut e = Encoded::new();
             enc.extent(4096, &content, &mut e).unwrap();
             appended.append(&e).unwrap();
@@ -1451,20 +1694,32 @@ mod tests {
 
     #[test]
     fn every_flipped_bit_is_caught() {
-        let mut w = Writer::new(Vec::new(), &header(1 << 20, Compression::Lz4)).unwrap();
-        w.data(0, &b"abcd".repeat(300)).unwrap();
-        w.data(8192, &[5u8, 6, 7]).unwrap();
-        w.zero(16384, 4096).unwrap();
-        let (bytes, _, _) = w.finish().unwrap();
-        for i in 0..bytes.len() {
-            for bit in [0, 3, 7] {
-                let mut b = bytes.clone();
-                b[i] ^= 1 << bit;
-                assert!(read_all(&b).is_err(), "bit {bit} of byte {i}");
+        for compression in [Compression::Lz4, Compression::ZSTD] {
+            let mut w = Writer::new(Vec::new(), &header(1 << 20, compression)).unwrap();
+            w.data(0, &b"abcd".repeat(300)).unwrap();
+            w.data(8192, &[5u8, 6, 7]).unwrap();
+            w.zero(16384, 4096).unwrap();
+            let (bytes, _, _) = w.finish().unwrap();
+            assert_eq!(
+                read_all(&bytes).unwrap()[0].2,
+                RecordKind::Data { compressed: true }
+            );
+            for i in 0..bytes.len() {
+                for bit in [0, 3, 7] {
+                    let mut b = bytes.clone();
+                    b[i] ^= 1 << bit;
+                    assert!(
+                        read_all(&b).is_err(),
+                        "{compression}: bit {bit} of byte {i}"
+                    );
+                }
             }
-        }
-        for cut in 0..bytes.len() {
-            assert!(read_all(&bytes[..cut]).is_err(), "cut at {cut}");
+            for cut in 0..bytes.len() {
+                assert!(
+                    read_all(&bytes[..cut]).is_err(),
+                    "{compression}: cut at {cut}"
+                );
+            }
         }
     }
 
@@ -1476,8 +1731,14 @@ mod tests {
         let err = read_all(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("delta format version 9, but this lvmsync-rs reads version {VERSION} only: it was written by a newer lvmsync-rs; use one that knows version 9")
+            format!("delta format version 9, but this lvmsync-rs reads versions {OLDEST_VERSION} to {VERSION} only: it was written by a newer lvmsync-rs; use one that knows version 9")
         );
+        for version in [1, 4] {
+            bytes[8] = version;
+            assert!(
+                matches!(read_all(&bytes), Err(StreamError::UnknownVersion { found, .. }) if found == u32::from(version))
+            );
+        }
         bytes[8] = 1;
         let err = read_all(&bytes).unwrap_err();
         assert!(
@@ -1516,5 +1777,417 @@ mod tests {
         let mut b = vec![0u8; 10000];
         b[9999] = 1;
         assert!(!is_zero(&b));
+    }
+
+    /// `len` bytes of text: words in an order that varies, as in logs.
+    fn text(len: usize) -> Vec<u8> {
+        const WORDS: [&str; 12] = [
+            "backup", "volume", "snapshot", "extent", "the", "of", "chunk", "copy", "a", "delta",
+            "record", "origin",
+        ];
+        let mut out = Vec::with_capacity(len + 16);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(WORDS[(x % 12) as usize].as_bytes());
+            out.push(if x.is_multiple_of(9) { b'\n' } else { b' ' });
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// `len` bytes that do not compress.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// A stream of header `h` with one record, `head` and `payload` as
+    /// they are, and a good END record.
+    fn stream_with(h: &Header, head: &RecordHeader, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = head.encode().to_vec();
+        bytes.extend_from_slice(payload);
+        let records = Encoded {
+            used: bytes.len(),
+            buf: bytes,
+            totals: Totals {
+                records: 1,
+                data_bytes: u64::from(head.length),
+                zero_bytes: 0,
+                payload_bytes: u64::from(head.stored),
+            },
+        };
+        let mut w = Writer::new(Vec::new(), h).unwrap();
+        w.append(&records).unwrap();
+        w.finish().unwrap().0
+    }
+
+    /// The header of a zstd DATA record at 0 of `length` bytes whose
+    /// content is `content` and payload `payload`.
+    fn zstd_head(length: usize, content: &[u8], payload: &[u8]) -> RecordHeader {
+        RecordHeader {
+            kind: KIND_DATA,
+            flags: FLAG_ZSTD,
+            length: length as u32,
+            offset: 0,
+            stored: payload.len() as u32,
+            checksum: xxh3_64(content),
+        }
+    }
+
+    #[test]
+    fn zstd_records_read_back_at_every_level() {
+        let size = MAX_RECORD_LEN as usize;
+        let text = text(size);
+        let noise = noise(size, 5);
+        let mut mixed = text[..size / 2].to_vec();
+        mixed.extend_from_slice(&noise[..size / 2]);
+        let small = &text[..100];
+        for level in [1, 3, 9, 19] {
+            let c = Compression::Zstd { level };
+            let mut w = Writer::new(Vec::new(), &header(8 << 20, c)).unwrap();
+            w.data(0, &text).unwrap();
+            w.data(1 << 20, &noise).unwrap();
+            w.data(2 << 20, &mixed).unwrap();
+            w.data(3 << 20, &text[..1]).unwrap();
+            w.data(4 << 20, small).unwrap();
+            let (bytes, totals, _) = w.finish().unwrap();
+            assert_eq!(LittleEndian::read_u32(&bytes[8..12]), 3, "level {level}");
+            let r = Reader::open(&bytes[..]).unwrap();
+            assert_eq!((r.version(), r.header().compression), (3, c));
+            let recs = read_all(&bytes).unwrap();
+            let zstd = RecordKind::Data { compressed: true };
+            let raw = RecordKind::Data { compressed: false };
+            let want: [(&[u8], RecordKind); 5] = [
+                (&text, zstd),
+                (&noise, raw),
+                (&mixed, zstd),
+                (&text[..1], raw),
+                (small, zstd),
+            ];
+            for (i, (content, kind)) in want.iter().enumerate() {
+                assert_eq!(recs[i].2, *kind, "level {level}, record {i}");
+                assert!(recs[i].3 == *content, "level {level}, record {i}");
+            }
+            // Random data (a record and a half) is stored as it is, the
+            // text (a record and a half) in less than a third of its size.
+            let noise_bytes = size as u64 + size as u64 / 2;
+            assert!(totals.payload_bytes > noise_bytes);
+            assert!(
+                totals.payload_bytes - noise_bytes < noise_bytes / 3,
+                "level {level}: {totals:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zstd_stores_text_smaller_than_lz4() {
+        let text = text(MAX_RECORD_LEN as usize);
+        let stored = |c: Compression| {
+            let mut e = Encoded::new();
+            Encoder::new(c).data(0, &text, &mut e).unwrap();
+            e.totals().payload_bytes
+        };
+        let (lz4, zstd1, zstd3) = (
+            stored(Compression::Lz4),
+            stored(Compression::Zstd { level: 1 }),
+            stored(Compression::ZSTD),
+        );
+        assert!(
+            zstd1 < lz4 && zstd3 < lz4,
+            "lz4 {lz4}, zstd:1 {zstd1}, zstd:3 {zstd3}"
+        );
+    }
+
+    #[test]
+    fn a_reused_zstd_encoder_gives_each_record_the_bytes_a_fresh_one_gives() {
+        let a = text(300_000);
+        let mut b = noise(200_000, 9);
+        b.extend_from_slice(&a[..100_000]);
+        let c = Compression::Zstd { level: 5 };
+        let fresh = |content: &[u8]| {
+            let mut e = Encoded::new();
+            Encoder::new(c).data(4096, content, &mut e).unwrap();
+            e.as_bytes().to_vec()
+        };
+        let mut reused = Encoder::new(c);
+        let mut e = Encoded::new();
+        for content in [&a, &b, &a, &b] {
+            e.clear();
+            reused.data(4096, content, &mut e).unwrap();
+            assert!(e.as_bytes() == fresh(content));
+            assert_eq!(e.as_bytes()[1], FLAG_ZSTD);
+        }
+    }
+
+    #[test]
+    fn records_of_another_codec_than_the_header_says_are_refused() {
+        let content = text(20000);
+        let size = 1 << 20;
+        let encoded = |c: Compression| {
+            let mut e = Encoded::new();
+            Encoder::new(c).data(4096, &content, &mut e).unwrap();
+            e
+        };
+        let cases = [
+            (
+                Compression::ZSTD,
+                Compression::Lz4,
+                "a zstd record in a stream whose header says lz4",
+            ),
+            (
+                Compression::ZSTD,
+                Compression::None,
+                "a zstd record in a stream whose header says no compression",
+            ),
+            (
+                Compression::Lz4,
+                Compression::ZSTD,
+                "an lz4 record in a stream whose header says zstd",
+            ),
+        ];
+        for (codec, says, want) in cases {
+            let e = encoded(codec);
+            assert_eq!(e.as_bytes()[1], codec.flag());
+            let mut w = Writer::new(Vec::new(), &header(size, says)).unwrap();
+            w.append(&e).unwrap();
+            let (bytes, _, _) = w.finish().unwrap();
+            let err = read_all(&bytes).unwrap_err();
+            assert!(matches!(err, StreamError::BadRecord { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+            let mut buf = vec![0u8; MAX_RECORD_LEN as usize];
+            let err = check_record(
+                e.as_bytes(),
+                says,
+                size,
+                0,
+                99,
+                &mut buf,
+                &mut Decoder::new(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+            // The same record where the header says its codec reads.
+            check_record(
+                e.as_bytes(),
+                codec,
+                size,
+                0,
+                99,
+                &mut buf,
+                &mut Decoder::new(),
+            )
+            .unwrap();
+            assert!(buf[..content.len()] == content[..]);
+        }
+        // Both flags, or one nobody knows.
+        let zstd = encoded(Compression::ZSTD);
+        let head =
+            RecordHeader::decode(zstd.as_bytes()[..RECORD_HEADER_LEN].try_into().unwrap()).unwrap();
+        let payload = &zstd.as_bytes()[RECORD_HEADER_LEN..];
+        for (flags, want) in [
+            (FLAG_LZ4 | FLAG_ZSTD, "flags 0x03 say both lz4 and zstd"),
+            (4, "unknown flags 0x04"),
+            (FLAG_ZSTD | 8, "unknown flags 0x0a"),
+        ] {
+            let h = header(size, Compression::ZSTD);
+            let bytes = stream_with(&h, &RecordHeader { flags, ..head }, payload);
+            let err = read_all(&bytes).unwrap_err();
+            assert!(matches!(err, StreamError::BadRecord { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_version_2_stream_cannot_say_zstd() {
+        let w = Writer::new(Vec::new(), &header(4096, Compression::ZSTD)).unwrap();
+        let (mut bytes, _, _) = w.finish().unwrap();
+        assert_eq!(read_all(&bytes).unwrap().len(), 0);
+        bytes[8] = 2;
+        let n = LittleEndian::read_u32(&bytes[12..16]) as usize;
+        let sum = xxh3_64(&bytes[..16 + n]);
+        LittleEndian::write_u64(&mut bytes[16 + n..24 + n], sum);
+        let err = read_all(&bytes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "damaged header: it says zstd compression, which format version 2 does not have (version 3 added it)"
+        );
+        // Without zstd, version 2 is what is written, and version 3 reads.
+        for c in [Compression::None, Compression::Lz4] {
+            let w = Writer::new(Vec::new(), &header(4096, c)).unwrap();
+            let (mut bytes, _, _) = w.finish().unwrap();
+            assert_eq!(LittleEndian::read_u32(&bytes[8..12]), 2);
+            bytes[8] = 3;
+            let n = LittleEndian::read_u32(&bytes[12..16]) as usize;
+            let sum = xxh3_64(&bytes[..16 + n]);
+            LittleEndian::write_u64(&mut bytes[16 + n..24 + n], sum);
+            // The END record's digest covers the version: fix it too.
+            let end = bytes.len() - END_LEN;
+            let totals = Totals::default();
+            let fixed = encode_end(&totals, digest(&bytes[..end]));
+            bytes[end..].copy_from_slice(&fixed);
+            assert_eq!(Reader::open(&bytes[..]).unwrap().version(), 3);
+            assert_eq!(read_all(&bytes).unwrap().len(), 0);
+        }
+    }
+
+    #[test]
+    fn damaged_zstd_payloads_are_refused_in_one_line() {
+        let content = text(100_000);
+        let frame = zstd::bulk::compress(&content, 3).unwrap();
+        let h = header(1 << 20, Compression::ZSTD);
+        let mut buf = vec![0u8; MAX_RECORD_LEN as usize];
+        let mut decoder = Decoder::new();
+        // The reader's and check_record's error for `head` and `payload`.
+        let mut refused = |head: RecordHeader, payload: &[u8]| -> String {
+            let err = read_all(&stream_with(&h, &head, payload)).unwrap_err();
+            let mut record = head.encode().to_vec();
+            record.extend_from_slice(payload);
+            let alone = check_record(
+                &record,
+                h.compression,
+                h.origin_size,
+                0,
+                0,
+                &mut buf,
+                &mut decoder,
+            )
+            .unwrap_err();
+            let text = err.to_string();
+            assert_eq!(
+                alone.to_string().split(": ").last(),
+                text.split(": ").last()
+            );
+            assert!(!text.contains('\n'), "{text}");
+            text
+        };
+        // Intact, it reads.
+        let head = zstd_head(content.len(), &content, &frame);
+        let good = read_all(&stream_with(&h, &head, &frame)).unwrap();
+        assert!(good[0].3 == content);
+        // Every byte flipped (one bit each): refused, or (a bit the decoder
+        // does not use, a handful of the frame's) the very same content.
+        // Such a flip in a real stream is caught by its digest (see
+        // every_flipped_bit_is_caught); never is other content let through.
+        let mut same = 0;
+        for i in 0..frame.len() {
+            let mut p = frame.clone();
+            p[i] ^= 1 << (i % 8);
+            let head = zstd_head(content.len(), &content, &p);
+            if let Ok(recs) = read_all(&stream_with(&h, &head, &p)) {
+                assert!(recs[0].3 == content, "byte {i}");
+                same += 1;
+                continue;
+            }
+            let text = refused(head, &p);
+            assert!(
+                text.starts_with("damaged payload in record 0"),
+                "byte {i}: {text}"
+            );
+        }
+        assert!(
+            same < frame.len() / 100,
+            "{same} of {} flips read",
+            frame.len()
+        );
+        for cut in 1..frame.len() {
+            let p = &frame[..cut];
+            let text = refused(zstd_head(content.len(), &content, p), p);
+            assert!(text.contains("its zstd data"), "cut at {cut}: {text}");
+        }
+        // A frame of fewer bytes than the record's length.
+        let text = refused(zstd_head(content.len() + 1, &content, &frame), &frame);
+        assert!(
+            text.ends_with("its zstd data decompresses to 100000 bytes instead of 100001"),
+            "{text}"
+        );
+        // Of more: it does not fit.
+        let text = refused(zstd_head(content.len() - 1, &content, &frame), &frame);
+        assert!(
+            text.contains("its zstd data cannot be decompressed into 99999 bytes"),
+            "{text}"
+        );
+        // A frame of 64 MiB of zeroes for a record of 1 MiB: refused, and
+        // never given more room than the record's.
+        let huge = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+        let text = refused(zstd_head(MAX_RECORD_LEN as usize, &[], &huge), &huge);
+        assert!(
+            text.contains("its zstd data cannot be decompressed into 1048576 bytes"),
+            "{text}"
+        );
+        // Two frames, of the two halves: the content, but not one frame.
+        let mut two = zstd::bulk::compress(&content[..50_000], 3).unwrap();
+        two.extend(zstd::bulk::compress(&content[50_000..], 3).unwrap());
+        let text = refused(zstd_head(content.len(), &content, &two), &two);
+        assert!(text.contains("its zstd data is not one frame"), "{text}");
+        // A skippable frame: no content.
+        let mut skip = vec![0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0];
+        skip.extend_from_slice(b"junk");
+        let text = refused(zstd_head(content.len(), &content, &skip), &skip);
+        assert!(
+            text.ends_with("decompresses to 0 bytes instead of 100000"),
+            "{text}"
+        );
+        // Not zstd at all.
+        let junk = noise(500, 3);
+        let text = refused(zstd_head(content.len(), &content, &junk), &junk);
+        assert!(text.contains("its zstd data is not a zstd frame"), "{text}");
+        // The right length, the wrong content.
+        let other = zstd::bulk::compress(&text_other(content.len()), 3).unwrap();
+        let text = refused(zstd_head(content.len(), &content, &other), &other);
+        assert!(text.ends_with("content checksum mismatch"), "{text}");
+    }
+
+    fn text_other(len: usize) -> Vec<u8> {
+        b"something else entirely "
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect()
+    }
+
+    #[test]
+    fn compressions_are_named_as_options_name_them() {
+        for (name, c) in [
+            ("none", Compression::None),
+            ("lz4", Compression::Lz4),
+            ("zstd", Compression::Zstd { level: 3 }),
+            ("zstd:1", Compression::Zstd { level: 1 }),
+            ("zstd:19", Compression::Zstd { level: 19 }),
+        ] {
+            assert_eq!(name.parse::<Compression>(), Ok(c));
+            assert_eq!(c.to_string().parse::<Compression>(), Ok(c));
+        }
+        assert_eq!(Compression::Zstd { level: 7 }.to_string(), "zstd:7");
+        for bad in [
+            "zstd:0", "zstd:20", "zstd:-1", "zstd:", "zstd:3x", "zstd: 3",
+        ] {
+            let err = bad.parse::<Compression>().unwrap_err();
+            assert_eq!(
+                err, "the zstd level must be a whole number from 1 to 19",
+                "{bad}"
+            );
+        }
+        for bad in ["gzip", "", "ZSTD", "lz4:1", "zstd3", "none:"] {
+            let err = bad.parse::<Compression>().unwrap_err();
+            assert!(
+                err.starts_with("give lz4, zstd, zstd:LEVEL"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            [Compression::None, Compression::Lz4, Compression::ZSTD].map(Compression::version),
+            [2, 2, 3]
+        );
     }
 }

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::adapt::Compress;
 use crate::apply;
 use crate::blockdev::Source;
 use crate::changes::ChangeSource;
 use crate::send::Delta;
 use crate::ship::{self, Link, Session, Transfer};
 use crate::status::{self, DestStatus};
-use crate::stream::{Compression, PointInTime};
+use crate::stream::PointInTime;
 use crate::transport::Location;
 use crate::Error;
 
@@ -34,7 +35,7 @@ pub enum What {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub what: What,
-    pub compression: Compression,
+    pub compression: Compress,
     /// `[user@]host:PATH`, or a local path.
     pub dest: String,
     pub link: Link,
@@ -51,7 +52,8 @@ pub fn sync(req: &Request, transfer: &mut Transfer) -> Result<(), Error> {
     if let Location::Local(path) = &dest {
         delta.check_dest(Path::new(path))?;
     }
-    let mut session = Session::connect(&dest, &req.link, transfer)?;
+    let format = delta.header.compression.version();
+    let mut session = Session::connect(&dest, &req.link, format, transfer)?;
     if let What::Changes { .. } = req.what {
         let resume = session.resume_point(&delta);
         delta.resume_from(resume);
@@ -68,12 +70,16 @@ fn delta_of(req: &Request) -> Result<Delta, Error> {
                 path: path.display().to_string(),
                 source,
             })?;
-            Delta::full_copy(source, req.compression)
+            Delta::full_copy(source, req.compression.header())
         }
         What::Changes {
             source,
             data_source,
-        } => Delta::of_changes(source, data_source.as_deref(), req.compression)?,
+        } => Delta::of_changes(source, data_source.as_deref(), req.compression.header())?,
+    })
+    .map(|mut delta| {
+        delta.compress(req.compression);
+        delta
     })
 }
 

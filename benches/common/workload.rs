@@ -250,6 +250,51 @@ impl Workload {
     }
 }
 
+/// An image of `size` bytes: 4 MiB runs of data (half text, half random)
+/// and of zeroes (written, as on a device), alternating: the seed's image.
+pub fn half_zero_image(path: &Path, size: u64) {
+    use std::io::Write;
+    const RUN: usize = 4 << 20;
+    let mut f = File::create(path).unwrap();
+    let mut rng = Rng(0x005e_ed0f_da7a);
+    let mut data = vec![0u8; RUN];
+    let zeroes = vec![0u8; RUN];
+    let mut at = 0u64;
+    let mut n = 0;
+    while at < size {
+        let len = RUN.min((size - at) as usize);
+        if n % 2 == 0 {
+            text(&mut rng, &mut data[..RUN / 2]);
+            rng.fill(&mut data[RUN / 2..]);
+            f.write_all(&data[..len]).unwrap();
+        } else {
+            f.write_all(&zeroes[..len]).unwrap();
+        }
+        at += len as u64;
+        n += 1;
+    }
+    f.sync_all().unwrap();
+}
+
+/// The bytes of `extents` of `image`, one after the other, into `out`:
+/// what a plain compressor of the changed data is given.
+pub fn concat_extents(image: &Path, extents: &[Extent], out: &Path) {
+    use std::io::Write;
+    let f = File::open(image).unwrap();
+    let mut w = std::io::BufWriter::new(File::create(out).unwrap());
+    let mut buf = vec![0u8; PIECE];
+    for e in extents {
+        let mut done = 0;
+        while done < e.length {
+            let n = (e.length - done).min(PIECE as u64) as usize;
+            f.read_exact_at(&mut buf[..n], e.offset + done).unwrap();
+            w.write_all(&buf[..n]).unwrap();
+            done += n as u64;
+        }
+    }
+    w.flush().unwrap();
+}
+
 /// A fresh copy of the old image: sparse, with old (random) data where the
 /// new image has zeroes, so that ZERO records change something; synced.
 pub fn make_copy(path: &Path, size: u64, extents: &[Extent]) {

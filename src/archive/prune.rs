@@ -225,6 +225,7 @@ struct Source<'a> {
     piece: usize,
     /// The content of the record being taken apart, checked.
     content: Vec<u8>,
+    decoder: stream::Decoder,
     decoded: Option<(usize, RecordKind)>,
 }
 
@@ -274,6 +275,7 @@ impl Source<'_> {
                 p.number,
                 r.at,
                 &mut self.content,
+                &mut self.decoder,
             )
             .map_err(|source| ArchiveError::DamagedDelta {
                 location: archive.location(),
@@ -358,6 +360,7 @@ fn merge(
             at: 0,
             piece: 0,
             content: vec![0u8; MAX_RECORD_LEN as usize],
+            decoder: stream::Decoder::new(),
             decoded: None,
         });
     }

@@ -285,6 +285,12 @@ pub fn restore(archive: &Archive, req: &Request) -> Result<Restored, Error> {
 /// (none for zeroes).
 type Piece = (u64, u64, Option<Vec<u8>>);
 
+thread_local! {
+    /// Each reading thread's decoder: its zstd context serves every record
+    /// the thread checks.
+    static DECODER: std::cell::RefCell<stream::Decoder> = std::cell::RefCell::new(stream::Decoder::new());
+}
+
 /// Reads the `planned` records of one delta, checks each (on the reading
 /// threads), and writes its pieces.
 fn copy_records(
@@ -321,19 +327,23 @@ fn copy_records(
                     reason: format!("a read of bytes {:?} came back short", ranges[i]),
                 }
             })?;
-            let (head, kind) = stream::check_record(
-                slice,
-                delta.header.compression,
-                delta.header.origin_size,
-                p.number,
-                r.at,
-                &mut content,
-            )
-            .map_err(|source| ArchiveError::DamagedDelta {
-                location: archive.location(),
-                key: key.clone(),
-                source,
-            })?;
+            let (head, kind) = DECODER
+                .with_borrow_mut(|decoder| {
+                    stream::check_record(
+                        slice,
+                        delta.header.compression,
+                        delta.header.origin_size,
+                        p.number,
+                        r.at,
+                        &mut content,
+                        decoder,
+                    )
+                })
+                .map_err(|source| ArchiveError::DamagedDelta {
+                    location: archive.location(),
+                    key: key.clone(),
+                    source,
+                })?;
             if head.offset != r.offset || head.length != r.length || head.kind != r.kind {
                 return Err(ArchiveError::Mismatch {
                     location: archive.location(),

@@ -69,7 +69,7 @@ pub fn run(args: Args) -> Result<u8, Error> {
             origin: origin.clone(),
             dest: dest.clone(),
             snapshot_size: args.snapshot_size.clone(),
-            compression: args.ship.compress.into(),
+            compression: args.ship.compress,
             link,
             reseed: args.reseed,
             name: args.name.clone(),

@@ -10,9 +10,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use serde::Serialize;
 
 use lvmsync::files::{DeltaInput, DELTA_READ_BUF};
-use lvmsync::stream::{
-    Compression, Header, Reader, RecordKind, SourceKind, StreamError, Totals, VERSION,
-};
+use lvmsync::stream::{Compression, Header, Reader, RecordKind, SourceKind, StreamError, Totals};
 use lvmsync::units::{human, printable};
 use lvmsync::Error;
 
@@ -110,8 +108,8 @@ fn json<R: Read>(
     }
     write!(out, "{{\"command\":\"inspect\",\"delta\":")?;
     serde_json::to_writer(&mut *out, name)?;
-    write!(out, ",\"format_version\":{VERSION},\"header\":")?;
-    serde_json::to_writer(&mut *out, reader.header())?;
+    write!(out, ",\"format_version\":{},\"header\":", reader.version())?;
+    serde_json::to_writer(&mut *out, &header_json(reader.header()))?;
     write!(out, ",\"records\":[")?;
     let mut data_records = 0u64;
     let damage = loop {
@@ -169,24 +167,38 @@ fn json<R: Read>(
     Ok(damage)
 }
 
+/// The header as `inspect --json` shows it: `compression` is the codec's
+/// name (`none`, `lz4` or `zstd`), and `compression_level` the zstd level
+/// (null for the others).
+fn header_json(h: &Header) -> serde_json::Value {
+    let mut doc = serde_json::to_value(h).expect("plain fields serialize");
+    doc["compression"] = h.compression.codec().into();
+    doc["compression_level"] = match h.compression {
+        Compression::Zstd { level } => level.into(),
+        _ => serde_json::Value::Null,
+    };
+    doc
+}
+
 fn text<R: Read>(
     name: &str,
     reader: &mut Reader<R>,
     out: &mut impl Write,
 ) -> io::Result<Option<StreamError>> {
-    write_header(name, reader.header(), out)?;
+    write_header(name, reader.version(), reader.header(), out)?;
     writeln!(out)?;
     writeln!(
         out,
         "{:>16} {:>20} {:>10}  {:<8} {:>10}",
         "at", "offset", "length", "kind", "stored"
     )?;
+    let compressed = format!("data {}", reader.header().compression.codec());
     let mut data_records = 0u64;
     let damage = loop {
         match reader.next_record() {
             Ok(Some(rec)) => {
                 let kind = match rec.kind {
-                    RecordKind::Data { compressed: true } => "data lz4",
+                    RecordKind::Data { compressed: true } => compressed.as_str(),
                     RecordKind::Data { compressed: false } => "data",
                     RecordKind::Zero => "zero",
                 };
@@ -263,14 +275,14 @@ fn text<R: Read>(
 
 /// The header, with anything a terminal would act on escaped: its text
 /// comes from whoever made the delta.
-fn write_header(name: &str, h: &Header, out: &mut impl Write) -> io::Result<()> {
+fn write_header(name: &str, version: u32, h: &Header, out: &mut impl Write) -> io::Result<()> {
     let h = &h.printable();
     let name = printable(name);
     let s = &h.source;
     writeln!(out, "delta:        {name}")?;
     writeln!(
         out,
-        "format:       version {VERSION}, written by {}",
+        "format:       version {version}, written by {}",
         h.tool
     )?;
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".to_string());
@@ -348,14 +360,10 @@ fn write_header(name: &str, h: &Header, out: &mut impl Write) -> io::Result<()> 
         h.chunk_size,
         human(h.chunk_size)
     )?;
-    writeln!(
-        out,
-        "compression:  {}",
-        match h.compression {
-            Compression::Lz4 => "lz4",
-            Compression::None => "none",
-        }
-    )?;
+    match h.compression {
+        Compression::Zstd { level } => writeln!(out, "compression:  zstd, level {level}")?,
+        other => writeln!(out, "compression:  {}", other.codec())?,
+    }
     for (k, v) in &h.properties {
         writeln!(out, "property:     {k} = {v}")?;
     }

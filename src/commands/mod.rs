@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use clap::{CommandFactory, ValueEnum};
 
+use lvmsync::adapt::Compress;
 use lvmsync::changes::ChangeSource;
 use lvmsync::progress::Style;
 use lvmsync::ship::Link;
-use lvmsync::stream::Compression;
 use lvmsync::units::{parse_duration, parse_size};
 
 /// The one JSON object a command prints on stdout when it fails and was
@@ -158,8 +158,11 @@ impl ChangeArgs {
 /// and backup.
 #[derive(clap::Args, Debug)]
 pub struct Shipping {
-    /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
+    /// Compress DATA records: lz4, zstd[:LEVEL] (LEVEL 1 to 19, 3 by
+    /// default), none, or auto (zstd at the level that keeps the link busy,
+    /// chosen as the delta is sent); each is stored raw when that does not
+    /// make it smaller
+    #[arg(long, value_name = "HOW", default_value = "lz4")]
     pub compress: Compress,
     /// Create DEST as a regular file when it does not exist
     #[arg(long)]
@@ -278,21 +281,6 @@ impl StoreArgs {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
             ..lvmsync::store::StoreOptions::default()
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Compress {
-    Lz4,
-    None,
-}
-
-impl From<Compress> for Compression {
-    fn from(c: Compress) -> Compression {
-        match c {
-            Compress::Lz4 => Compression::Lz4,
-            Compress::None => Compression::None,
         }
     }
 }

@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 
+use lvmsync::adapt::Compress;
 use lvmsync::send::{self, Delta, Output};
 use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
-use super::{usage_error, ChangeArgs, Compress, LogArgs};
+use super::{usage_error, ChangeArgs, LogArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,8 +21,11 @@ pub struct Args {
     /// Write the delta to FILE, or to stdout with `-o -`
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Compress DATA records (each is stored raw when lz4 does not make it smaller)
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = Compress::Lz4)]
+    /// Compress DATA records: lz4, zstd[:LEVEL] (LEVEL 1 to 19, 3 by
+    /// default), none, or auto (zstd at the level that keeps the output
+    /// busy, chosen as the delta is written); each is stored raw when that
+    /// does not make it smaller
+    #[arg(long, value_name = "HOW", default_value = "lz4")]
     pub compress: Compress,
     /// No summary on stderr; errors only
     #[arg(short, long)]
@@ -55,8 +59,11 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
         send::refuse_terminal(std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
     }
-    let delta = Delta::of_changes(&source, args.data_source.as_deref(), args.compress.into())?;
+    let mut delta =
+        Delta::of_changes(&source, args.data_source.as_deref(), args.compress.header())?;
+    delta.compress(args.compress);
     let written = send::write_delta(&delta, &output, args.log.style(args.quiet))?;
+    let auto = delta.auto.as_ref().map(|a| a.report());
     if args.json {
         println!(
             "{}",
@@ -70,6 +77,8 @@ pub fn run(args: Args) -> Result<(), Error> {
                 "zero_bytes": written.totals.zero_bytes,
                 "payload_bytes": written.totals.payload_bytes,
                 "delta_bytes": written.length,
+                "compression": delta.compression_name(),
+                "auto": auto,
                 "base": delta.header.base,
                 "target": delta.header.target,
             })
@@ -88,5 +97,8 @@ pub fn run(args: Args) -> Result<(), Error> {
         human(written.length),
         written.to
     );
+    if let Some(auto) = &auto {
+        eprintln!("lvmsync-rs send: --compress auto: {}", auto.line());
+    }
     Ok(())
 }

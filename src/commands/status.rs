@@ -53,7 +53,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             dest: args.dest.clone(),
             snapshot_size: SnapshotSize::parse(DEFAULT_SNAPSHOT_SIZE)
                 .expect("the default snapshot size parses"),
-            compression: lvmsync::stream::Compression::Lz4,
+            compression: lvmsync::stream::Compression::Lz4.into(),
             link,
             reseed: false,
             name: None,

@@ -89,7 +89,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     };
     let request = sync::Request {
         what,
-        compression: args.ship.compress.into(),
+        compression: args.ship.compress,
         dest: dest.clone(),
         link: args.ship.link(args.force, "sync"),
     };
@@ -135,6 +135,9 @@ pub fn run(args: Args) -> Result<(), Error> {
             transfer.seconds,
             human((transfer.bytes_read as f64 / transfer.seconds.max(1e-3)) as u64),
         );
+        if let Some(auto) = &transfer.auto {
+            eprintln!("lvmsync-rs sync: --compress auto: {}", auto.line());
+        }
     }
     result
 }

@@ -7,6 +7,7 @@
 use std::io::{self, Write};
 
 use lvmsync::ship::Link;
+use lvmsync::stream::Compression;
 use lvmsync::units::{counted, human};
 use lvmsync::verify::{self, remote, Comparison};
 use lvmsync::Error;
@@ -34,6 +35,11 @@ pub struct Args {
     /// sending it (the exit status is then 3 when the copies differ)
     #[arg(short = 'n', long, requires = "repair")]
     pub dry_run: bool,
+    /// With --repair: compress the repair's DATA records: lz4,
+    /// zstd[:LEVEL] (LEVEL 1 to 19, 3 by default) or none; each is stored
+    /// raw when that does not make it smaller
+    #[arg(long, value_name = "HOW", default_value = "lz4", requires = "repair")]
+    pub compress: Compression,
     #[command(flatten)]
     pub remote: RemoteShell,
     /// Print one JSON object instead of text (on failure too)
@@ -96,6 +102,7 @@ pub fn run(args: Args) -> Result<bool, Error> {
             ..args.remote.link()
         },
         target: None,
+        compression: args.compress,
     };
     let mut comparison = Comparison::default();
     verify::verify(&request, &mut comparison)?;

@@ -28,7 +28,7 @@ use crate::apply::DestLock;
 use crate::blockdev::Source;
 use crate::extents::Extent;
 use crate::ship::Link;
-use crate::stream::PointInTime;
+use crate::stream::{Compression, PointInTime};
 use crate::transport::Location;
 use crate::Error;
 
@@ -114,6 +114,8 @@ pub struct Request {
     /// The point in time a repair brings DEST to (when `backup` repairs a
     /// copy against its new snapshot); its state then records it.
     pub target: Option<PointInTime>,
+    /// How a repair compresses its DATA records.
+    pub compression: Compression,
 }
 
 /// What a repair sent and what it did to DEST.

@@ -19,7 +19,7 @@ use crate::extents::{Extent, ExtentSet};
 use crate::files::DELTA_READ_BUF;
 use crate::send::{Delta, SendError};
 use crate::ship::{Link, Session, Transfer};
-use crate::stream::{Compression, Header, SourceInfo, SourceKind};
+use crate::stream::{Header, SourceInfo, SourceKind};
 use crate::transport::Location;
 use crate::Error;
 
@@ -33,7 +33,7 @@ pub fn header(req: &Request, src: &Source) -> Header {
             origin: Some(src_path.clone()),
             ..SourceInfo::of_kind(SourceKind::Compare)
         },
-        compression: Compression::Lz4,
+        compression: req.compression,
         tool: crate::TOOL.to_string(),
         base: None,
         target: req.target.clone(),
@@ -72,6 +72,7 @@ pub fn repair(
         changes: ChangeSet::read(ExtentSet::from_extents(extents)),
         name: src.path().display().to_string(),
         inputs: vec![src.path().to_path_buf()],
+        auto: None,
     };
     let mut repaired = Repaired {
         dest_size_before: comparison.dest_size,
@@ -94,7 +95,8 @@ pub fn repair(
                 ..req.link.clone()
             };
             let mut shipped = Transfer::default();
-            let session = Session::connect(dest, &link, &mut shipped)?;
+            let format = delta.header.compression.version();
+            let session = Session::connect(dest, &link, format, &mut shipped)?;
             session.ship(&delta, &mut shipped)?;
             repaired.records = shipped.records;
             repaired.data_bytes = shipped.data_bytes;
@@ -155,6 +157,7 @@ fn apply_here(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::Compression;
 
     #[test]
     fn a_repair_delta_is_a_comparison_for_any_content_of_srcs_size() {
@@ -170,12 +173,14 @@ mod tests {
             repair: true,
             link: Link::default(),
             target: None,
+            compression: Compression::ZSTD,
         };
         let h = header(&req, &src);
         assert_eq!(h.source.kind, SourceKind::Compare);
         assert_eq!((h.base, h.target, h.resume_from), (None, None, 0));
         assert_eq!(h.origin_size, 10_000);
         assert_eq!(h.chunk_size, 4096);
+        assert_eq!(h.compression, Compression::ZSTD);
         assert_eq!(h.source.origin.as_deref(), Some(path.to_str().unwrap()));
         assert_eq!(h.properties[DEST_SIZE], "10000");
         assert_eq!(h.properties["compare-dest"], "host:/copy img");

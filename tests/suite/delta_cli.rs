@@ -358,14 +358,16 @@ fn damaged_deltas_are_refused_and_nothing_from_the_damage_on_is_written() {
     // A newer version, and one no lvmsync-rs writes: a flipped bit of
     // the version field is a damaged header, not a call for an upgrade.
     let mut other = good.clone();
-    other[8] = 3;
+    other[8] = stream::VERSION as u8 + 1;
     check_damaged(
         &f,
         &recs,
         "version",
         &other,
         &format!(
-            "delta format version 3, but this lvmsync-rs reads version {} only: it was written by a newer lvmsync-rs",
+            "delta format version {}, but this lvmsync-rs reads versions {} to {} only: it was written by a newer lvmsync-rs",
+            stream::VERSION + 1,
+            stream::OLDEST_VERSION,
             stream::VERSION
         ),
         0,
@@ -657,9 +659,10 @@ fn inspect_shows_a_good_delta_and_stops_at_damage() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
+        // Without zstd, the oldest version that has lz4.
         &format!(
             "format:       version {}, written by lvmsync-rs ",
-            stream::VERSION
+            stream::Compression::Lz4.version()
         ),
         "source:       image ",
         "origin size:  4195840 (4.0 MiB)",
@@ -815,7 +818,7 @@ fn bad_arguments_are_refused() {
                 "-o",
                 "-",
                 "--compress",
-                "zstd",
+                "zstd:20",
             ],
             "",
         ),

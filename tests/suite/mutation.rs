@@ -1,4 +1,4 @@
-//! The delta reader under thousands of mutants of a good delta (a bounded
+//! The delta reader under thousands of mutants of a good delta, lz4 and zstd (a bounded
 //! fuzz, the same mutants every run): bits flipped anywhere, the stream cut
 //! anywhere and at every record boundary, records swapped, dropped,
 //! duplicated or spliced in from another delta, and record headers forged
@@ -17,15 +17,20 @@ use crate::common::images::{delta_bytes, image_header, random};
 use crate::common::scratch;
 use lvmsync::apply::{self, Options};
 use lvmsync::cowgen::Rng;
-use lvmsync::stream::{Reader, RecordKind, RECORD_HEADER_LEN};
+use lvmsync::stream::{Compression, Reader, RecordKind, RECORD_HEADER_LEN};
 
 const SIZE: usize = 2 << 20;
 
-/// A delta over a 2 MiB origin: DATA records that lz4 shrinks and ones it
-/// cannot, ZERO records, a record of 64 KiB, in offset order.
-fn good_delta(seed: u64) -> Vec<u8> {
+/// A delta over a 2 MiB origin compressed with `compression`: DATA
+/// records that it shrinks and ones it cannot, ZERO records, a record of
+/// 64 KiB, in offset order.
+fn good_delta(seed: u64, compression: Compression) -> Vec<u8> {
     let noise = random(SIZE, seed);
-    delta_bytes(&image_header(SIZE as u64, 4096), |w| {
+    let header = lvmsync::stream::Header {
+        compression,
+        ..image_header(SIZE as u64, 4096)
+    };
+    delta_bytes(&header, |w| {
         for i in 0..40u64 {
             let at = i * 24 * 1024 + (seed % 7) * 512;
             match i % 4 {
@@ -139,7 +144,7 @@ fn mutants(good: &[u8], other: &[u8]) -> Vec<(String, Vec<u8>)> {
     // Headers forged, their checksums good: another offset, another
     // length, another payload length, another kind, another flag.
     for (i, &at) in starts.iter().enumerate() {
-        let cases: [(&str, Forgery); 6] = [
+        let cases: [(&str, Forgery); 8] = [
             (
                 "offset + 4096",
                 Box::new(|h| {
@@ -170,6 +175,8 @@ fn mutants(good: &[u8], other: &[u8]) -> Vec<(String, Vec<u8>)> {
                 Box::new(|h| h[0] = if h[0] == b'D' { b'Z' } else { b'D' }),
             ),
             ("lz4 flag flipped", Box::new(|h| h[1] ^= 1)),
+            ("zstd flag flipped", Box::new(|h| h[1] ^= 2)),
+            ("an unknown flag set", Box::new(|h| h[1] |= 0x10)),
         ];
         for (what, change) in cases {
             let mut m = good.to_vec();
@@ -182,14 +189,33 @@ fn mutants(good: &[u8], other: &[u8]) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn every_mutant_of_a_delta_is_refused_and_only_checked_records_are_written() {
-    let good = good_delta(1);
-    let other = good_delta(2);
+fn every_mutant_of_an_lz4_delta_is_refused_and_only_checked_records_are_written() {
+    every_mutant_is_refused("mutation-lz4", Compression::Lz4);
+}
+
+#[test]
+fn every_mutant_of_a_zstd_delta_is_refused_and_only_checked_records_are_written() {
+    every_mutant_is_refused("mutation-zstd", Compression::ZSTD);
+}
+
+fn every_mutant_is_refused(name: &str, compression: Compression) {
+    let good = good_delta(1, compression);
+    let other = good_delta(2, compression);
+    // Both codecs' deltas have records it compresses and ones it stores
+    // raw.
+    let mut r = Reader::open(&good[..]).unwrap();
+    let mut kinds = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        kinds.push(rec.kind);
+    }
+    assert!(kinds.contains(&RecordKind::Data { compressed: true }));
+    assert!(kinds.contains(&RecordKind::Data { compressed: false }));
+    assert_eq!(r.header().compression, compression);
     let base = random(SIZE, 99);
     // A tmpfs keeps thousands of applies (each synced) fast.
-    let dir = scratch("mutation");
+    let dir = scratch(name);
     let place: PathBuf = if fs::metadata("/dev/shm").is_ok_and(|m| m.is_dir()) {
-        let p = PathBuf::from(format!("/dev/shm/lvmsync-mutation-{}", std::process::id()));
+        let p = PathBuf::from(format!("/dev/shm/lvmsync-{name}-{}", std::process::id()));
         fs::create_dir_all(&p).unwrap();
         p
     } else {
@@ -221,5 +247,9 @@ fn every_mutant_of_a_delta_is_refused_and_only_checked_records_are_written() {
     if place != *dir {
         let _ = fs::remove_dir_all(&place);
     }
-    assert!(failures.is_empty(), "{} mutants: {failures:#?}", all.len());
+    assert!(
+        failures.is_empty(),
+        "{name}: {} mutants: {failures:#?}",
+        all.len()
+    );
 }

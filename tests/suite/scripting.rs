@@ -46,7 +46,7 @@ fn each_kind_of_failure_has_its_exit_status_and_its_json() {
     let hello = format!(
         "LVMSYNC-APPLY {} {} {} -",
         lvmsync::ship::PROTOCOL,
-        lvmsync::stream::VERSION,
+        lvmsync::stream::Compression::Lz4.version(),
         big.old.len()
     );
     let dies = script(

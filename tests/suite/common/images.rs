@@ -33,6 +33,9 @@ pub enum Fill {
     Random,
     /// A line of text over and over: compresses.
     Text,
+    /// Words in an order that varies, as in logs: lz4 finds few repeats
+    /// in it, an entropy coder (zstd) halves it again.
+    Words,
     /// Zeroes: a ZERO record.
     Zero,
 }
@@ -79,6 +82,7 @@ impl Change {
                         *x = TEXT[i % TEXT.len()];
                     }
                 }
+                Fill::Words => words(b, &mut rng),
             }
             chunks.push(c);
         }
@@ -104,6 +108,44 @@ impl Change {
         let p = self.path(name);
         fs::write(&p, &self.old).unwrap();
         p
+    }
+}
+
+/// Fills `b` with words from a list of 16, picked by `rng`, separated by
+/// spaces and now and then a line break.
+pub fn words(b: &mut [u8], rng: &mut Rng) {
+    const WORDS: [&str; 16] = [
+        "backup",
+        "volume",
+        "snapshot",
+        "extent",
+        "the",
+        "of",
+        "chunk",
+        "copy",
+        "a",
+        "delta",
+        "record",
+        "origin",
+        "error",
+        "checked",
+        "written",
+        "2026-12-01",
+    ];
+    let mut i = 0;
+    while i < b.len() {
+        let r = rng.below(1 << 16);
+        let word = WORDS[(r % 16) as usize].as_bytes();
+        for &c in word
+            .iter()
+            .chain(if r.is_multiple_of(11) { b"\n" } else { b" " })
+        {
+            if i == b.len() {
+                break;
+            }
+            b[i] = c;
+            i += 1;
+        }
     }
 }
 

@@ -396,6 +396,7 @@ fn man_pages_are_made_for_every_subcommand() {
     for sub in ["list", "check", "prune"] {
         want.insert(format!("lvmsync-rs-archive-{sub}.1"));
     }
+    want.insert("lvmsync-rs-key-new.1".into());
     assert_eq!(written, want);
     for name in &written {
         check_page(name, &fs::read_to_string(pages.join(name)).unwrap());

@@ -9,6 +9,7 @@ mod common;
 
 mod archive;
 mod backup_cli;
+mod crypt_cli;
 mod delta_cli;
 mod demo;
 mod fixtures;

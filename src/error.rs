@@ -236,6 +236,9 @@ impl Error {
                 | Ar::NoSuchPoint { .. }
                 | Ar::OtherOrigin { .. } => Kind::Refused,
                 Ar::Concurrent { .. } => Kind::Interrupted,
+                Ar::Crypt(e) => e.kind(),
+                Ar::Sealed { .. } => Kind::Damaged,
+                Ar::Exists { .. } => Kind::Refused,
                 Ar::BadMarker { .. }
                 | Ar::DamagedCatalog { .. }
                 | Ar::DamagedIndex { .. }

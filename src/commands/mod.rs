@@ -271,6 +271,9 @@ pub struct StoreArgs {
     /// The S3 region; AWS_REGION otherwise, else us-east-1
     #[arg(long, value_name = "REGION")]
     pub s3_region: Option<String>,
+    /// What opens an encrypted archive
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 impl StoreArgs {
@@ -278,6 +281,7 @@ impl StoreArgs {
         lvmsync::store::StoreOptions {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
+            secrets: self.keys.secrets(),
             ..lvmsync::store::StoreOptions::default()
         }
     }

@@ -24,6 +24,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::Aes256Gcm;
@@ -683,14 +684,92 @@ pub fn open_chunks(
     Ok(sealed)
 }
 
+/// Chunks being sealed or opened on the helper thread at once.
+const DEPTH: usize = 4;
+
+/// A chunk back from the worker: whether it is the last, and the chunk
+/// sealed or opened (or, when it fails to open, as it was).
+type Done = (bool, Result<Vec<u8>, Vec<u8>>);
+
+/// A thread that seals or opens chunks in the order they come, so that
+/// the AEAD runs beside the thread that reads or writes the stream.
+struct Worker {
+    to: Option<mpsc::SyncSender<(u64, bool, Vec<u8>)>>,
+    from: mpsc::Receiver<Done>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// `seal`: a worker that seals (tag appended), else one that opens (tag
+    /// removed; the chunk back as an error, wiped, when it fails).
+    fn new(stream: Stream, seal: bool) -> Worker {
+        let (to, rx) = mpsc::sync_channel::<(u64, bool, Vec<u8>)>(DEPTH);
+        let (tx, from) = mpsc::sync_channel(DEPTH);
+        let thread = std::thread::spawn(move || {
+            while let Ok((index, last, mut chunk)) = rx.recv() {
+                let result = if seal {
+                    let tag = stream.seal(index, last, &mut chunk);
+                    chunk.extend_from_slice(&tag);
+                    Ok(chunk)
+                } else {
+                    let n = chunk.len() - TAG;
+                    let (body, tag) = chunk.split_at_mut(n);
+                    if stream.open(index, last, body, tag) {
+                        chunk.truncate(n);
+                        Ok(chunk)
+                    } else {
+                        // `open` wiped what it decrypted.
+                        Err(chunk)
+                    }
+                };
+                if tx.send((last, result)).is_err() {
+                    return;
+                }
+            }
+        });
+        Worker {
+            to: Some(to),
+            from,
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, index: u64, last: bool, chunk: Vec<u8>) -> io::Result<()> {
+        self.to
+            .as_ref()
+            .and_then(|to| to.send((index, last, chunk)).ok())
+            .ok_or_else(|| io::Error::other("the encryption thread stopped"))
+    }
+
+    fn recv(&self) -> io::Result<Done> {
+        self.from
+            .recv()
+            .map_err(|_| io::Error::other("the encryption thread stopped"))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.to = None;
+        // Let it finish the chunk it holds and see the closed channel.
+        while self.from.recv().is_ok() {}
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Seals what is written to it into an envelope written to `inner`.
 /// [`SealWriter::finish`] seals the last chunk: without it the envelope is
-/// incomplete, and a reader says so.
+/// incomplete, and a reader says so. Chunks are sealed on a thread of
+/// their own, in order, while the next ones are written.
 pub struct SealWriter<W: Write> {
-    inner: W,
-    stream: Stream,
+    inner: Option<W>,
+    worker: Worker,
     buf: Zeroizing<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
     index: u64,
+    in_flight: usize,
     plain: u64,
 }
 
@@ -699,20 +778,40 @@ impl<W: Write> SealWriter<W> {
     pub fn new(mut inner: W, stream: Stream) -> io::Result<SealWriter<W>> {
         inner.write_all(stream.header())?;
         Ok(SealWriter {
-            inner,
-            stream,
+            inner: Some(inner),
+            worker: Worker::new(stream, true),
             buf: Zeroizing::new(Vec::with_capacity(SEALED)),
+            spare: Vec::new(),
             index: 0,
+            in_flight: 0,
             plain: 0,
         })
     }
 
+    /// Writes the next sealed chunk, waiting for it.
+    fn write_one(&mut self) -> io::Result<()> {
+        let (_, sealed) = self.worker.recv()?;
+        let mut sealed = sealed.map_err(|_| io::Error::other("sealing failed"))?;
+        self.in_flight -= 1;
+        let inner = self.inner.as_mut().expect("written before finish");
+        inner.write_all(&sealed)?;
+        sealed.clear();
+        self.spare.push(sealed);
+        Ok(())
+    }
+
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
-        let tag = self.stream.seal(self.index, last, &mut self.buf);
-        self.buf.extend_from_slice(&tag);
-        self.inner.write_all(&self.buf)?;
-        self.buf.clear();
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SEALED));
+        let chunk = std::mem::replace(&mut *self.buf, next);
+        self.worker.send(self.index, last, chunk)?;
         self.index += 1;
+        self.in_flight += 1;
+        while self.in_flight >= DEPTH {
+            self.write_one()?;
+        }
         Ok(())
     }
 
@@ -720,9 +819,12 @@ impl<W: Write> SealWriter<W> {
     /// envelope's length.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
         self.seal_chunk(true)?;
-        self.inner.flush()?;
-        let len = sealed_len(self.plain);
-        Ok((self.inner, len))
+        while self.in_flight > 0 {
+            self.write_one()?;
+        }
+        let mut inner = self.inner.take().expect("finished once");
+        inner.flush()?;
+        Ok((inner, sealed_len(self.plain)))
     }
 }
 
@@ -738,20 +840,31 @@ impl<W: Write> Write for SealWriter<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         // A partial chunk cannot be written before it is full or last.
-        self.inner.flush()
+        match self.inner.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
     }
 }
 
 /// Reads an envelope from `inner`, giving out each chunk's plaintext only
 /// once the chunk has authenticated. An error names the chunk and what
-/// failed, and nothing from that chunk is given out.
+/// failed, and nothing from that chunk is given out. The next chunks are
+/// read ahead and opened on a thread of their own, in order.
 pub struct OpenReader<R: Read> {
     inner: R,
-    stream: Stream,
+    worker: Worker,
     name: String,
-    buf: Vec<u8>,
+    buf: Zeroizing<Vec<u8>>,
     pos: usize,
-    index: u64,
+    /// The next chunk to read, and to hand out.
+    read_index: u64,
+    out_index: u64,
+    in_flight: usize,
+    /// No more chunks to read: the last was read, or the input failed
+    /// (`pending` says how, once the chunks before are handed out).
+    read_done: bool,
+    pending: Option<String>,
     done: bool,
     failed: Option<String>,
 }
@@ -760,11 +873,15 @@ impl<R: Read> OpenReader<R> {
     pub fn new(inner: R, stream: Stream, name: &str) -> OpenReader<R> {
         OpenReader {
             inner,
-            stream,
+            worker: Worker::new(stream, false),
             name: name.to_string(),
-            buf: Vec::with_capacity(SEALED),
+            buf: Zeroizing::new(Vec::new()),
             pos: 0,
-            index: 0,
+            read_index: 0,
+            out_index: 0,
+            in_flight: 0,
+            read_done: false,
+            pending: None,
             done: false,
             failed: None,
         }
@@ -773,57 +890,81 @@ impl<R: Read> OpenReader<R> {
     fn fail(&mut self, reason: String) -> io::Error {
         let reason = format!("{}: {reason}", self.name);
         self.failed = Some(reason.clone());
+        self.buf.clear();
         io::Error::new(io::ErrorKind::InvalidData, reason)
     }
 
-    /// Reads and opens the next chunk.
-    fn next_chunk(&mut self) -> io::Result<()> {
-        self.buf.resize(SEALED, 0);
-        // A full chunk is never the last: a shorter read is.
-        let (n, result) = crate::files::read_full(&mut self.inner, &mut self.buf[..SEALED]);
+    /// Reads the next sealed chunk and hands it to the worker; stops
+    /// reading at the last chunk or at a cut.
+    fn read_ahead(&mut self) -> io::Result<()> {
+        let mut chunk = vec![0u8; SEALED];
+        let (n, result) = crate::files::read_full(&mut self.inner, &mut chunk);
         result?;
-        let index = self.index;
+        let index = self.read_index;
         let at = HEADER_LEN as u64 + index * SEALED as u64;
         if n < TAG {
-            self.buf.clear();
-            let why = if n == 0 && index > 0 {
+            self.read_done = true;
+            self.pending = Some(if n == 0 && index > 0 {
                 format!("the encrypted stream ends at byte {at}, after chunk {}, without its last chunk: it was cut short", index - 1)
             } else {
                 format!(
                     "the encrypted stream ends at byte {}, inside chunk {index}: it was cut short",
                     at + n as u64
                 )
-            };
-            return Err(self.fail(why));
+            });
+            return Ok(());
         }
         let last = n < SEALED;
-        let (body, tag) = self.buf[..n].split_at_mut(n - TAG);
-        let tag: [u8; TAG] = (*tag).try_into().expect("16 bytes");
-        if !self.stream.open(index, last, body, &tag) {
-            self.buf.clear();
-            return Err(self.fail(format!(
-                "chunk {index} (bytes {at} to {}) fails authentication: the encrypted data was damaged or altered",
-                at + n as u64
-            )));
-        }
-        self.buf.truncate(n - TAG);
-        self.pos = 0;
-        self.index += 1;
         if last {
+            self.read_done = true;
             // Nothing may follow the last chunk.
             let mut probe = [0u8; 1];
             let (extra, result) = crate::files::read_full(&mut self.inner, &mut probe);
             result?;
             if extra > 0 {
-                self.buf.clear();
-                return Err(self.fail(format!(
+                self.pending = Some(format!(
                     "bytes follow the last chunk of the encrypted stream, which ends at byte {}",
                     at + n as u64
-                )));
+                ));
+                return Ok(());
             }
-            self.done = true;
         }
+        chunk.truncate(n);
+        self.worker.send(index, last, chunk)?;
+        self.read_index += 1;
+        self.in_flight += 1;
         Ok(())
+    }
+
+    /// The next chunk's plaintext, opened.
+    fn next_chunk(&mut self) -> io::Result<()> {
+        while !self.read_done && self.in_flight < DEPTH {
+            self.read_ahead()?;
+        }
+        if self.in_flight == 0 {
+            let reason = self
+                .pending
+                .take()
+                .unwrap_or_else(|| "the encrypted stream ended early".into());
+            return Err(self.fail(reason));
+        }
+        let (last, opened) = self.worker.recv()?;
+        self.in_flight -= 1;
+        let index = self.out_index;
+        let at = HEADER_LEN as u64 + index * SEALED as u64;
+        match opened {
+            Ok(plain) => {
+                *self.buf = plain;
+                self.pos = 0;
+                self.out_index += 1;
+                self.done = last;
+                Ok(())
+            }
+            Err(chunk) => Err(self.fail(format!(
+                "chunk {index} (bytes {at} to {}) fails authentication: the encrypted data was damaged or altered",
+                at + (chunk.len()) as u64
+            ))),
+        }
     }
 }
 
@@ -842,12 +983,6 @@ impl<R: Read> Read for OpenReader<R> {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
-    }
-}
-
-impl<R: Read> Drop for OpenReader<R> {
-    fn drop(&mut self) {
-        self.buf.zeroize();
     }
 }
 

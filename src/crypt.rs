@@ -684,45 +684,89 @@ pub fn open_chunks(
     Ok(sealed)
 }
 
-/// Chunks being sealed or opened on the helper thread at once.
-const DEPTH: usize = 4;
+/// Chunks handed to the helper thread at once (a segment), and segments
+/// in flight: fewer, larger hand-overs wake the threads less often.
+const SEG: usize = 4;
+const DEPTH: usize = 2;
 
-/// A chunk back from the worker: whether it is the last, and the chunk
-/// sealed or opened (or, when it fails to open, as it was).
-type Done = (bool, Result<Vec<u8>, Vec<u8>>);
+/// A segment back from the worker: whether it ends with the last chunk,
+/// the bytes sealed or opened, and (opening) the chunk that failed, with
+/// its sealed length, after the chunks before it that opened.
+type Done = (bool, Vec<u8>, Option<(u64, usize)>);
 
-/// A thread that seals or opens chunks in the order they come, so that
-/// the AEAD runs beside the thread that reads or writes the stream.
+/// A thread that seals or opens segments of chunks in the order they
+/// come, so that the AEAD runs beside the thread that reads or writes the
+/// stream.
 struct Worker {
     to: Option<mpsc::SyncSender<(u64, bool, Vec<u8>)>>,
     from: mpsc::Receiver<Done>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Seals a segment: the plaintext of full chunks from `index` on and,
+/// when `last`, the last chunk (shorter than a chunk, maybe empty).
+fn seal_segment(stream: &Stream, mut index: u64, last: bool, plain: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(plain.len() + TAG * (plain.len() / CHUNK + 1));
+    let mut rest = plain;
+    while rest.len() >= CHUNK || (!rest.is_empty() && !last) {
+        let n = rest.len().min(CHUNK);
+        let start = out.len();
+        out.extend_from_slice(&rest[..n]);
+        let tag = stream.seal(index, false, &mut out[start..]);
+        out.extend_from_slice(&tag);
+        rest = &rest[n..];
+        index += 1;
+    }
+    if last {
+        let start = out.len();
+        out.extend_from_slice(rest);
+        let tag = stream.seal(index, true, &mut out[start..]);
+        out.extend_from_slice(&tag);
+    }
+    out
+}
+
+/// Opens a segment in place: sealed full chunks from `index` on and, when
+/// `last`, the last chunk. Returns the plaintext of the chunks that
+/// opened, up to the first that did not, and that one.
+fn open_segment(
+    stream: &Stream,
+    mut index: u64,
+    last: bool,
+    mut data: Vec<u8>,
+) -> (Vec<u8>, Option<(u64, usize)>) {
+    let (mut at, mut out) = (0usize, 0usize);
+    while at < data.len() {
+        let n = (data.len() - at).min(SEALED);
+        let is_last = last && n < SEALED;
+        let (body, tag) = data[at..at + n].split_at_mut(n - TAG);
+        if !stream.open(index, is_last, body, tag) {
+            data.truncate(out);
+            return (data, Some((index, n)));
+        }
+        data.copy_within(at..at + n - TAG, out);
+        out += n - TAG;
+        at += n;
+        index += 1;
+    }
+    data.truncate(out);
+    (data, None)
+}
+
 impl Worker {
-    /// `seal`: a worker that seals (tag appended), else one that opens (tag
-    /// removed; the chunk back as an error, wiped, when it fails).
+    /// `seal`: a worker that seals segments, else one that opens them.
     fn new(stream: Stream, seal: bool) -> Worker {
         let (to, rx) = mpsc::sync_channel::<(u64, bool, Vec<u8>)>(DEPTH);
         let (tx, from) = mpsc::sync_channel(DEPTH);
         let thread = std::thread::spawn(move || {
-            while let Ok((index, last, mut chunk)) = rx.recv() {
-                let result = if seal {
-                    let tag = stream.seal(index, last, &mut chunk);
-                    chunk.extend_from_slice(&tag);
-                    Ok(chunk)
+            while let Ok((index, last, data)) = rx.recv() {
+                let done = if seal {
+                    (last, seal_segment(&stream, index, last, &data), None)
                 } else {
-                    let n = chunk.len() - TAG;
-                    let (body, tag) = chunk.split_at_mut(n);
-                    if stream.open(index, last, body, tag) {
-                        chunk.truncate(n);
-                        Ok(chunk)
-                    } else {
-                        // `open` wiped what it decrypted.
-                        Err(chunk)
-                    }
+                    let (plain, failed) = open_segment(&stream, index, last, data);
+                    (last, plain, failed)
                 };
-                if tx.send((last, result)).is_err() {
+                if tx.send(done).is_err() {
                     return;
                 }
             }
@@ -734,10 +778,10 @@ impl Worker {
         }
     }
 
-    fn send(&self, index: u64, last: bool, chunk: Vec<u8>) -> io::Result<()> {
+    fn send(&self, index: u64, last: bool, data: Vec<u8>) -> io::Result<()> {
         self.to
             .as_ref()
-            .and_then(|to| to.send((index, last, chunk)).ok())
+            .and_then(|to| to.send((index, last, data)).ok())
             .ok_or_else(|| io::Error::other("the encryption thread stopped"))
     }
 
@@ -751,7 +795,7 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.to = None;
-        // Let it finish the chunk it holds and see the closed channel.
+        // Let it finish the segment it holds and see the closed channel.
         while self.from.recv().is_ok() {}
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -768,6 +812,7 @@ pub struct SealWriter<W: Write> {
     worker: Worker,
     buf: Zeroizing<Vec<u8>>,
     spare: Vec<Vec<u8>>,
+    /// The first chunk of the next segment.
     index: u64,
     in_flight: usize,
     plain: u64,
@@ -780,7 +825,7 @@ impl<W: Write> SealWriter<W> {
         Ok(SealWriter {
             inner: Some(inner),
             worker: Worker::new(stream, true),
-            buf: Zeroizing::new(Vec::with_capacity(SEALED)),
+            buf: Zeroizing::new(Vec::with_capacity(SEG * CHUNK)),
             spare: Vec::new(),
             index: 0,
             in_flight: 0,
@@ -788,10 +833,9 @@ impl<W: Write> SealWriter<W> {
         })
     }
 
-    /// Writes the next sealed chunk, waiting for it.
+    /// Writes the next sealed segment, waiting for it.
     fn write_one(&mut self) -> io::Result<()> {
-        let (_, sealed) = self.worker.recv()?;
-        let mut sealed = sealed.map_err(|_| io::Error::other("sealing failed"))?;
+        let (_, mut sealed, _) = self.worker.recv()?;
         self.in_flight -= 1;
         let inner = self.inner.as_mut().expect("written before finish");
         inner.write_all(&sealed)?;
@@ -800,14 +844,15 @@ impl<W: Write> SealWriter<W> {
         Ok(())
     }
 
-    fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
+    fn seal_segment(&mut self, last: bool) -> io::Result<()> {
         let next = self
             .spare
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(SEALED));
-        let chunk = std::mem::replace(&mut *self.buf, next);
-        self.worker.send(self.index, last, chunk)?;
-        self.index += 1;
+            .unwrap_or_else(|| Vec::with_capacity(SEG * SEALED));
+        let segment = std::mem::replace(&mut *self.buf, next);
+        let chunks = (segment.len() / CHUNK) as u64;
+        self.worker.send(self.index, last, segment)?;
+        self.index += chunks;
         self.in_flight += 1;
         while self.in_flight >= DEPTH {
             self.write_one()?;
@@ -818,7 +863,7 @@ impl<W: Write> SealWriter<W> {
     /// Seals the last chunk and returns the writer it wrote to, and the
     /// envelope's length.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
-        self.seal_chunk(true)?;
+        self.seal_segment(true)?;
         while self.in_flight > 0 {
             self.write_one()?;
         }
@@ -830,11 +875,11 @@ impl<W: Write> SealWriter<W> {
 
 impl<W: Write> Write for SealWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
+        let n = data.len().min(SEG * CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         self.plain += n as u64;
-        if self.buf.len() == CHUNK {
-            self.seal_chunk(false)?;
+        if self.buf.len() == SEG * CHUNK {
+            self.seal_segment(false)?;
         }
         Ok(n)
     }
@@ -857,14 +902,16 @@ pub struct OpenReader<R: Read> {
     name: String,
     buf: Zeroizing<Vec<u8>>,
     pos: usize,
-    /// The next chunk to read, and to hand out.
+    /// The first chunk of the next segment to read.
     read_index: u64,
-    out_index: u64,
     in_flight: usize,
-    /// No more chunks to read: the last was read, or the input failed
-    /// (`pending` says how, once the chunks before are handed out).
+    /// No more segments to read: the last chunk was read, or the input
+    /// ended early (`pending` says how, once the chunks before are handed
+    /// out).
     read_done: bool,
     pending: Option<String>,
+    /// A chunk that failed, to report once the chunks before it are read.
+    failed_chunk: Option<String>,
     done: bool,
     failed: Option<String>,
 }
@@ -878,10 +925,10 @@ impl<R: Read> OpenReader<R> {
             buf: Zeroizing::new(Vec::new()),
             pos: 0,
             read_index: 0,
-            out_index: 0,
             in_flight: 0,
             read_done: false,
             pending: None,
+            failed_chunk: None,
             done: false,
             failed: None,
         }
@@ -894,50 +941,57 @@ impl<R: Read> OpenReader<R> {
         io::Error::new(io::ErrorKind::InvalidData, reason)
     }
 
-    /// Reads the next sealed chunk and hands it to the worker; stops
-    /// reading at the last chunk or at a cut.
+    /// Reads the next segment and hands it to the worker; stops reading
+    /// at the last chunk or at a cut.
     fn read_ahead(&mut self) -> io::Result<()> {
-        let mut chunk = vec![0u8; SEALED];
-        let (n, result) = crate::files::read_full(&mut self.inner, &mut chunk);
+        let mut data = vec![0u8; SEG * SEALED];
+        let (n, result) = crate::files::read_full(&mut self.inner, &mut data);
         result?;
-        let index = self.read_index;
-        let at = HEADER_LEN as u64 + index * SEALED as u64;
-        if n < TAG {
+        let first = self.read_index;
+        let at = |i: u64| HEADER_LEN as u64 + i * SEALED as u64;
+        let (full, rest) = ((n / SEALED) as u64, n % SEALED);
+        let mut last = false;
+        let mut send_len = n;
+        if n < SEG * SEALED {
             self.read_done = true;
-            self.pending = Some(if n == 0 && index > 0 {
-                format!("the encrypted stream ends at byte {at}, after chunk {}, without its last chunk: it was cut short", index - 1)
+            if rest >= TAG {
+                last = true;
+                // Nothing may follow the last chunk.
+                let mut probe = [0u8; 1];
+                let (extra, result) = crate::files::read_full(&mut self.inner, &mut probe);
+                result?;
+                if extra > 0 {
+                    self.pending = Some(format!(
+                        "bytes follow the last chunk of the encrypted stream, which ends at byte {}",
+                        at(first + full) + rest as u64
+                    ));
+                    last = false;
+                    send_len = full as usize * SEALED;
+                }
             } else {
-                format!(
-                    "the encrypted stream ends at byte {}, inside chunk {index}: it was cut short",
-                    at + n as u64
-                )
-            });
-            return Ok(());
-        }
-        let last = n < SEALED;
-        if last {
-            self.read_done = true;
-            // Nothing may follow the last chunk.
-            let mut probe = [0u8; 1];
-            let (extra, result) = crate::files::read_full(&mut self.inner, &mut probe);
-            result?;
-            if extra > 0 {
-                self.pending = Some(format!(
-                    "bytes follow the last chunk of the encrypted stream, which ends at byte {}",
-                    at + n as u64
-                ));
-                return Ok(());
+                send_len = full as usize * SEALED;
+                let cut = first + full;
+                self.pending = Some(if rest == 0 && cut > 0 {
+                    format!("the encrypted stream ends at byte {}, after chunk {}, without its last chunk: it was cut short", at(cut), cut - 1)
+                } else {
+                    format!("the encrypted stream ends at byte {}, inside chunk {cut}: it was cut short", at(cut) + rest as u64)
+                });
             }
         }
-        chunk.truncate(n);
-        self.worker.send(index, last, chunk)?;
-        self.read_index += 1;
-        self.in_flight += 1;
+        if send_len > 0 {
+            data.truncate(send_len);
+            self.worker.send(first, last, data)?;
+            self.read_index += full;
+            self.in_flight += 1;
+        }
         Ok(())
     }
 
-    /// The next chunk's plaintext, opened.
-    fn next_chunk(&mut self) -> io::Result<()> {
+    /// The next segment's plaintext, opened.
+    fn next_segment(&mut self) -> io::Result<()> {
+        if let Some(reason) = self.failed_chunk.take() {
+            return Err(self.fail(reason));
+        }
         while !self.read_done && self.in_flight < DEPTH {
             self.read_ahead()?;
         }
@@ -948,23 +1002,23 @@ impl<R: Read> OpenReader<R> {
                 .unwrap_or_else(|| "the encrypted stream ended early".into());
             return Err(self.fail(reason));
         }
-        let (last, opened) = self.worker.recv()?;
+        let (last, plain, failed) = self.worker.recv()?;
         self.in_flight -= 1;
-        let index = self.out_index;
-        let at = HEADER_LEN as u64 + index * SEALED as u64;
-        match opened {
-            Ok(plain) => {
-                *self.buf = plain;
-                self.pos = 0;
-                self.out_index += 1;
-                self.done = last;
-                Ok(())
+        *self.buf = plain;
+        self.pos = 0;
+        match failed {
+            Some((index, n)) => {
+                let at = HEADER_LEN as u64 + index * SEALED as u64;
+                self.failed_chunk = Some(format!(
+                    "chunk {index} (bytes {at} to {}) fails authentication: the encrypted data was damaged or altered",
+                    at + n as u64
+                ));
+                // Nothing after it is read or handed out.
+                self.read_done = true;
             }
-            Err(chunk) => Err(self.fail(format!(
-                "chunk {index} (bytes {at} to {}) fails authentication: the encrypted data was damaged or altered",
-                at + (chunk.len()) as u64
-            ))),
+            None => self.done = last,
         }
+        Ok(())
     }
 }
 
@@ -977,7 +1031,7 @@ impl<R: Read> Read for OpenReader<R> {
             if self.done {
                 return Ok(0);
             }
-            self.next_chunk()?;
+            self.next_segment()?;
         }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -1072,7 +1126,17 @@ mod tests {
     #[test]
     fn round_trips_and_ranges() {
         let key = Key::random().unwrap();
-        for len in [0usize, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+        for len in [
+            0usize,
+            1,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            3 * CHUNK + 17,
+            4 * CHUNK,
+            8 * CHUNK,
+            9 * CHUNK + 5,
+        ] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let sealed = seal(&plain, &key);
             assert_eq!(sealed.len() as u64, sealed_len(len as u64));
@@ -1103,8 +1167,14 @@ mod tests {
 
     #[test]
     fn edits_are_caught() {
+        for chunks in [3, 9] {
+            edits_are_caught_in(chunks);
+        }
+    }
+
+    fn edits_are_caught_in(chunks: usize) {
         let key = Key::random().unwrap();
-        let plain = vec![9u8; 3 * CHUNK + 5];
+        let plain = vec![9u8; chunks * CHUNK + 5];
         let sealed = seal(&plain, &key);
         let c = |i: usize| HEADER_LEN + i * SEALED..HEADER_LEN + (i + 1) * SEALED;
         // Swapped chunks.
@@ -1117,8 +1187,17 @@ mod tests {
         let mut s = sealed.clone();
         s.drain(c(1));
         assert!(open(&s, &key).is_err());
-        // Cut after a full chunk.
-        assert!(open(&sealed[..HEADER_LEN + 3 * SEALED], &key).is_err());
+        // Cut after the full chunks, and after a segment's.
+        assert!(open(&sealed[..HEADER_LEN + chunks * SEALED], &key).is_err());
+        if chunks > SEG {
+            assert!(open(&sealed[..HEADER_LEN + SEG * SEALED], &key).is_err());
+            // Swapped across segments.
+            let mut s = sealed.clone();
+            let (a, b) = (sealed[c(SEG - 1)].to_vec(), sealed[c(SEG)].to_vec());
+            s[c(SEG - 1)].copy_from_slice(&b);
+            s[c(SEG)].copy_from_slice(&a);
+            assert!(open(&s, &key).is_err());
+        }
         // A chunk of another stream.
         let other = seal(&plain, &key);
         let mut s = sealed.clone();

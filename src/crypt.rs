@@ -305,13 +305,6 @@ impl Secrets {
         }
         Ok(Some(text))
     }
-
-    /// Whether anything was given at all (the environment counts when set).
-    pub fn given(&self) -> bool {
-        self.key_file.is_some()
-            || !matches!(self.passphrase, PassphraseFrom::Env)
-            || std::env::var_os(PASSPHRASE_ENV).is_some()
-    }
 }
 
 /// Reads a key file: `lvmsync-rs key 1` on the first line, 64 hex digits on

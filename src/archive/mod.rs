@@ -275,7 +275,7 @@ impl Archive {
                     reason,
                 };
                 match (marker.lvmsync_archive, &marker.encryption) {
-                    (ARCHIVE_VERSION, None) => {}
+                    (ARCHIVE_VERSION, None) => refuse_keys(&shown, &options.secrets, false)?,
                     (ENCRYPTED_ARCHIVE_VERSION, Some(enc)) => {
                         archive.crypt = Some(unlock(&shown, enc, &options.secrets)?);
                     }
@@ -294,6 +294,7 @@ impl Archive {
                 }
             }
             Err(StoreError::NotFound { .. }) if create => {
+                refuse_keys(&shown, &options.secrets, true)?;
                 let marker = Marker {
                     lvmsync_archive: ARCHIVE_VERSION,
                     created: crate::time::rfc3339(crate::time::now()),
@@ -839,6 +840,27 @@ impl Write for UploadWriter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Refuses a key file or a passphrase named for an archive that is not
+/// encrypted (or, `new`, about to be made unencrypted by a backup): the
+/// user meant an encrypted one. LVMSYNC_PASSPHRASE alone is not a refusal,
+/// since it may be set for other archives.
+fn refuse_keys(shown: &str, secrets: &Secrets, new: bool) -> Result<(), ArchiveError> {
+    let named = secrets.key_file.is_some()
+        || matches!(
+            secrets.passphrase,
+            crypt::PassphraseFrom::File(_) | crypt::PassphraseFrom::Fd(_)
+        );
+    if !named {
+        return Ok(());
+    }
+    let why = if new {
+        "no archive there yet, and a backup makes an unencrypted one: make an encrypted one first with lvmsync-rs archive init --encryption"
+    } else {
+        "not an encrypted archive: it needs no key file or passphrase"
+    };
+    Err(CryptError::Usage(format!("{shown}: {why}")).into())
 }
 
 /// The archive key of an encrypted archive's marker, from the key file or

@@ -837,3 +837,37 @@ fn an_encrypted_archive_refuses_objects_altered_or_swapped_before_writing_them()
         assert_same(&dest, &v.states[3], "restored after the repair");
     }
 }
+
+#[test]
+fn a_key_for_an_archive_that_is_not_encrypted_is_refused() {
+    let kit = Kit::local("crypt-plain");
+    let key = kit.dir.join("k.key");
+    assert_ok(&command().args(["key", "new", s(&key)]).output().unwrap());
+    // A backup with a key into a new location would make an unencrypted
+    // archive: refused, nothing made.
+    let options = StoreOptions {
+        secrets: lvmsync::crypt::Secrets {
+            key_file: Some(key.clone()),
+            ..Default::default()
+        },
+        ..StoreOptions::default()
+    };
+    let e = Archive::open(&kit.location, &options, true).err().unwrap();
+    assert!(e.to_string().contains("archive init --encryption"), "{e}");
+    assert!(!Path::new(&kit.location)
+        .join("lvmsync-archive.json")
+        .exists());
+    // An unencrypted archive named with a key.
+    let _ = store_points(&kit, 1);
+    let out = kit.run(&["archive", "list", "--key-file", s(&key), &kit.location]);
+    if let Err(why) = clean_failure(&out, "not an encrypted archive") {
+        panic!("{why}");
+    }
+    assert_eq!(out.status.code(), Some(2));
+    // LVMSYNC_PASSPHRASE alone, set for other archives, is no refusal.
+    let out = kit.run_env(
+        &["archive", "list", &kit.location],
+        &[(lvmsync::crypt::PASSPHRASE_ENV, "for another archive")],
+    );
+    assert_ok(&out);
+}

@@ -6,7 +6,10 @@
 //!   `backup` stores a point: read from the image, encoded, uploaded in
 //!   parallel parts, indexed), next to uploading the same delta's bytes as
 //!   one object with the same client (`store::Upload`), measured in the
-//!   same run. Target: at least 0.8 of its throughput.
+//!   same run. Target: at least 0.8 of its throughput. And the same delta
+//!   stored as a point of an encrypted archive (`archive init
+//!   --encryption`) in the same rounds. Target: at least 0.9 of the
+//!   unencrypted point's throughput.
 //! - Restore: the latest point of a chain of `BENCH_DELTAS` 1% deltas
 //!   (default 30) after the seed, next to restoring a seed alone, all with
 //!   `lvmsync-rs restore` onto a new file, the store's files and the copy
@@ -21,7 +24,7 @@
 //! Run: `cargo bench --bench archive` (needs s3s-fs: `cargo install
 //! s3s-fs@0.14.1 --features binary --locked`). Environment: `BENCH_GIB`,
 //! `BENCH_DELTAS`, `BENCH_ROUNDS` (default 3, medians), `BENCH_DIR`,
-//! `BENCH_STORE`, `BENCH_KEEP`.
+//! `BENCH_STORE`, `BENCH_KEEP`, `BENCH_NO_RESTORE` (the uploads only).
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -41,7 +44,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lvmsync::archive::catalog::Origin;
-use lvmsync::archive::{Archive, NewVolume};
+use lvmsync::archive::{Archive, NewKeys, NewVolume};
 use lvmsync::blockdev::Source;
 use lvmsync::changes::ChangeSource;
 use lvmsync::cowgen::{CowImage, Rng};
@@ -287,8 +290,41 @@ fn main() {
         &options,
     )
     .unwrap();
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    // The same store, an encrypted archive beside the other.
+    let sealed_location = format!("{location}-encrypted");
+    let key_path = dir.join("archive.key");
+    let _ = fs::remove_file(&key_path);
+    Archive::init(
+        &sealed_location,
+        &options,
+        Some(&NewKeys {
+            key_file: Some(key_path.clone()),
+            passphrase: None,
+        }),
+    )
+    .unwrap();
+    let sealed_options = StoreOptions {
+        secrets: lvmsync::crypt::Secrets {
+            key_file: Some(key_path),
+            ..Default::default()
+        },
+        ..options.clone()
+    };
+    let sealed = Archive::open(&sealed_location, &sealed_options, false).unwrap();
+    let (mut ours, mut raw, mut enc) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
+        let t = Instant::now();
+        sealed
+            .put_delta(
+                "bench/upload",
+                r as u64 + 1,
+                None,
+                "incremental",
+                &delta,
+                |_| {},
+            )
+            .unwrap();
+        enc.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         archive
             .put_delta(
@@ -309,7 +345,7 @@ fn main() {
         up.finish().unwrap();
         raw.push(t.elapsed().as_secs_f64());
     }
-    let (ours, raw) = (median(&mut ours), median(&mut raw));
+    let (ours, raw, enc) = (median(&mut ours), median(&mut raw), median(&mut enc));
     let mb = |secs: f64| len as f64 / secs / 1e6;
     println!();
     println!("upload of the 1% delta ({len} bytes), median of {rounds}:");
@@ -325,6 +361,19 @@ fn main() {
         "  throughput / the object's: {:.2} (target at least 0.8)",
         raw / ours
     );
+    println!(
+        "  stored as a point of an encrypted archive: {enc:.3} s, {:.0} MB/s; / the unencrypted point's: {:.2} (target at least 0.9: {})",
+        mb(enc),
+        ours / enc,
+        if ours / enc >= 0.9 { "met" } else { "NOT met" }
+    );
+    if std::env::var_os("BENCH_NO_RESTORE").is_some() {
+        drop(server);
+        if std::env::var_os("BENCH_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        return;
+    }
 
     // Restore: the latest point next to the seed alone.
     let dest = dir.join("restored.img");

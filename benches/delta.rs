@@ -15,6 +15,10 @@
 //! the same extents read with a readahead hint for all of them
 //! (POSIX_FADV_WILLNEED), written with pwrite, then fsync.
 //!
+//! Encryption: the same pipelines with `send --encrypt --key-file K` and
+//! `apply --key-file K`, next to the unencrypted ones of the same rounds.
+//! Target: at least 0.9 of their speed.
+//!
 //! Run: `cargo bench --bench delta`. Environment:
 //! - `BENCH_WORKLOAD`: `standard` or `bulk` to run only one of the two;
 //! - `BENCH_STANDARD_GIB`: the standard workload's image size (default 4);
@@ -39,9 +43,20 @@ mod workload;
 
 use workload::{copy_extents, copy_extents_hinted, make_copy, same_extents, Content, Workload};
 
-/// `send ... -o - | apply - copy`; returns the wall time and apply's report.
-fn pipeline(cow: &Path, new: &Path, copy: &Path, compress: &str) -> (f64, String) {
+/// `send ... -o - | apply - copy`, encrypted with the key file `key` when
+/// given; returns the wall time and apply's report.
+fn pipeline(
+    cow: &Path,
+    new: &Path,
+    copy: &Path,
+    compress: &str,
+    key: Option<&Path>,
+) -> (f64, String) {
     let bin = env!("CARGO_BIN_EXE_lvmsync-rs");
+    let keys: Vec<&std::ffi::OsStr> = match key {
+        Some(k) => vec!["--key-file".as_ref(), k.as_os_str()],
+        None => vec![],
+    };
     let t = Instant::now();
     let mut send = Command::new(bin)
         .args(["send", "--compress", compress, "--cow"])
@@ -49,12 +64,19 @@ fn pipeline(cow: &Path, new: &Path, copy: &Path, compress: &str) -> (f64, String
         .arg("--data-source")
         .arg(new)
         .args(["-o", "-"])
+        .args(if key.is_some() {
+            &["--encrypt"][..]
+        } else {
+            &[]
+        })
+        .args(&keys)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("run lvmsync-rs send");
     let apply = Command::new(bin)
         .args(["apply", "-"])
+        .args(&keys)
         .arg(copy)
         .stdin(send.stdout.take().unwrap())
         .stderr(Stdio::piped())
@@ -121,7 +143,7 @@ fn standard(dir: &Path, rounds: usize) {
             prepare();
             let f = copy_extents_hinted(&work.new, &copy, &work.extents);
             prepare();
-            let (p, report) = pipeline(&work.cow, &work.new, &copy, "lz4");
+            let (p, report) = pipeline(&work.cow, &work.new, &copy, "lz4", None);
             if round == 0 {
                 assert!(
                     same_extents(&work.new, &copy, &work.extents),
@@ -233,16 +255,32 @@ fn bulk(dir: &Path, rounds: usize) {
         .sum();
     fs::remove_file(&delta).unwrap();
 
+    let key = dir.join("bench.key");
+    let _ = fs::remove_file(&key);
+    let made = Command::new(bin)
+        .args(["key", "new"])
+        .arg(&key)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
     let copy = dir.join("copy.img");
     let mut base = Vec::new();
     let mut lz4 = Vec::new();
     let mut none = Vec::new();
+    let mut lz4_aes = Vec::new();
+    let mut none_aes = Vec::new();
     for round in 0..rounds {
         make_copy(&copy, origin_size, extents);
         base.push(copy_extents(new, &copy, extents));
-        for (mode, times) in [("lz4", &mut lz4), ("none", &mut none)] {
+        for (mode, times, k) in [
+            ("lz4", &mut lz4, None),
+            ("lz4", &mut lz4_aes, Some(key.as_path())),
+            ("none", &mut none, None),
+            ("none", &mut none_aes, Some(key.as_path())),
+        ] {
             make_copy(&copy, origin_size, extents);
-            let (secs, report) = pipeline(cow, new, &copy, mode);
+            let (secs, report) = pipeline(cow, new, &copy, mode, k);
             times.push(secs);
             if round == 0 {
                 assert!(
@@ -253,11 +291,13 @@ fn bulk(dir: &Path, rounds: usize) {
             }
         }
         println!(
-            "round {}: baseline {:.2} s, lz4 {:.2} s, none {:.2} s",
+            "round {}: baseline {:.2} s, lz4 {:.2} s, lz4 encrypted {:.2} s, none {:.2} s, none encrypted {:.2} s",
             round + 1,
             base[round],
             lz4[round],
-            none[round]
+            lz4_aes[round],
+            none[round],
+            none_aes[round]
         );
     }
     let usage =
@@ -269,6 +309,7 @@ fn bulk(dir: &Path, rounds: usize) {
 
     let mbs = |secs: f64| changed as f64 / 1e6 / secs;
     let (b, l, n) = (median(&mut base), median(&mut lz4), median(&mut none));
+    let (la, na) = (median(&mut lz4_aes), median(&mut none_aes));
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!("median of {rounds} rounds, MB/s of changed data:");
     println!(
@@ -289,6 +330,20 @@ fn bulk(dir: &Path, rounds: usize) {
         mbs(n),
         b / n,
         verdict(b / n >= 0.9)
+    );
+    println!(
+        "  send --encrypt | apply, lz4:           {:.2} s  {:7.0} MB/s  {:.2} of unencrypted lz4 (target 0.9: {})",
+        la,
+        mbs(la),
+        l / la,
+        verdict(l / la >= 0.9)
+    );
+    println!(
+        "  send --encrypt | apply, none:          {:.2} s  {:7.0} MB/s  {:.2} of unencrypted none (target 0.9: {})",
+        na,
+        mbs(na),
+        n / na,
+        verdict(n / na >= 0.9)
     );
     println!(
         "delta (lz4): {} bytes, {:.1}% of the changed data, {} records",

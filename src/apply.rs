@@ -1302,15 +1302,20 @@ fn remove_created(path: &Path, file: &File, state_path: Option<&Path>) {
 }
 
 /// Applies the delta that `input` names (a file, or stdin) to `dest`.
+///
+/// An encrypted delta ([`crate::crypt`]) is opened with `secrets`: a
+/// missing or wrong key is refused before DEST is opened.
 pub fn apply_delta(
     input: &DeltaInput,
     dest: &Path,
     options: &Options,
+    secrets: &crate::crypt::Secrets,
 ) -> Result<Applied, crate::Error> {
     if let DeltaInput::File(path) = input {
         check_distinct(path, dest)?;
     }
-    let reader = BufReader::with_capacity(DELTA_READ_BUF, input.open()?);
+    let opened = crate::crypt::open_input(input.open()?, &input.name(), secrets)?;
+    let reader = BufReader::with_capacity(DELTA_READ_BUF, opened.into_read());
     Ok(apply(reader, &input.name(), dest, options)?)
 }
 

@@ -52,6 +52,8 @@ pub enum Error {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::CryptError),
     #[error("{0}")]
     Usage(String),
     #[error("the sender writes delta format version {theirs}, but this lvmsync-rs ({}) reads versions {} to {ours} only: install the same version on both hosts", crate::TOOL, crate::stream::OLDEST_VERSION)]
@@ -163,6 +165,7 @@ impl Error {
         };
         match self {
             Error::Usage(_) => Kind::Usage,
+            Error::Crypt(e) => e.kind(),
             Error::Config(crate::config::ConfigError::Invalid { .. }) => Kind::Usage,
             Error::Config(_) => Kind::Failed,
             Error::FormatVersion { .. } => Kind::Refused,
@@ -233,6 +236,9 @@ impl Error {
                 | Ar::NoSuchPoint { .. }
                 | Ar::OtherOrigin { .. } => Kind::Refused,
                 Ar::Concurrent { .. } => Kind::Interrupted,
+                Ar::Crypt(e) => e.kind(),
+                Ar::Sealed { .. } => Kind::Damaged,
+                Ar::Exists { .. } => Kind::Refused,
                 Ar::BadMarker { .. }
                 | Ar::DamagedCatalog { .. }
                 | Ar::DamagedIndex { .. }

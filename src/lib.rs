@@ -16,7 +16,8 @@
 //!   of shipping a delta), [`sync`], [`backup`], [`verify`], [`serve`]
 //!   (the far end restricted to some paths);
 //! - around them: [`blockdev`], [`files`], [`progress`], [`units`],
-//!   [`time`], [`error`].
+//!   [`time`], [`error`];
+//! - encryption at rest of deltas and archive objects: [`crypt`].
 
 pub mod adapt;
 pub mod apply;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod cow;
 #[cfg(any(test, feature = "devtools"))]
 pub mod cowgen;
+pub mod crypt;
 pub mod error;
 pub mod extents;
 pub mod files;

@@ -153,6 +153,13 @@ enum Command {
     /// List, check and prune an archive of points in time
     #[command(subcommand)]
     Archive(commands::archive::Args),
+    /// Make a key file for encrypted deltas
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  lvmsync-rs key new /root/lvmsync.key\n  \
+            lvmsync-rs send --encrypt --key-file /root/lvmsync.key vg/root-snap -o root.lvd"
+    )]
+    Key(commands::key::Args),
     /// The far end for a backup host's authorized_keys: only the far ends
     /// of sync, backup and verify, only on paths under --restrict-to
     #[command(
@@ -295,6 +302,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Restore(_) => "restore",
             Command::Archive(_) => "archive",
+            Command::Key(_) => "key",
             Command::Serve(_) => "serve",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
@@ -315,7 +323,9 @@ impl Command {
             Command::Status(a) => (a.json, false),
             Command::Restore(a) => (a.json, false),
             Command::Archive(a) => (a.json(), false),
-            Command::Serve(_) | Command::Completions(_) | Command::Man(_) => (false, false),
+            Command::Key(_) | Command::Serve(_) | Command::Completions(_) | Command::Man(_) => {
+                (false, false)
+            }
         }
     }
 }
@@ -361,6 +371,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => as_done(commands::verify::run(args)),
         Command::Restore(args) => commands::restore::run(args).map(|()| Done::Ok),
         Command::Archive(args) => as_done(commands::archive::run(args)),
+        Command::Key(args) => commands::key::run(args).map(|()| Done::Ok),
         Command::Serve(args) => as_done(commands::serve::run(args)),
         Command::Completions(args) => commands::man::completions(args).map(|()| Done::Ok),
         Command::Man(args) => commands::man::man(args).map(|()| Done::Ok),

@@ -484,6 +484,8 @@ pub struct Written {
     pub length: u64,
     /// Where it went, as messages name it.
     pub to: String,
+    /// With encryption: the envelope's length, which is what was written.
+    pub sealed: Option<u64>,
 }
 
 /// Refuses to write a binary stream to a terminal.
@@ -500,15 +502,23 @@ pub fn refuse_terminal(stdout_is_terminal: bool) -> Result<(), Error> {
 /// temporary name and renamed once complete and synced (see
 /// [`files::NewFile`]), so FILE is never a partial delta; a FIFO or a
 /// character device is written as it is.
-pub fn write_delta(delta: &Delta, output: &Output, progress: Style) -> Result<Written, Error> {
+///
+/// With `seal`, the delta is written inside an encryption envelope
+/// ([`crate::crypt`]).
+pub fn write_delta(
+    delta: &Delta,
+    output: &Output,
+    progress: Style,
+    seal: Option<&crate::crypt::Stream>,
+) -> Result<Written, Error> {
     let progress = Progress::new(progress, "send", "writing", 0);
     match output {
         Output::Stdout => {
             refuse_terminal(io::stdout().is_terminal())?;
             files::grow_pipe(io::stdout());
             let out = BufWriter::with_capacity(256 << 10, io::stdout().lock());
-            let (_, totals, length) =
-                delta.write_all_shown(out, &progress).map_err(|e| match e {
+            let (_, totals, length, sealed) =
+                write_sealed(delta, out, &progress, seal).map_err(|e| match e {
                     SendError::Write(source) => Error::Output(source),
                     other => other.into(),
                 })?;
@@ -516,6 +526,7 @@ pub fn write_delta(delta: &Delta, output: &Output, progress: Style) -> Result<Wr
                 totals,
                 length,
                 to: "stdout".into(),
+                sealed,
             })
         }
         Output::File(path) => {
@@ -528,7 +539,7 @@ pub fn write_delta(delta: &Delta, output: &Output, progress: Style) -> Result<Wr
                 path: shown.clone(),
                 source,
             };
-            let (totals, length) = match fs::metadata(path) {
+            let (totals, length, sealed) = match fs::metadata(path) {
                 Ok(m) if m.is_dir() => return Err(create_err(io::Error::other("is a directory"))),
                 Ok(m) if m.file_type().is_block_device() => {
                     return Err(create_err(io::Error::other(
@@ -540,28 +551,56 @@ pub fn write_delta(delta: &Delta, output: &Output, progress: Style) -> Result<Wr
                         .write(true)
                         .open(path)
                         .map_err(create_err)?;
-                    let (_, totals, length) = delta
-                        .write_all_shown(BufWriter::with_capacity(256 << 10, file), &progress)
-                        .map_err(|e| file_error(e, &write_err))?;
-                    (totals, length)
+                    let (_, totals, length, sealed) = write_sealed(
+                        delta,
+                        BufWriter::with_capacity(256 << 10, file),
+                        &progress,
+                        seal,
+                    )
+                    .map_err(|e| file_error(e, &write_err))?;
+                    (totals, length, sealed)
                 }
                 _ => {
                     let file = NewFile::create(path, 0o644).map_err(create_err)?;
-                    let (out, totals, length) = delta
-                        .write_all_shown(BufWriter::with_capacity(256 << 10, file), &progress)
-                        .map_err(|e| file_error(e, &write_err))?;
+                    let (out, totals, length, sealed) = write_sealed(
+                        delta,
+                        BufWriter::with_capacity(256 << 10, file),
+                        &progress,
+                        seal,
+                    )
+                    .map_err(|e| file_error(e, &write_err))?;
                     let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
                     file.commit().map_err(write_err)?;
-                    (totals, length)
+                    (totals, length, sealed)
                 }
             };
             Ok(Written {
                 totals,
                 length,
                 to: shown,
+                sealed,
             })
         }
     }
+}
+
+/// Writes the whole delta to `out`, sealed in an envelope of `seal`'s
+/// stream when given: the output, the totals, the delta's length and the
+/// envelope's.
+fn write_sealed<W: Write>(
+    delta: &Delta,
+    out: W,
+    progress: &Progress,
+    seal: Option<&crate::crypt::Stream>,
+) -> Result<(W, Totals, u64, Option<u64>), SendError> {
+    let Some(stream) = seal else {
+        let (out, totals, length) = delta.write_all_shown(out, progress)?;
+        return Ok((out, totals, length, None));
+    };
+    let sealer = crate::crypt::SealWriter::new(out, stream.clone()).map_err(SendError::Write)?;
+    let (sealer, totals, length) = delta.write_all_shown(sealer, progress)?;
+    let (out, sealed) = sealer.finish().map_err(SendError::Write)?;
+    Ok((out, totals, length, Some(sealed)))
 }
 
 fn file_error(e: SendError, write_err: &impl Fn(io::Error) -> Error) -> Error {

@@ -380,6 +380,9 @@ pub struct StoreOptions {
     pub part_size: usize,
     /// How many parts of an upload are sent at once.
     pub parts_in_flight: usize,
+    /// What opens an encrypted archive (the key file, the passphrase): the
+    /// store does not use it; [`crate::archive::Archive::open`] does.
+    pub secrets: crate::crypt::Secrets,
 }
 
 impl Default for StoreOptions {
@@ -397,6 +400,7 @@ impl Default for StoreOptions {
             request_timeout: Duration::from_secs(60),
             part_size: 8 << 20,
             parts_in_flight: 4,
+            secrets: crate::crypt::Secrets::default(),
         }
     }
 }

@@ -108,7 +108,7 @@ fn check_point(
         source,
     };
     let input =
-        std::io::BufReader::with_capacity(DELTA_READ_BUF, archive.store().reader(&p.delta.key)?);
+        std::io::BufReader::with_capacity(DELTA_READ_BUF, archive.object_reader(&p.delta.key)?);
     let mut reader = Reader::open(input).map_err(damaged)?;
     let mut at = 0usize;
     while let Some(rec) = reader.next_record().map_err(damaged)? {

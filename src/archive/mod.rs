@@ -35,14 +35,15 @@ pub mod plan;
 pub mod prune;
 pub mod restore;
 
-use std::collections::BTreeSet;
-use std::io::{self, BufWriter, Write};
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, BufWriter, Read, Write};
 use std::ops::Range;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::crypt::{self, CryptError, Envelope, Key, SealWriter, Secrets};
 use crate::send::{Delta, SendError};
 use crate::store::{Location, Store, StoreError, StoreOptions, Upload};
 use crate::stream::{Header, Reader, RecordLocation, StreamError, Totals, Writer};
@@ -55,6 +56,9 @@ use index::Index;
 pub const MARKER: &str = "lvmsync-archive.json";
 /// The archive's own format version.
 pub const ARCHIVE_VERSION: u32 = 1;
+/// The format version of an encrypted archive: every object but the
+/// marker is an encryption envelope (an older lvmsync-rs refuses it).
+pub const ENCRYPTED_ARCHIVE_VERSION: u32 = 2;
 /// Ranged reads in flight at once when records are fetched.
 pub const READS_IN_FLIGHT: usize = 4;
 /// The largest ranged read.
@@ -127,6 +131,16 @@ pub enum ArchiveError {
     },
     #[error("writing the delta to the archive: {0}")]
     Send(#[from] SendError),
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
+    #[error("{location}: {key}: {reason}")]
+    Sealed {
+        location: String,
+        key: String,
+        reason: String,
+    },
+    #[error("{location}: {reason}")]
+    Exists { location: String, reason: String },
 }
 
 /// The archive marker's content.
@@ -135,11 +149,56 @@ struct Marker {
     lvmsync_archive: u32,
     created: String,
     created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encryption: Option<MarkerEncryption>,
+}
+
+/// How an encrypted archive's objects are encrypted (docs/ARCHIVE.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MarkerEncryption {
+    /// The envelope's version.
+    envelope: u32,
+    algorithm: String,
+    /// 32 hex digits, random: binds each object to this archive.
+    archive_id: String,
+    /// The archive key's id (32 hex digits).
+    key_id: String,
+    /// The archive key, wrapped by a key made from a passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    passphrase: Option<WrappedKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WrappedKey {
+    kdf: String,
+    salt: String,
+    m_kib: u32,
+    t: u32,
+    p: u32,
+    nonce: String,
+    /// The key sealed with AES-256-GCM, then its tag: 96 hex digits.
+    wrapped: String,
+}
+
+/// What opens an encrypted archive's objects.
+struct ArchiveKey {
+    key: Key,
+    archive_id: [u8; 16],
+    /// Each object's stream and plaintext length, once read.
+    streams: Mutex<HashMap<String, (crypt::Stream, u64)>>,
+}
+
+/// How a new archive's key is kept: in a new key file, wrapped by a
+/// passphrase in the marker, or both.
+pub struct NewKeys {
+    pub key_file: Option<std::path::PathBuf>,
+    pub passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// An archive, opened.
 pub struct Archive {
     store: Store,
+    crypt: Option<ArchiveKey>,
 }
 
 /// Checks a volume's name: `/`-separated segments of letters, digits,
@@ -202,7 +261,7 @@ impl Archive {
             ..options.clone()
         };
         let store = Store::open(&location, &options)?;
-        let archive = Archive { store };
+        let mut archive = Archive { store, crypt: None };
         let shown = archive.location();
         match archive.store.get(MARKER, 64 << 10) {
             Ok(body) => {
@@ -211,21 +270,36 @@ impl Archive {
                         location: shown.clone(),
                         reason: e.to_string(),
                     })?;
-                if marker.lvmsync_archive != ARCHIVE_VERSION {
-                    return Err(ArchiveError::BadMarker {
-                        location: shown,
-                        reason: format!(
-                            "archive format {} is not {ARCHIVE_VERSION}, the one this lvmsync-rs knows",
-                            marker.lvmsync_archive
-                        ),
-                    });
+                let bad = |reason: String| ArchiveError::BadMarker {
+                    location: shown.clone(),
+                    reason,
+                };
+                match (marker.lvmsync_archive, &marker.encryption) {
+                    (ARCHIVE_VERSION, None) => refuse_keys(&shown, &options.secrets, false)?,
+                    (ENCRYPTED_ARCHIVE_VERSION, Some(enc)) => {
+                        archive.crypt = Some(unlock(&shown, enc, &options.secrets)?);
+                    }
+                    (ARCHIVE_VERSION | ENCRYPTED_ARCHIVE_VERSION, _) => {
+                        return Err(bad(format!(
+                            "archive format {} with{} encryption settings",
+                            marker.lvmsync_archive,
+                            if marker.encryption.is_some() { "" } else { "out" }
+                        )))
+                    }
+                    (other, _) => {
+                        return Err(bad(format!(
+                            "archive format {other} is not {ARCHIVE_VERSION} or {ENCRYPTED_ARCHIVE_VERSION}, the ones this lvmsync-rs knows"
+                        )))
+                    }
                 }
             }
             Err(StoreError::NotFound { .. }) if create => {
+                refuse_keys(&shown, &options.secrets, true)?;
                 let marker = Marker {
                     lvmsync_archive: ARCHIVE_VERSION,
                     created: crate::time::rfc3339(crate::time::now()),
                     created_by: crate::TOOL.into(),
+                    encryption: None,
                 };
                 let body = serde_json::to_vec_pretty(&marker).expect("plain fields serialize");
                 match archive.store.put_new(MARKER, body) {
@@ -239,6 +313,76 @@ impl Archive {
             Err(e) => return Err(e.into()),
         }
         Ok(archive)
+    }
+
+    /// Makes a new archive at `location`; with `keys`, an encrypted one
+    /// with a new random key, kept as `keys` says. Refused where an
+    /// archive is already.
+    pub fn init(
+        location: &str,
+        options: &StoreOptions,
+        keys: Option<&NewKeys>,
+    ) -> Result<(String, Option<String>), ArchiveError> {
+        let parsed = Location::parse(location)?;
+        let options = StoreOptions {
+            create: true,
+            ..options.clone()
+        };
+        let store = Store::open(&parsed, &options)?;
+        let shown = store.location().to_string();
+        let exists = || ArchiveError::Exists {
+            location: shown.clone(),
+            reason: format!("already an archive ({MARKER} is there); nothing was changed"),
+        };
+        if store.head(MARKER)?.is_some() {
+            return Err(exists());
+        }
+        let mut marker = Marker {
+            lvmsync_archive: ARCHIVE_VERSION,
+            created: crate::time::rfc3339(crate::time::now()),
+            created_by: crate::TOOL.into(),
+            encryption: None,
+        };
+        let mut key_id = None;
+        let mut written_key_file = None;
+        if let Some(keys) = keys {
+            let key = Key::random()?;
+            let archive_id: [u8; 16] = crypt::random()?;
+            let passphrase = match &keys.passphrase {
+                Some(pass) => Some(wrap_key(&key, &archive_id, pass)?),
+                None => None,
+            };
+            if let Some(path) = &keys.key_file {
+                crypt::write_key_file(path, &key)?;
+                written_key_file = Some(path.clone());
+            }
+            key_id = Some(crypt::hex(&key.id()));
+            marker.lvmsync_archive = ENCRYPTED_ARCHIVE_VERSION;
+            marker.encryption = Some(MarkerEncryption {
+                envelope: crypt::VERSION,
+                algorithm: "aes-256-gcm".into(),
+                archive_id: crypt::hex(&archive_id),
+                key_id: crypt::hex(&key.id()),
+                passphrase,
+            });
+        }
+        let body = serde_json::to_vec_pretty(&marker).expect("plain fields serialize");
+        let put = store.put_new(MARKER, body);
+        if put.is_err() {
+            if let Some(path) = &written_key_file {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        match put {
+            Ok(_) => Ok((shown, key_id)),
+            Err(StoreError::Exists { .. }) => Err(exists()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The archive's key, when it is encrypted.
+    pub fn key(&self) -> Option<&Key> {
+        self.crypt.as_ref().map(|c| &c.key)
     }
 
     /// Where it is, as messages name it.
@@ -304,7 +448,7 @@ impl Archive {
             key: key.to_string(),
             reason,
         };
-        let body = self.store.get(key, MAX_CATALOG_LEN)?;
+        let body = self.get_object(key, MAX_CATALOG_LEN)?;
         let catalog: Catalog = serde_json::from_slice(&body).map_err(|e| damaged(e.to_string()))?;
         if catalog.generation != generation || catalog.volume != volume {
             return Err(damaged(format!(
@@ -341,13 +485,13 @@ impl Archive {
             catalog.generation
         );
         let body = serde_json::to_vec_pretty(&catalog).expect("plain fields serialize");
-        match self.store.put_new(&key, body) {
-            Ok(_) => Ok(()),
-            Err(StoreError::Exists { .. }) => Err(ArchiveError::Concurrent {
+        match self.put_object(&key, body) {
+            Ok(()) => Ok(()),
+            Err(ArchiveError::Store(StoreError::Exists { .. })) => Err(ArchiveError::Concurrent {
                 volume: catalog.volume.clone(),
                 generation: catalog.generation,
             }),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -394,7 +538,7 @@ impl Archive {
         header: &Header,
         records: impl FnOnce(&mut Writer<BufWriter<UploadWriter>>) -> Result<(), SendError>,
     ) -> Result<(DeltaRef, Totals), ArchiveError> {
-        let upload = UploadWriter(self.store.upload(key)?);
+        let upload = self.upload(key)?;
         let out = BufWriter::with_capacity(1 << 20, upload);
         let mut w = Writer::new(out, header).map_err(|e| self.upload_error(key, e))?;
         w.keep_locations();
@@ -408,12 +552,12 @@ impl Archive {
         let upload = out
             .into_inner()
             .map_err(|e| self.upload_error(key, e.into_error()))?;
-        upload.0.finish()?;
+        upload.finish(self, key)?;
         let index = Index {
             delta_len: len,
             records: locations,
         };
-        self.store.put_new(index_key, index.encode())?;
+        self.put_object(index_key, index.encode())?;
         Ok((
             DeltaRef {
                 key: key.to_string(),
@@ -458,7 +602,7 @@ impl Archive {
             key: delta.index.clone(),
             reason,
         };
-        let body = self.store.get(&delta.index, MAX_INDEX_LEN)?;
+        let body = self.get_object(&delta.index, MAX_INDEX_LEN)?;
         let index = Index::decode(&body).map_err(damaged)?;
         if index.delta_len != delta.bytes || index.records.len() as u64 != delta.records {
             return Err(damaged(format!(
@@ -477,13 +621,16 @@ impl Archive {
                 key: delta.key.clone(),
             })?
             .size;
-        if size != delta.bytes {
+        let want = match self.crypt {
+            Some(_) => crypt::sealed_len(delta.bytes),
+            None => delta.bytes,
+        };
+        if size != want {
             return Err(ArchiveError::Mismatch {
                 location: self.location(),
                 key: delta.key.clone(),
                 reason: format!(
-                    "the object is {size} bytes, the catalogue says {}: it was cut or replaced",
-                    delta.bytes
+                    "the object is {size} bytes, the catalogue says {want}: it was cut or replaced"
                 ),
             });
         }
@@ -493,9 +640,7 @@ impl Archive {
     /// The header of `delta`, read and checked (its own checksum).
     pub fn delta_header(&self, delta: &DeltaRef, index: &Index) -> Result<Header, ArchiveError> {
         let head_len = index.records.first().map_or(delta.bytes, |r| r.at);
-        let bytes = self
-            .store
-            .get_range(&delta.key, 0..head_len.min(delta.bytes))?;
+        let bytes = self.get_object_range(&delta.key, 0..head_len.min(delta.bytes))?;
         let reader = Reader::open(&bytes[..]).map_err(|source| ArchiveError::DamagedDelta {
             location: self.location(),
             key: delta.key.clone(),
@@ -532,9 +677,7 @@ impl Archive {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(range) = ranges.get(i) else { return };
                     let got = self
-                        .store
-                        .get_range(key, range.clone())
-                        .map_err(ArchiveError::from)
+                        .get_object_range(key, range.clone())
                         .and_then(|bytes| prepare(i, bytes));
                     if tx.send((i, got)).is_err() {
                         return;
@@ -656,15 +799,335 @@ pub struct NewVolume {
 
 /// An [`Upload`] as an [`io::Write`]; its errors are store errors inside
 /// an `io::Error`.
-pub struct UploadWriter(Upload);
+pub struct RawUpload(Upload);
 
-impl Write for UploadWriter {
+impl Write for RawUpload {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write(buf).map_err(io::Error::other)?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// An object being uploaded: as it is written, or sealed in an
+/// encryption envelope in an encrypted archive.
+pub enum UploadWriter {
+    Plain(RawUpload),
+    Sealed(Box<SealWriter<RawUpload>>),
+}
+
+impl UploadWriter {
+    /// Completes the upload: the object appears.
+    fn finish(self, archive: &Archive, key: &str) -> Result<(), ArchiveError> {
+        let raw = match self {
+            UploadWriter::Plain(raw) => raw,
+            UploadWriter::Sealed(w) => w.finish().map_err(|e| archive.upload_error(key, e))?.0,
+        };
+        raw.0.finish()?;
+        Ok(())
+    }
+}
+
+impl Write for UploadWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            UploadWriter::Plain(w) => w.write(buf),
+            UploadWriter::Sealed(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refuses a key file or a passphrase named for an archive that is not
+/// encrypted (or, `new`, about to be made unencrypted by a backup): the
+/// user meant an encrypted one. LVMSYNC_PASSPHRASE alone is not a refusal,
+/// since it may be set for other archives.
+fn refuse_keys(shown: &str, secrets: &Secrets, new: bool) -> Result<(), ArchiveError> {
+    let named = secrets.key_file.is_some()
+        || matches!(
+            secrets.passphrase,
+            crypt::PassphraseFrom::File(_) | crypt::PassphraseFrom::Fd(_)
+        );
+    if !named {
+        return Ok(());
+    }
+    let why = if new {
+        "no archive there yet, and a backup makes an unencrypted one: make an encrypted one first with lvmsync-rs archive init --encryption"
+    } else {
+        "not an encrypted archive: it needs no key file or passphrase"
+    };
+    Err(CryptError::Usage(format!("{shown}: {why}")).into())
+}
+
+/// The archive key of an encrypted archive's marker, from the key file or
+/// the passphrase in `secrets`.
+fn unlock(
+    shown: &str,
+    enc: &MarkerEncryption,
+    secrets: &Secrets,
+) -> Result<ArchiveKey, ArchiveError> {
+    let bad = |reason: &str| ArchiveError::BadMarker {
+        location: shown.to_string(),
+        reason: reason.to_string(),
+    };
+    let key_id = crypt::unhex::<16>(&enc.key_id).ok_or_else(|| bad("a damaged key_id"))?;
+    let archive_id =
+        crypt::unhex::<16>(&enc.archive_id).ok_or_else(|| bad("a damaged archive_id"))?;
+    if enc.envelope != crypt::VERSION || enc.algorithm != "aes-256-gcm" {
+        return Err(bad(&format!(
+            "encryption envelope {} with {}, which this lvmsync-rs does not know",
+            enc.envelope, enc.algorithm
+        )));
+    }
+    let keeping = |key: Key| ArchiveKey {
+        key,
+        archive_id,
+        streams: Mutex::new(HashMap::new()),
+    };
+    if let Some(key) = secrets.key()? {
+        if key.id() != key_id {
+            return Err(CryptError::WrongKey {
+                name: shown.to_string(),
+                found: enc.key_id.clone(),
+                given: crypt::hex(&key.id()),
+            }
+            .into());
+        }
+        return Ok(keeping(key));
+    }
+    let Some(pass) = secrets.passphrase()? else {
+        return Err(CryptError::NoKey {
+            name: shown.to_string(),
+            with: "a key of its own",
+            how: "its key file with --key-file FILE, or its passphrase with --passphrase-file FILE, --passphrase-fd N or LVMSYNC_PASSPHRASE",
+        }
+        .into());
+    };
+    let Some(w) = &enc.passphrase else {
+        return Err(CryptError::Usage(format!(
+            "{shown}: its key is not kept in the archive under a passphrase: give its key file with --key-file FILE"
+        ))
+        .into());
+    };
+    let salt = crypt::unhex::<16>(&w.salt).ok_or_else(|| bad("a damaged salt"))?;
+    let nonce = crypt::unhex::<12>(&w.nonce).ok_or_else(|| bad("a damaged nonce"))?;
+    let mut wrapped = zeroize::Zeroizing::new(
+        crypt::unhex::<48>(&w.wrapped).ok_or_else(|| bad("a damaged wrapped key"))?,
+    );
+    if w.kdf != "argon2id" {
+        return Err(bad(&format!("key derivation {}, not argon2id", w.kdf)));
+    }
+    let kek = Key::from_passphrase(&pass, &salt, w.m_kib, w.t, w.p).map_err(|e| bad(&e))?;
+    let (body, tag) = wrapped.split_at_mut(32);
+    use aes_gcm::aead::AeadInOut;
+    let opened = kek.wrap_cipher(&archive_id).decrypt_inout_detached(
+        &nonce.into(),
+        b"lvmsync-rs archive key",
+        body.into(),
+        &<[u8; 16]>::try_from(&*tag).expect("16 bytes").into(),
+    );
+    if opened.is_err() {
+        return Err(CryptError::WrongPassphrase {
+            name: shown.to_string(),
+        }
+        .into());
+    }
+    let key = Key::from_bytes(body.try_into().expect("32 bytes"));
+    if key.id() != key_id {
+        return Err(bad("the key the passphrase unwraps is not the archive's"));
+    }
+    Ok(keeping(key))
+}
+
+/// `key` wrapped by a key made from `passphrase`, for the marker.
+fn wrap_key(
+    key: &Key,
+    archive_id: &[u8; 16],
+    passphrase: &[u8],
+) -> Result<WrappedKey, ArchiveError> {
+    use aes_gcm::aead::AeadInOut;
+    let salt: [u8; 16] = crypt::random()?;
+    let nonce: [u8; 12] = crypt::random()?;
+    let kek = Key::from_passphrase(
+        passphrase,
+        &salt,
+        crypt::ARGON2_M_KIB,
+        crypt::ARGON2_T,
+        crypt::ARGON2_P,
+    )
+    .map_err(CryptError::Passphrase)?;
+    let mut body = zeroize::Zeroizing::new(*key.bytes());
+    let tag = kek
+        .wrap_cipher(archive_id)
+        .encrypt_inout_detached(
+            &nonce.into(),
+            b"lvmsync-rs archive key",
+            (&mut body[..]).into(),
+        )
+        .expect("32 bytes seal");
+    let mut wrapped = body.to_vec();
+    wrapped.extend_from_slice(&tag);
+    Ok(WrappedKey {
+        kdf: "argon2id".into(),
+        salt: crypt::hex(&salt),
+        m_kib: crypt::ARGON2_M_KIB,
+        t: crypt::ARGON2_T,
+        p: crypt::ARGON2_P,
+        nonce: crypt::hex(&nonce),
+        wrapped: crypt::hex(&wrapped),
+    })
+}
+
+impl Archive {
+    /// What binds an object's envelope to its name and this archive.
+    fn context(c: &ArchiveKey, key: &str) -> Vec<u8> {
+        format!("lvmsync-rs archive {} {key}", crypt::hex(&c.archive_id)).into_bytes()
+    }
+
+    fn sealed_error(&self, key: &str, reason: String) -> ArchiveError {
+        ArchiveError::Sealed {
+            location: self.location(),
+            key: key.to_string(),
+            reason,
+        }
+    }
+
+    /// Writes a new object (create-only), sealed in an encrypted archive.
+    pub fn put_object(&self, key: &str, body: Vec<u8>) -> Result<(), ArchiveError> {
+        let Some(c) = &self.crypt else {
+            self.store.put_new(key, body)?;
+            return Ok(());
+        };
+        let envelope = Envelope::for_key(&c.key)?;
+        let stream = crypt::Stream::new(&envelope, &c.key, &Archive::context(c, key));
+        let sealed = Vec::with_capacity(crypt::sealed_len(body.len() as u64) as usize);
+        let mut w = SealWriter::new(sealed, stream).expect("a Vec takes any write");
+        w.write_all(&body).expect("a Vec takes any write");
+        let (sealed, _) = w.finish().expect("a Vec takes any write");
+        self.store.put_new(key, sealed)?;
+        Ok(())
+    }
+
+    /// Starts the upload of an object, sealed in an encrypted archive.
+    pub fn upload(&self, key: &str) -> Result<UploadWriter, ArchiveError> {
+        let raw = RawUpload(self.store.upload(key)?);
+        let Some(c) = &self.crypt else {
+            return Ok(UploadWriter::Plain(raw));
+        };
+        let envelope = Envelope::for_key(&c.key)?;
+        let stream = crypt::Stream::new(&envelope, &c.key, &Archive::context(c, key));
+        let w = SealWriter::new(raw, stream).map_err(|e| self.upload_error(key, e))?;
+        Ok(UploadWriter::Sealed(Box::new(w)))
+    }
+
+    /// Checks an object's envelope header: this archive's key.
+    fn open_header(
+        &self,
+        c: &ArchiveKey,
+        key: &str,
+        head: &[u8],
+    ) -> Result<crypt::Stream, ArchiveError> {
+        if head.len() < crypt::MAGIC.len() || head[..crypt::MAGIC.len()] != crypt::MAGIC {
+            return Err(self.sealed_error(
+                key,
+                "not encrypted, in an encrypted archive: it was replaced".into(),
+            ));
+        }
+        let envelope =
+            Envelope::decode(key, head).map_err(|e| self.sealed_error(key, e.to_string()))?;
+        if envelope.kind != crypt::KIND_KEY || envelope.key_id != c.key.id() {
+            return Err(self.sealed_error(
+                key,
+                "encrypted with another key than the archive's: it was replaced".into(),
+            ));
+        }
+        Ok(crypt::Stream::new(
+            &envelope,
+            &c.key,
+            &Archive::context(c, key),
+        ))
+    }
+
+    /// Reads a whole object of at most `max_len` bytes (of plaintext),
+    /// opened and authenticated in an encrypted archive.
+    pub fn get_object(&self, key: &str, max_len: u64) -> Result<Vec<u8>, ArchiveError> {
+        let Some(c) = &self.crypt else {
+            return Ok(self.store.get(key, max_len)?);
+        };
+        let body = self.store.get(key, crypt::sealed_len(max_len))?;
+        let stream = self.open_header(c, key, &body)?;
+        let total = crypt::plain_len(body.len() as u64)
+            .ok_or_else(|| self.sealed_error(key, format!("{} bytes: cut short", body.len())))?;
+        let (chunks, _) = crypt::sealed_range(&(0..total), total);
+        crypt::open_chunks(&stream, chunks, body[crypt::HEADER_LEN..].to_vec(), total)
+            .map_err(|reason| self.sealed_error(key, reason))
+    }
+
+    /// An object's stream and plaintext length, read once.
+    fn stream_of(&self, c: &ArchiveKey, key: &str) -> Result<(crypt::Stream, u64), ArchiveError> {
+        if let Some(known) = c.streams.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Ok(known.clone());
+        }
+        let size = self
+            .store
+            .head(key)?
+            .ok_or_else(|| StoreError::NotFound {
+                location: self.location(),
+                key: key.to_string(),
+            })?
+            .size;
+        let total = crypt::plain_len(size)
+            .ok_or_else(|| self.sealed_error(key, format!("{size} bytes: cut short")))?;
+        let head = self.store.get_range(key, 0..crypt::HEADER_LEN as u64)?;
+        let stream = self.open_header(c, key, &head)?;
+        c.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), (stream.clone(), total));
+        Ok((stream, total))
+    }
+
+    /// Bytes `range` of an object (of its plaintext, in an encrypted
+    /// archive: the chunks that hold them are read and authenticated).
+    pub fn get_object_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, ArchiveError> {
+        let Some(c) = &self.crypt else {
+            return Ok(self.store.get_range(key, range)?);
+        };
+        let (stream, total) = self.stream_of(c, key)?;
+        if range.end > total || range.start > range.end {
+            return Err(StoreError::OutOfRange {
+                location: self.location(),
+                key: key.to_string(),
+                start: range.start,
+                end: range.end,
+                size: total,
+            }
+            .into());
+        }
+        let (chunks, bytes) = crypt::sealed_range(&range, total);
+        let first = chunks.start * crypt::CHUNK as u64;
+        let sealed = self.store.get_range(key, bytes)?;
+        let plain = crypt::open_chunks(&stream, chunks, sealed, total)
+            .map_err(|reason| self.sealed_error(key, reason))?;
+        Ok(plain[(range.start - first) as usize..(range.end - first) as usize].to_vec())
+    }
+
+    /// A reader of a whole object (of its plaintext, each chunk
+    /// authenticated before it is read, in an encrypted archive).
+    pub fn object_reader(&self, key: &str) -> Result<Box<dyn Read>, ArchiveError> {
+        let mut r = self.store.reader(key)?;
+        let Some(c) = &self.crypt else {
+            return Ok(Box::new(r));
+        };
+        let mut head = [0u8; crypt::HEADER_LEN];
+        let (n, result) = crate::files::read_full(&mut r, &mut head);
+        result.map_err(|e| self.sealed_error(key, format!("read error: {e}")))?;
+        let stream = self.open_header(c, key, &head[..n])?;
+        Ok(Box::new(crypt::OpenReader::new(r, stream, key)))
     }
 }
 

@@ -176,7 +176,7 @@ fn remove_unneeded(archive: &Archive, current: &Catalog, pruned: &mut Pruned) ->
         if *g >= current.generation {
             continue;
         }
-        if let Ok(body) = archive.store().get(key, super::catalog::MAX_CATALOG_LEN) {
+        if let Ok(body) = archive.get_object(key, super::catalog::MAX_CATALOG_LEN) {
             if let Ok(old) = serde_json::from_slice::<Catalog>(&body) {
                 for p in &old.points {
                     for k in [&p.delta.key, &p.delta.index] {
@@ -257,7 +257,7 @@ impl Source<'_> {
                     .collect();
                 let range = range_of(&records);
                 self.buf_start = range.start;
-                self.buf = archive.store().get_range(&key, range)?;
+                self.buf = archive.get_object_range(&key, range)?;
             }
             let from = (r.at - self.buf_start) as usize;
             let slice = self

@@ -11,7 +11,7 @@ use lvmsync::ship;
 use lvmsync::units::{human, printable};
 use lvmsync::Error;
 
-use super::LogArgs;
+use super::{KeyArgs, LogArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -44,6 +44,8 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -60,6 +62,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     }
     // The delta's length, when it is a file, is what there is to read.
     let total = match &delta {
+        // An encrypted one's envelope is a little longer than the delta.
         DeltaInput::File(path) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         DeltaInput::Stdin => 0,
     };
@@ -71,7 +74,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         finishing: None,
         progress: Some(shown.handle()),
     };
-    let applied = apply::apply_delta(&delta, &args.dest, &options);
+    let applied = apply::apply_delta(&delta, &args.dest, &options, &args.keys.secrets());
     drop(shown);
     let applied = applied?;
     if args.json {

@@ -15,6 +15,30 @@ use super::{usage_error, StoreArgs};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Args {
+    /// Make a new archive; with --encryption, one whose objects are all
+    /// encrypted with a new random key
+    #[command(
+        after_help = "With --encryption, the archive's key is kept wrapped by a passphrase \
+        in the archive (--passphrase-file FILE, --passphrase-fd N or LVMSYNC_PASSPHRASE), \
+        in a new key file (--key-file FILE), or both; keep a copy of either away from the \
+        archive: without one, nothing in it can be read.\n\n\
+        Examples:\n  lvmsync-rs archive init --encryption --key-file /root/archive.key s3://backups/lvm\n  \
+        LVMSYNC_PASSPHRASE=... lvmsync-rs archive init --encryption /srv/archive"
+    )]
+    Init {
+        /// The archive: a directory, file:///PATH, or s3://BUCKET[/PREFIX]
+        archive: String,
+        /// Encrypt every object of the archive
+        #[arg(long)]
+        encryption: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// An encrypted archive's key
+    #[command(subcommand)]
+    Key(KeyArgs),
     /// The volumes an archive holds and their points in time
     List {
         /// The archive: a directory, file:///PATH, or s3://BUCKET[/PREFIX]
@@ -76,11 +100,31 @@ pub enum Args {
     },
 }
 
+/// `archive key ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum KeyArgs {
+    /// Write an encrypted archive's key to a new key file (-o FILE), or to
+    /// stdout, for your safe; the archive is opened with its passphrase
+    /// (or a key file)
+    Export {
+        archive: String,
+        /// The new key file (created, mode 0600; never overwritten)
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
 impl Args {
     /// Whether `--json` was asked for.
     pub fn json(&self) -> bool {
         match self {
-            Args::List { json, .. } | Args::Check { json, .. } | Args::Prune { json, .. } => *json,
+            Args::List { json, .. }
+            | Args::Check { json, .. }
+            | Args::Prune { json, .. }
+            | Args::Init { json, .. } => *json,
+            Args::Key(_) => false,
         }
     }
 }
@@ -140,6 +184,89 @@ fn volumes(archive: &Archive, volume: Option<String>) -> Result<Vec<String>, Err
 /// Runs the subcommand; `Ok(false)` when a check found problems.
 pub fn run(args: Args) -> Result<bool, Error> {
     match args {
+        Args::Init {
+            archive,
+            encryption,
+            json,
+            store,
+        } => {
+            let secrets = store.keys.secrets();
+            let keys = if encryption {
+                let passphrase = secrets.passphrase()?;
+                if passphrase.is_none() && store.keys.key_file.is_none() {
+                    usage_error(
+                        "archive init",
+                        "--encryption needs somewhere to keep the key: --key-file FILE (a new file), or a passphrase (--passphrase-file FILE, --passphrase-fd N or LVMSYNC_PASSPHRASE), or both",
+                    );
+                }
+                Some(lvmsync::archive::NewKeys {
+                    key_file: store.keys.key_file.clone(),
+                    passphrase,
+                })
+            } else {
+                if store.keys.key_file.is_some() || store.keys.passphrase_named() {
+                    usage_error(
+                        "archive init",
+                        "a key file or passphrase is for --encryption: give --encryption to encrypt the archive",
+                    );
+                }
+                None
+            };
+            let (location, key_id) = Archive::init(&archive, &store.options(), keys.as_ref())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"command": "archive init", "result": "ok", "archive": location, "encrypted": key_id.is_some(), "key_id": key_id})
+                );
+            } else if let (Some(id), Some(keys)) = (&key_id, &keys) {
+                let mut kept = Vec::new();
+                if keys.passphrase.is_some() {
+                    kept.push("wrapped by the passphrase in the archive".to_string());
+                }
+                if let Some(p) = &keys.key_file {
+                    kept.push(format!("in {}", p.display()));
+                }
+                eprintln!(
+                    "lvmsync-rs archive init: {location} is a new encrypted archive; its key (id {id}) is kept {}. Keep a copy of the key file or the passphrase away from the archive: without one, nothing in it can be read",
+                    kept.join(" and ")
+                );
+            } else {
+                eprintln!("lvmsync-rs archive init: {location} is a new archive (not encrypted)");
+            }
+            Ok(true)
+        }
+        Args::Key(KeyArgs::Export {
+            archive,
+            output,
+            store,
+        }) => {
+            let archive = Archive::open(&archive, &store.options(), false)?;
+            let Some(key) = archive.key() else {
+                return Err(Error::Usage(format!(
+                    "{}: not an encrypted archive: it has no key",
+                    archive.location()
+                )));
+            };
+            match output {
+                Some(path) => {
+                    lvmsync::crypt::write_key_file(&path, key)?;
+                    eprintln!(
+                        "lvmsync-rs archive key export: {} holds the key of {} (id {}); keep it away from the archive",
+                        path.display(),
+                        archive.location(),
+                        lvmsync::crypt::hex(&key.id())
+                    );
+                }
+                None => {
+                    let text = lvmsync::crypt::key_file_text(key);
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(text.as_bytes())
+                        .and_then(|()| o.flush())
+                        .map_err(Error::Output)?;
+                }
+            }
+            Ok(true)
+        }
         Args::List {
             archive,
             volume,

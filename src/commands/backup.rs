@@ -61,7 +61,13 @@ pub fn run(args: Args) -> Result<u8, Error> {
                 );
             }
             match config::load(path, &link) {
-                Ok(requests) => requests,
+                // The key or passphrase given opens each encrypted archive.
+                Ok(mut requests) => {
+                    for r in &mut requests {
+                        r.store.secrets = args.store.keys.secrets();
+                    }
+                    requests
+                }
                 Err(e) => return Err(failed(e.into(), args.ship.json)),
             }
         }

@@ -9,6 +9,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use serde::Serialize;
 
+use lvmsync::crypt::Envelope;
 use lvmsync::files::{DeltaInput, DELTA_READ_BUF};
 use lvmsync::stream::{Compression, Header, Reader, RecordKind, SourceKind, StreamError, Totals};
 use lvmsync::units::{human, printable};
@@ -25,6 +26,24 @@ pub struct Args {
     /// whole, and say only what is wrong
     #[arg(short, long, conflicts_with = "json")]
     pub quiet: bool,
+    #[command(flatten)]
+    pub keys: super::KeyArgs,
+}
+
+/// How an encrypted delta is sealed, in one line.
+fn describe_encryption(e: &Envelope) -> String {
+    let with = if e.kind == lvmsync::crypt::KIND_PASSPHRASE {
+        format!(
+            "a passphrase (Argon2id, {} KiB, {} passes, {} lanes)",
+            e.m_kib, e.t, e.p
+        )
+    } else {
+        "a key file".to_string()
+    };
+    format!(
+        "AES-256-GCM in chunks of 64 KiB, key id {}, with {with}; every chunk authenticated",
+        lvmsync::crypt::hex(&e.key_id)
+    )
 }
 
 /// Counts kept while reading.
@@ -54,7 +73,16 @@ impl Counts {
 pub fn run(args: Args) -> Result<(), Error> {
     let delta = DeltaInput::from_arg(&args.delta);
     let name = delta.name();
+    let secrets = args.keys.secrets();
+    let mut encryption = None;
     let opened = delta.open().map_err(Error::from).and_then(|input| {
+        let input = match lvmsync::crypt::open_input(input, &name, &secrets)? {
+            lvmsync::crypt::Opened::Plain(r) => r,
+            lvmsync::crypt::Opened::Encrypted(r, envelope) => {
+                encryption = Some(envelope);
+                r
+            }
+        };
         let input = BufReader::with_capacity(DELTA_READ_BUF, input);
         Reader::open(input).map_err(|source| Error::Stream {
             path: name.clone(),
@@ -78,9 +106,9 @@ pub fn run(args: Args) -> Result<(), Error> {
     };
     let mut out = BufWriter::with_capacity(1 << 16, stdout);
     let result = if args.json {
-        json(&name, &mut reader, &mut out)
+        json(&name, encryption.as_ref(), &mut reader, &mut out)
     } else {
-        text(&name, &mut reader, &mut out)
+        text(&name, encryption.as_ref(), &mut reader, &mut out)
     };
     let damage = result
         .and_then(|d| out.flush().map(|()| d))
@@ -94,6 +122,7 @@ pub fn run(args: Args) -> Result<(), Error> {
 /// The JSON document, written as the records are read.
 fn json<R: Read>(
     name: &str,
+    encryption: Option<&Envelope>,
     reader: &mut Reader<R>,
     out: &mut impl Write,
 ) -> io::Result<Option<StreamError>> {
@@ -108,7 +137,13 @@ fn json<R: Read>(
     }
     write!(out, "{{\"command\":\"inspect\",\"delta\":")?;
     serde_json::to_writer(&mut *out, name)?;
-    write!(out, ",\"format_version\":{},\"header\":", reader.version())?;
+    write!(
+        out,
+        ",\"format_version\":{},\"encryption\":",
+        reader.version()
+    )?;
+    serde_json::to_writer(&mut *out, &encryption.map(describe_encryption))?;
+    write!(out, ",\"header\":")?;
     serde_json::to_writer(&mut *out, &header_json(reader.header()))?;
     write!(out, ",\"records\":[")?;
     let mut data_records = 0u64;
@@ -182,10 +217,14 @@ fn header_json(h: &Header) -> serde_json::Value {
 
 fn text<R: Read>(
     name: &str,
+    encryption: Option<&Envelope>,
     reader: &mut Reader<R>,
     out: &mut impl Write,
 ) -> io::Result<Option<StreamError>> {
     write_header(name, reader.version(), reader.header(), out)?;
+    if let Some(e) = encryption {
+        writeln!(out, "encryption:   {}", describe_encryption(e))?;
+    }
     writeln!(out)?;
     writeln!(
         out,

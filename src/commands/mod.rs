@@ -6,6 +6,7 @@ pub mod apply;
 pub mod archive;
 pub mod backup;
 pub mod inspect;
+pub mod key;
 pub mod list;
 pub mod man;
 pub mod restore;
@@ -273,6 +274,9 @@ pub struct StoreArgs {
     /// The S3 region; AWS_REGION otherwise, else us-east-1
     #[arg(long, value_name = "REGION")]
     pub s3_region: Option<String>,
+    /// What opens an encrypted archive
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 impl StoreArgs {
@@ -280,7 +284,44 @@ impl StoreArgs {
         lvmsync::store::StoreOptions {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
+            secrets: self.keys.secrets(),
             ..lvmsync::store::StoreOptions::default()
         }
+    }
+}
+
+/// The key or passphrase that opens encrypted deltas and archives: never a
+/// secret on the command line, where other users see it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KeyArgs {
+    /// The key file that opens (or, with --encrypt, seals) encrypted data
+    /// (`lvmsync-rs key new FILE` makes one)
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Read the passphrase from FILE (less a trailing newline); else from
+    /// LVMSYNC_PASSPHRASE
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_fd")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Read the passphrase from file descriptor N (less a trailing newline)
+    #[arg(long, value_name = "N")]
+    pub passphrase_fd: Option<i32>,
+}
+
+impl KeyArgs {
+    pub fn secrets(&self) -> lvmsync::crypt::Secrets {
+        use lvmsync::crypt::PassphraseFrom;
+        lvmsync::crypt::Secrets {
+            key_file: self.key_file.clone(),
+            passphrase: match (&self.passphrase_file, self.passphrase_fd) {
+                (Some(path), _) => PassphraseFrom::File(path.clone()),
+                (None, Some(fd)) => PassphraseFrom::Fd(fd),
+                (None, None) => PassphraseFrom::Env,
+            },
+        }
+    }
+
+    /// Whether a passphrase was asked for on the command line.
+    pub fn passphrase_named(&self) -> bool {
+        self.passphrase_file.is_some() || self.passphrase_fd.is_some()
     }
 }

@@ -8,7 +8,7 @@ use lvmsync::send::{self, Delta, Output};
 use lvmsync::units::{counted, human};
 use lvmsync::Error;
 
-use super::{usage_error, ChangeArgs, LogArgs};
+use super::{usage_error, ChangeArgs, KeyArgs, LogArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,6 +27,13 @@ pub struct Args {
     /// does not make it smaller
     #[arg(long, value_name = "HOW", default_value = "lz4")]
     pub compress: Compress,
+    /// Encrypt the delta, with the key of --key-file, or else a key made
+    /// from the passphrase (--passphrase-file, --passphrase-fd or
+    /// LVMSYNC_PASSPHRASE)
+    #[arg(long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// No summary on stderr; errors only
     #[arg(short, long)]
     pub quiet: bool,
@@ -59,10 +66,21 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
         send::refuse_terminal(std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
     }
+    let seal = if args.encrypt {
+        Some(sealing_stream(&args.keys)?)
+    } else {
+        if args.keys.key_file.is_some() || args.keys.passphrase_named() {
+            usage_error(
+                "send",
+                "a key or passphrase is for --encrypt: give --encrypt to encrypt the delta",
+            );
+        }
+        None
+    };
     let mut delta =
         Delta::of_changes(&source, args.data_source.as_deref(), args.compress.header())?;
     delta.compress(args.compress);
-    let written = send::write_delta(&delta, &output, args.log.style(args.quiet))?;
+    let written = send::write_delta(&delta, &output, args.log.style(args.quiet), seal.as_ref())?;
     let auto = delta.auto.as_ref().map(|a| a.report());
     if args.json {
         println!(
@@ -79,6 +97,8 @@ pub fn run(args: Args) -> Result<(), Error> {
                 "delta_bytes": written.length,
                 "compression": delta.compression_name(),
                 "auto": auto,
+                "encrypted": written.sealed.is_some(),
+                "written_bytes": written.sealed.unwrap_or(written.length),
                 "base": delta.header.base,
                 "target": delta.header.target,
             })
@@ -87,8 +107,12 @@ pub fn run(args: Args) -> Result<(), Error> {
     if args.quiet {
         return Ok(());
     }
+    let sealed = match written.sealed {
+        Some(n) => format!(", encrypted as {n} bytes ({})", human(n)),
+        None => String::new(),
+    };
     eprintln!(
-        "lvmsync-rs send: {} from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}) to {}",
+        "lvmsync-rs send: {} from {}: {} of data and {} of zeroes, written as a delta of {} bytes ({}){sealed} to {}",
         counted(written.totals.records, "record"),
         delta.name,
         human(written.totals.data_bytes),
@@ -101,4 +125,31 @@ pub fn run(args: Args) -> Result<(), Error> {
         eprintln!("lvmsync-rs send: --compress auto: {}", auto.line());
     }
     Ok(())
+}
+
+/// The stream a delta is sealed in: under the key file's key, or a key
+/// made from the passphrase.
+fn sealing_stream(keys: &KeyArgs) -> Result<lvmsync::crypt::Stream, Error> {
+    use lvmsync::crypt::{Envelope, Stream};
+    let secrets = keys.secrets();
+    if keys.key_file.is_some() && keys.passphrase_named() {
+        usage_error(
+            "send",
+            "--encrypt takes a key file or a passphrase, not both",
+        );
+    }
+    if let Some(key) = secrets.key()? {
+        let envelope = Envelope::for_key(&key)?;
+        return Ok(Stream::new(&envelope, &key, b""));
+    }
+    match secrets.passphrase()? {
+        Some(pass) => {
+            let (envelope, key) = Envelope::for_passphrase(&pass)?;
+            Ok(Stream::new(&envelope, &key, b""))
+        }
+        None => usage_error(
+            "send",
+            "--encrypt needs a key: --key-file FILE (lvmsync-rs key new FILE makes one), or a passphrase from --passphrase-file FILE, --passphrase-fd N or LVMSYNC_PASSPHRASE",
+        ),
+    }
 }

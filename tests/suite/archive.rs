@@ -12,7 +12,9 @@ use std::process::Output;
 
 use crate::common::images::{cow_image, random};
 use crate::common::s3::S3Server;
-use crate::common::{assert_ok, assert_same, clean_failure, command, json, s, scratch, Scratch};
+use crate::common::{
+    assert_ok, assert_same, clean_failure, command, json, s, scratch, stderr, stdout, Scratch,
+};
 use lvmsync::archive::catalog::Origin;
 use lvmsync::archive::index::Index;
 use lvmsync::archive::{Archive, ArchiveError, NewVolume};
@@ -348,7 +350,7 @@ fn list_check_and_prune_keep_every_kept_point_restorable() {
 fn a_data_record(archive: &Archive, point: usize) -> (String, u64) {
     let catalog = archive.catalog(VOLUME).unwrap().unwrap();
     let delta = &catalog.points[point - 1].delta;
-    let index = Index::decode(&archive.store().get(&delta.index, 1 << 20).unwrap()).unwrap();
+    let index = Index::decode(&archive.get_object(&delta.index, 1 << 20).unwrap()).unwrap();
     let data: Vec<_> = index
         .records
         .iter()
@@ -594,4 +596,296 @@ fn two_runs_changing_one_volume_at_once_cannot_overwrite_each_other() {
     let catalog = archive.catalog(VOLUME).unwrap().unwrap();
     let numbers: Vec<u64> = catalog.points.iter().map(|p| p.number).collect();
     assert_eq!(numbers, [1, 2, 3]);
+}
+
+/// An encrypted archive on one kind of store: made by `archive init
+/// --encryption` with a key file and a passphrase; the kit opens it with
+/// the key file.
+fn encrypted(kit: &mut Kit) -> PathBuf {
+    let key = kit.dir.join("archive.key");
+    let out = kit.run_env(
+        &[
+            "archive",
+            "init",
+            "--encryption",
+            "--key-file",
+            s(&key),
+            &kit.location,
+        ],
+        &[(lvmsync::crypt::PASSPHRASE_ENV, "open sesame")],
+    );
+    assert_ok(&out);
+    kit.options.secrets.key_file = Some(key.clone());
+    key
+}
+
+impl Kit {
+    /// [`Kit::run`] with environment variables, and without
+    /// LVMSYNC_PASSPHRASE unless given.
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = command();
+        cmd.args(args).env_remove(lvmsync::crypt::PASSPHRASE_ENV);
+        if let Some(server) = &self.server {
+            cmd.args(["--s3-endpoint", &server.endpoint()])
+                .env("AWS_ACCESS_KEY_ID", &server.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &server.secret_key);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run lvmsync-rs")
+    }
+}
+
+#[test]
+fn an_encrypted_archive_restores_exactly_with_its_key_or_passphrase_and_hides_its_contents() {
+    for mut kit in Kit::both("crypt") {
+        let key = encrypted(&mut kit);
+        let v = store_points(&kit, 3);
+        let archive = kit.open();
+        let catalog = archive.catalog(VOLUME).unwrap().unwrap();
+        // Every object but the marker is an envelope, and says nothing.
+        let gens = archive.generations(VOLUME).unwrap();
+        let mut keys: Vec<String> = gens.iter().map(|(_, k)| k.clone()).collect();
+        for p in &catalog.points {
+            keys.push(p.delta.key.clone());
+            keys.push(p.delta.index.clone());
+        }
+        for k in &keys {
+            let body = fs::read(kit.object_file(k)).unwrap();
+            assert_eq!(&body[..8], b"\x89LVMSE\r\n", "{}: {k}", kit.kind);
+            for secret in [b"vg/data-lvmsync".as_slice(), b"origin-uuid", b"LVMSD"] {
+                assert!(
+                    !body.windows(secret.len()).any(|w| w == secret),
+                    "{}: {k} shows {secret:?}",
+                    kit.kind
+                );
+            }
+        }
+        let marker = fs::read_to_string(kit.object_file("lvmsync-archive.json")).unwrap();
+        assert!(marker.contains("\"lvmsync_archive\": 2"), "{marker}");
+        // Each point, with the key file.
+        let k = s(&key).to_string();
+        for p in 1..=3 {
+            let dest = kit.dir.join(format!("r{p}.img"));
+            let out = restore(&kit, p, &dest, &["--create", "--key-file", &k]);
+            assert_ok(&out);
+            assert_same(&dest, &v.states[p], &format!("{}: point {p}", kit.kind));
+        }
+        // With the passphrase, from the environment.
+        let dest = kit.dir.join("pass.img");
+        let spec = format!("{VOLUME}@2");
+        let out = kit.run_env(
+            &["restore", "--create", &kit.location, &spec, s(&dest)],
+            &[(lvmsync::crypt::PASSPHRASE_ENV, "open sesame")],
+        );
+        assert_ok(&out);
+        assert_same(&dest, &v.states[2], &format!("{}: passphrase", kit.kind));
+
+        // No key, another key, a wrong passphrase, a missing key file: one
+        // line each, and DEST untouched.
+        let dest = kit.dir.join("r1.img");
+        let other = kit.dir.join("other.key");
+        assert_ok(&command().args(["key", "new", s(&other)]).output().unwrap());
+        let missing = kit.dir.join("missing.key");
+        type Case<'a> = (Vec<&'a str>, &'a [(&'a str, &'a str)], i32, &'a str);
+        let cases: [Case; 4] = [
+            (vec![], &[], 2, "encrypted with a key of its own"),
+            (
+                vec!["--key-file", s(&other)],
+                &[],
+                4,
+                "encrypted with another key",
+            ),
+            (
+                vec![],
+                &[(lvmsync::crypt::PASSPHRASE_ENV, "open sesame!")],
+                4,
+                "wrong passphrase",
+            ),
+            (vec!["--key-file", s(&missing)], &[], 2, "no such key file"),
+        ];
+        for (extra, env, code, needle) in cases {
+            let spec = format!("{VOLUME}@3");
+            let mut args = vec!["restore"];
+            args.extend(extra.iter().copied());
+            args.extend([kit.location.as_str(), spec.as_str(), s(&dest)]);
+            let out = kit.run_env(&args, env);
+            if let Err(why) = clean_failure(&out, needle) {
+                panic!("{}: {needle}: {why}", kit.kind);
+            }
+            assert_eq!(out.status.code(), Some(code), "{}: {needle}", kit.kind);
+            assert_same(
+                &dest,
+                &v.states[1],
+                &format!("{}: DEST after {needle}", kit.kind),
+            );
+            let mut args = vec!["archive", "list"];
+            args.extend(extra.iter().copied());
+            args.push(&kit.location);
+            let out = kit.run_env(&args, env);
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{}: list, {needle}",
+                kit.kind
+            );
+        }
+
+        // list, check --read-data, prune, and the points kept still
+        // restore exactly.
+        let out = kit.run(&["archive", "list", "--json", "--key-file", &k, &kit.location]);
+        assert_ok(&out);
+        assert_eq!(
+            json(&out)["volumes"][0]["points"].as_array().unwrap().len(),
+            3
+        );
+        let out = kit.run(&[
+            "archive",
+            "check",
+            "--read-data",
+            "--key-file",
+            &k,
+            &kit.location,
+        ]);
+        assert_ok(&out);
+        assert!(stdout(&out).contains("whole"), "{}", stdout(&out));
+        let out = kit.run(&[
+            "archive",
+            "prune",
+            "--keep-last",
+            "1",
+            "--key-file",
+            &k,
+            &kit.location,
+        ]);
+        assert_ok(&out);
+        let dest = kit.dir.join("after-prune.img");
+        assert_ok(&restore(&kit, 3, &dest, &["--create", "--key-file", &k]));
+        assert_same(&dest, &v.states[3], &format!("{}: merged", kit.kind));
+
+        // key export: a key file that opens the archive.
+        let exported = kit.dir.join("exported.key");
+        let out = kit.run_env(
+            &[
+                "archive",
+                "key",
+                "export",
+                "-o",
+                s(&exported),
+                &kit.location,
+            ],
+            &[(lvmsync::crypt::PASSPHRASE_ENV, "open sesame")],
+        );
+        assert_ok(&out);
+        assert_eq!(
+            lvmsync::crypt::read_key_file(&exported).unwrap().bytes(),
+            lvmsync::crypt::read_key_file(&key).unwrap().bytes()
+        );
+        // An archive is made once.
+        let out = kit.run(&["archive", "init", &kit.location]);
+        if let Err(why) = clean_failure(&out, "already an archive") {
+            panic!("{}: init twice: {why}", kit.kind);
+        }
+    }
+}
+
+#[test]
+fn an_encrypted_archive_refuses_objects_altered_or_swapped_before_writing_them() {
+    for mut kit in Kit::both("crypt-damage") {
+        let key = encrypted(&mut kit);
+        let k = s(&key).to_string();
+        let v = store_points(&kit, 3);
+        let archive = kit.open();
+        let catalog = archive.catalog(VOLUME).unwrap().unwrap();
+        let dest = kit.dir.join("dest.img");
+        fs::write(&dest, &v.states[1]).unwrap();
+
+        // A byte of a record flipped: its chunk fails, the record is not
+        // written.
+        let (key3, at) = a_data_record(&archive, 3);
+        let file = kit.object_file(&key3);
+        let whole = fs::read(&file).unwrap();
+        let mut bad = whole.clone();
+        let sealed_at = lvmsync::crypt::HEADER_LEN as u64
+            + at / lvmsync::crypt::CHUNK as u64 * lvmsync::crypt::SEALED as u64
+            + at % lvmsync::crypt::CHUNK as u64;
+        bad[sealed_at as usize] ^= 0x40;
+        fs::write(&file, &bad).unwrap();
+        let fresh = kit.dir.join("fresh.img");
+        let out = restore(&kit, 3, &fresh, &["--create", "--key-file", &k]);
+        if let Err(why) = clean_failure(&out, "fails authentication") {
+            panic!("{}: flipped byte: {why}", kit.kind);
+        }
+        assert_eq!(out.status.code(), Some(5));
+        let check = kit.run(&[
+            "archive",
+            "check",
+            "--read-data",
+            "--key-file",
+            &k,
+            &kit.location,
+        ]);
+        assert_eq!(check.status.code(), Some(3), "{}", stderr(&check));
+        fs::write(&file, &whole).unwrap();
+
+        // An object put in another's place (the index of point 2 as point
+        // 3's): it was sealed for its own name, and fails.
+        let i2 = kit.object_file(&catalog.points[1].delta.index);
+        let i3 = kit.object_file(&catalog.points[2].delta.index);
+        let saved = fs::read(&i3).unwrap();
+        fs::copy(&i2, &i3).unwrap();
+        let out = restore(&kit, 3, &dest, &["--key-file", &k]);
+        if let Err(why) = clean_failure(&out, "fails authentication") {
+            panic!("{}: swapped index: {why}", kit.kind);
+        }
+        assert_eq!(out.status.code(), Some(5));
+        assert_same(&dest, &v.states[1], "DEST after a swapped index");
+        fs::write(&i3, &saved).unwrap();
+
+        // A plain object in an encrypted archive: refused.
+        let plain = kit.object_file(&catalog.points[2].delta.index);
+        fs::write(&plain, b"LVMSIDX\0 not sealed").unwrap();
+        let out = restore(&kit, 3, &dest, &["--key-file", &k]);
+        if let Err(why) = clean_failure(&out, "not encrypted") {
+            panic!("{}: plain object: {why}", kit.kind);
+        }
+        fs::write(&i3, &saved).unwrap();
+        assert_ok(&restore(&kit, 3, &dest, &["--key-file", &k]));
+        assert_same(&dest, &v.states[3], "restored after the repair");
+    }
+}
+
+#[test]
+fn a_key_for_an_archive_that_is_not_encrypted_is_refused() {
+    let kit = Kit::local("crypt-plain");
+    let key = kit.dir.join("k.key");
+    assert_ok(&command().args(["key", "new", s(&key)]).output().unwrap());
+    // A backup with a key into a new location would make an unencrypted
+    // archive: refused, nothing made.
+    let options = StoreOptions {
+        secrets: lvmsync::crypt::Secrets {
+            key_file: Some(key.clone()),
+            ..Default::default()
+        },
+        ..StoreOptions::default()
+    };
+    let e = Archive::open(&kit.location, &options, true).err().unwrap();
+    assert!(e.to_string().contains("archive init --encryption"), "{e}");
+    assert!(!Path::new(&kit.location)
+        .join("lvmsync-archive.json")
+        .exists());
+    // An unencrypted archive named with a key.
+    let _ = store_points(&kit, 1);
+    let out = kit.run(&["archive", "list", "--key-file", s(&key), &kit.location]);
+    if let Err(why) = clean_failure(&out, "not an encrypted archive") {
+        panic!("{why}");
+    }
+    assert_eq!(out.status.code(), Some(2));
+    // LVMSYNC_PASSPHRASE alone, set for other archives, is no refusal.
+    let out = kit.run_env(
+        &["archive", "list", &kit.location],
+        &[(lvmsync::crypt::PASSPHRASE_ENV, "for another archive")],
+    );
+    assert_ok(&out);
 }

@@ -393,9 +393,10 @@ fn man_pages_are_made_for_every_subcommand() {
         .map(|c| format!("lvmsync-rs-{c}.1"))
         .collect();
     want.insert("lvmsync-rs.1".into());
-    for sub in ["list", "check", "prune"] {
+    for sub in ["init", "key", "key-export", "list", "check", "prune"] {
         want.insert(format!("lvmsync-rs-archive-{sub}.1"));
     }
+    want.insert("lvmsync-rs-key-new.1".into());
     assert_eq!(written, want);
     for name in &written {
         check_page(name, &fs::read_to_string(pages.join(name)).unwrap());

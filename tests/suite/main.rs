@@ -10,6 +10,7 @@ mod common;
 mod archive;
 mod backup_cli;
 mod codecs;
+mod crypt_cli;
 mod delta_cli;
 mod demo;
 mod fixtures;

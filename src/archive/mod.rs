@@ -922,15 +922,11 @@ fn unlock(
         return Err(bad(&format!("key derivation {}, not argon2id", w.kdf)));
     }
     let kek = Key::from_passphrase(&pass, &salt, w.m_kib, w.t, w.p).map_err(|e| bad(&e))?;
-    let (body, tag) = wrapped.split_at_mut(32);
-    use aes_gcm::aead::AeadInOut;
-    let opened = kek.wrap_cipher(&archive_id).decrypt_inout_detached(
-        &nonce.into(),
-        b"lvmsync-rs archive key",
-        body.into(),
-        &<[u8; 16]>::try_from(&*tag).expect("16 bytes").into(),
-    );
-    if opened.is_err() {
+    let opened = kek
+        .wrap_cipher(&archive_id)
+        .open(nonce, b"lvmsync-rs archive key", &mut wrapped[..]);
+    let body = &wrapped[..32];
+    if !opened {
         return Err(CryptError::WrongPassphrase {
             name: shown.to_string(),
         }
@@ -949,7 +945,6 @@ fn wrap_key(
     archive_id: &[u8; 16],
     passphrase: &[u8],
 ) -> Result<WrappedKey, ArchiveError> {
-    use aes_gcm::aead::AeadInOut;
     let salt: [u8; 16] = crypt::random()?;
     let nonce: [u8; 12] = crypt::random()?;
     let kek = Key::from_passphrase(
@@ -963,12 +958,7 @@ fn wrap_key(
     let mut body = zeroize::Zeroizing::new(*key.bytes());
     let tag = kek
         .wrap_cipher(archive_id)
-        .encrypt_inout_detached(
-            &nonce.into(),
-            b"lvmsync-rs archive key",
-            (&mut body[..]).into(),
-        )
-        .expect("32 bytes seal");
+        .seal(nonce, b"lvmsync-rs archive key", &mut body[..]);
     let mut wrapped = body.to_vec();
     wrapped.extend_from_slice(&tag);
     Ok(WrappedKey {

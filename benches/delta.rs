@@ -122,14 +122,31 @@ fn warm(work: &Workload) {
     fs::read(&work.cow).unwrap();
 }
 
-/// The standard small workload, cold and warm, next to its floor.
+/// A new key file in `dir`, made by `lvmsync-rs key new`.
+fn new_key(dir: &Path) -> PathBuf {
+    let key = dir.join("bench.key");
+    let _ = fs::remove_file(&key);
+    let made = Command::new(env!("CARGO_BIN_EXE_lvmsync-rs"))
+        .args(["key", "new"])
+        .arg(&key)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    key
+}
+
+/// The standard small workload, cold and warm, next to its floor; and
+/// cold, encrypted next to plain.
 fn standard(dir: &Path, rounds: usize) {
     fs::create_dir_all(dir).unwrap();
     let gib = env_f64("BENCH_STANDARD_GIB", 4.0);
     let work = Workload::scattered(dir, gib, 1.0);
     let copy = dir.join("copy.img");
+    let key = new_key(dir);
     let (mut floor_cold, mut cold, mut floor_warm, mut warm_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut sealed_cold = Vec::new();
     for round in 0..rounds {
         for cache in ["cold", "warm"] {
             let prepare = || {
@@ -160,6 +177,22 @@ fn standard(dir: &Path, rounds: usize) {
             if cache == "cold" {
                 floor_cold.push(f);
                 cold.push(p);
+                prepare();
+                let (e, report) =
+                    pipeline(&work.cow, &work.new, &copy, "lz4", Some(key.as_path()));
+                if round == 0 {
+                    assert!(
+                        same_extents(&work.new, &copy, &work.extents),
+                        "the copy differs from the new image after an encrypted send | apply"
+                    );
+                    assert!(report.contains("stream digest matched"), "{report}");
+                }
+                println!(
+                    "standard, round {}, cold: send --encrypt | apply {:.3} s",
+                    round + 1,
+                    e
+                );
+                sealed_cold.push(e);
             } else {
                 floor_warm.push(f);
                 warm_t.push(p);
@@ -175,6 +208,8 @@ fn standard(dir: &Path, rounds: usize) {
         let mut r: Vec<f64> = f.iter().zip(p).map(|(f, p)| f / p).collect();
         median(&mut r)
     };
+    // Before the medians below sort the times.
+    let sealed_ratio = paired(&cold, &sealed_cold);
     for (cache, floors, runs, target) in [
         ("cold", &mut floor_cold, &mut cold, 0.75),
         ("warm", &mut floor_warm, &mut warm_t, 0.8),
@@ -191,6 +226,12 @@ fn standard(dir: &Path, rounds: usize) {
             verdict(ratio >= target)
         );
     }
+    println!(
+        "  cold, encrypted: send --encrypt | apply {:.3} s: {:.2} of the plain pipeline's speed, round by round (target 0.9: {})",
+        median(&mut sealed_cold),
+        sealed_ratio,
+        verdict(sealed_ratio >= 0.9)
+    );
     if std::env::var_os("BENCH_KEEP").is_none() {
         let _ = fs::remove_dir_all(dir);
     }
@@ -255,15 +296,7 @@ fn bulk(dir: &Path, rounds: usize) {
         .sum();
     fs::remove_file(&delta).unwrap();
 
-    let key = dir.join("bench.key");
-    let _ = fs::remove_file(&key);
-    let made = Command::new(bin)
-        .args(["key", "new"])
-        .arg(&key)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let key = new_key(&dir);
     let copy = dir.join("copy.img");
     let mut base = Vec::new();
     let mut lz4 = Vec::new();

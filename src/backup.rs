@@ -488,6 +488,52 @@ pub struct Preview {
     pub dest_status: Option<DestStatus>,
 }
 
+impl Preview {
+    /// One sentence: what the backup would do.
+    pub fn describe(&self) -> String {
+        let mut text = self.kind.clone();
+        if let Some(base) = &self.base {
+            text.push_str(&format!(" from {base}"));
+        }
+        if let Some(snap) = &self.snapshot {
+            if self.creates_snapshot {
+                text.push_str(&format!(" to a new snapshot {snap}"));
+            } else {
+                text.push_str(&format!(" to {snap}"));
+            }
+        }
+        if self.resume_from > 0 {
+            text.push_str(&format!(", resumed at byte {}", self.resume_from));
+        }
+        if let Some(b) = self.bytes {
+            text.push_str(&format!(
+                ": {} to read and send ({b} bytes, of a {} volume; blocks of zeroes go without data, the rest compressed)",
+                human(b),
+                human(self.origin_size)
+            ));
+        }
+        if let Some(c) = self.compares {
+            text.push_str(&format!(
+                ": {} read on each side to compare, what differs sent",
+                human(c)
+            ));
+        }
+        if !self.removes_first.is_empty() {
+            text.push_str(&format!(
+                "; removes first {}",
+                self.removes_first.join(", ")
+            ));
+        }
+        if !self.removes_after.is_empty() {
+            text.push_str(&format!(
+                "; removes after {}",
+                self.removes_after.join(", ")
+            ));
+        }
+        text
+    }
+}
+
 /// What `req` would do now; see [`Preview`].
 pub fn preview(req: &Request) -> Result<Preview, Error> {
     let origin = snapshots::origin(&req.origin)?;
@@ -853,6 +899,38 @@ mod tests {
     use super::*;
     use crate::state::Applying;
     use crate::stream::PointInTime;
+
+    #[test]
+    fn a_preview_says_in_one_sentence_what_the_run_would_do() {
+        let incremental = Preview {
+            kind: "incremental".into(),
+            base: Some("vg/data-lvmsync-1".into()),
+            snapshot: Some("vg/data-lvmsync-2".into()),
+            creates_snapshot: true,
+            bytes: Some(3 << 20),
+            origin_size: 1 << 30,
+            removes_after: vec!["vg/data-lvmsync-1".into()],
+            ..Preview::default()
+        };
+        assert_eq!(
+            incremental.describe(),
+            "incremental from vg/data-lvmsync-1 to a new snapshot vg/data-lvmsync-2: \
+             3 MiB to read and send (3145728 bytes, of a 1 GiB volume; blocks of zeroes go \
+             without data, the rest compressed); removes after vg/data-lvmsync-1"
+        );
+        let repair = Preview {
+            kind: "repair".into(),
+            snapshot: Some("vg/data-lvmsync-3".into()),
+            compares: Some(1 << 30),
+            resume_from: 4096,
+            ..Preview::default()
+        };
+        assert_eq!(
+            repair.describe(),
+            "repair to vg/data-lvmsync-3, resumed at byte 4096: 1 GiB read on each side to \
+             compare, what differs sent"
+        );
+    }
 
     fn lv(name: &str, attr: &str) -> Lv {
         Lv {

@@ -223,7 +223,7 @@ fn dry_run(requests: &[backup::Request], args: &Args) -> Result<(), Error> {
                 "lvmsync-rs backup: dry run: {} to {}: {}; nothing was done",
                 request.origin,
                 request.dest,
-                super::status::describe_preview(&p)
+                p.describe()
             );
         }
         previews.push(p);

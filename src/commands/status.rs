@@ -139,48 +139,10 @@ fn print_text(s: &DestStatus, next: Option<&Preview>) -> io::Result<()> {
         )?;
     }
     if let Some(n) = next {
-        writeln!(out, "next backup of {}: {}", n.origin, describe_preview(n))?;
+        writeln!(out, "next backup of {}: {}", n.origin, n.describe())?;
         for note in &n.notes {
             writeln!(out, "  {}", printable(note))?;
         }
     }
     out.flush()
-}
-
-/// One sentence: what a backup would do.
-pub fn describe_preview(n: &Preview) -> String {
-    let mut text = n.kind.clone();
-    if let Some(base) = &n.base {
-        text.push_str(&format!(" from {base}"));
-    }
-    if let Some(snap) = &n.snapshot {
-        if n.creates_snapshot {
-            text.push_str(&format!(" to a new snapshot {snap}"));
-        } else {
-            text.push_str(&format!(" to {snap}"));
-        }
-    }
-    if n.resume_from > 0 {
-        text.push_str(&format!(", resumed at byte {}", n.resume_from));
-    }
-    if let Some(b) = n.bytes {
-        text.push_str(&format!(
-            ": {} to read and send ({b} bytes, of a {} volume; blocks of zeroes go without data, the rest compressed)",
-            human(b),
-            human(n.origin_size)
-        ));
-    }
-    if let Some(c) = n.compares {
-        text.push_str(&format!(
-            ": {} read on each side to compare, what differs sent",
-            human(c)
-        ));
-    }
-    if !n.removes_first.is_empty() {
-        text.push_str(&format!("; removes first {}", n.removes_first.join(", ")));
-    }
-    if !n.removes_after.is_empty() {
-        text.push_str(&format!("; removes after {}", n.removes_after.join(", ")));
-    }
-    text
 }

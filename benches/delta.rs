@@ -178,8 +178,7 @@ fn standard(dir: &Path, rounds: usize) {
                 floor_cold.push(f);
                 cold.push(p);
                 prepare();
-                let (e, report) =
-                    pipeline(&work.cow, &work.new, &copy, "lz4", Some(key.as_path()));
+                let (e, report) = pipeline(&work.cow, &work.new, &copy, "lz4", Some(key.as_path()));
                 if round == 0 {
                     assert!(
                         same_extents(&work.new, &copy, &work.extents),

@@ -235,11 +235,7 @@ impl Cipher {
     pub fn seal(&self, nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; TAG] {
         let tag = self
             .0
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                data,
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), data)
             .expect("a chunk is far below AES-GCM's limit");
         tag.as_ref().try_into().expect("a 16-byte tag")
     }

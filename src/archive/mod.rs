@@ -922,9 +922,9 @@ fn unlock(
         return Err(bad(&format!("key derivation {}, not argon2id", w.kdf)));
     }
     let kek = Key::from_passphrase(&pass, &salt, w.m_kib, w.t, w.p).map_err(|e| bad(&e))?;
-    let opened = kek
-        .wrap_cipher(&archive_id)
-        .open(nonce, b"lvmsync-rs archive key", &mut wrapped[..]);
+    let opened =
+        kek.wrap_cipher(&archive_id)
+            .open(nonce, b"lvmsync-rs archive key", &mut wrapped[..]);
     let body = &wrapped[..32];
     if !opened {
         return Err(CryptError::WrongPassphrase {

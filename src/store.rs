@@ -1388,7 +1388,10 @@ impl Upload {
         shared
             .runtime
             .block_on(async {
-                in_flight.shutdown().await;
+                // Parts still going up are let finish, not cancelled: a
+                // server may still store a part whose request was cut,
+                // after the abort, and keep it.
+                while in_flight.join_next().await.is_some() {}
                 match multipart {
                     Some(mut multipart) => multipart.abort().await,
                     None => Ok(()),
@@ -1504,7 +1507,8 @@ impl Upload {
         let mut in_flight = std::mem::take(&mut self.in_flight);
         let multipart = self.multipart.take();
         self.shared.finish_in_background(async move {
-            in_flight.shutdown().await;
+            // As in abort: the parts going up finish before the abort.
+            while in_flight.join_next().await.is_some() {}
             if let Some(mut multipart) = multipart {
                 let _ = multipart.abort().await;
             }

@@ -30,6 +30,18 @@ pub struct Extent {
     pub content: Content,
 }
 
+impl Content {
+    /// A content at random: 8 in 20 random, 7 text, 3 zeroes, 2 mixed.
+    fn pick(rng: &mut Rng) -> Content {
+        match rng.below(20) {
+            0..=7 => Content::Random,
+            8..=14 => Content::Text,
+            15..=17 => Content::Zero,
+            _ => Content::Mixed,
+        }
+    }
+}
+
 /// Words for text that compresses about as well as logs and source do.
 const WORDS: &[&str] = &[
     "the",
@@ -129,12 +141,7 @@ impl Workload {
             if chunk + gap + len > origin_chunks {
                 break;
             }
-            let content = match rng.below(20) {
-                0..=7 => Content::Random,
-                8..=14 => Content::Text,
-                15..=17 => Content::Zero,
-                _ => Content::Mixed,
-            };
+            let content = Content::pick(&mut rng);
             extents.push(Extent {
                 offset: (chunk + gap) * CHUNK,
                 length: len * CHUNK,
@@ -166,12 +173,7 @@ impl Workload {
             if chunk + gap + len > origin_chunks {
                 break;
             }
-            let content = match rng.below(20) {
-                0..=7 => Content::Random,
-                8..=14 => Content::Text,
-                15..=17 => Content::Zero,
-                _ => Content::Mixed,
-            };
+            let content = Content::pick(&mut rng);
             extents.push(Extent {
                 offset: (chunk + gap) * CHUNK,
                 length: len * CHUNK,

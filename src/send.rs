@@ -648,15 +648,26 @@ struct Encoding {
 /// Worker threads that read and encode, at most.
 pub const MAX_WORKERS: usize = 4;
 
-/// A piece of an extent, read and encoded as one job.
+/// A piece of an extent, read and encoded in one go.
 #[derive(Debug, Clone, Copy)]
 struct Piece {
-    seq: u64,
     offset: u64,
     length: u64,
     /// Known to read as zeroes: encoded as ZERO records without a read.
     zero: bool,
 }
+
+/// Consecutive pieces handed to a worker as one job, so that small
+/// extents do not cost a hand-over between threads each: at most
+/// [`READ_LEN`] bytes of data to read and [`BATCH_PIECES`] pieces.
+#[derive(Debug, Default)]
+struct Batch {
+    seq: u64,
+    pieces: Vec<Piece>,
+}
+
+/// Pieces in a batch, at most.
+const BATCH_PIECES: usize = 256;
 
 /// The pieces of `changes`, in offset order, none longer than [`READ_LEN`].
 fn pieces<'a>(changes: &Changes<'a>) -> impl Iterator<Item = (u64, u64, bool)> + 'a {
@@ -690,6 +701,43 @@ fn read_piece<'a>(
     Ok(&window[(offset - start) as usize..(end - start) as usize])
 }
 
+/// Reads and encodes the pieces of `batch` into `out`, in order; with
+/// `timed` (`--compress auto`), adds to `how` the data encoded and the time
+/// it took.
+fn encode_batch(
+    source: &Source,
+    batch: &Batch,
+    encoder: &mut Encoder,
+    buf: &mut AlignedBuf,
+    out: &mut Encoded,
+    timed: bool,
+    how: &mut Encoding,
+) -> Result<(), SendError> {
+    if timed {
+        encoder
+            .set_zstd_level(how.level)
+            .map_err(SendError::Write)?;
+    }
+    for piece in &batch.pieces {
+        if piece.zero {
+            encoder
+                .zero(piece.offset, piece.length, out)
+                .map_err(SendError::Write)?;
+            continue;
+        }
+        let content = read_piece(source, buf, piece)?;
+        let started = timed.then(Instant::now);
+        encoder
+            .extent(piece.offset, content, out)
+            .map_err(SendError::Write)?;
+        if let Some(started) = started {
+            how.input += content.len() as u64;
+            how.secs += started.elapsed().as_secs_f64();
+        }
+    }
+    Ok(())
+}
+
 /// Writes the records of `changes`: the extents to read with their data
 /// from `source` (ZERO records where it reads as zeroes), and the extents
 /// known to be zero as ZERO records, without reading them. Calls
@@ -716,7 +764,7 @@ fn send_changes<W: Write>(
         .clamp(1, MAX_WORKERS);
     let window = 2 * workers as u64;
     let compression = writer.compression();
-    let (job_tx, job_rx) = mpsc::channel::<(Piece, Encoded)>();
+    let (job_tx, job_rx) = mpsc::channel::<(Batch, Encoded)>();
     let (done_tx, done_rx) = mpsc::channel::<(u64, Result<Encoded, SendError>, Encoding)>();
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|scope| {
@@ -731,33 +779,23 @@ fn send_changes<W: Write>(
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    let Ok((piece, mut out)) = job else { return };
+                    let Ok((batch, mut out)) = job else { return };
                     out.clear();
                     let mut how = Encoding::default();
-                    let result = if piece.zero {
-                        encoder
-                            .zero(piece.offset, piece.length, &mut out)
-                            .map_err(SendError::Write)
-                            .map(|()| out)
-                    } else {
-                        read_piece(source, &mut buf, &piece).and_then(|content| {
-                            let started = Instant::now();
-                            if let Some(auto) = auto {
-                                how.level = auto.level();
-                                how.input = content.len() as u64;
-                                encoder
-                                    .set_zstd_level(how.level)
-                                    .map_err(SendError::Write)?;
-                            }
-                            let done = encoder
-                                .extent(piece.offset, content, &mut out)
-                                .map_err(SendError::Write)
-                                .map(|()| out);
-                            how.secs = started.elapsed().as_secs_f64();
-                            done
-                        })
-                    };
-                    if done_tx.send((piece.seq, result, how)).is_err() {
+                    if let Some(auto) = auto {
+                        how.level = auto.level();
+                    }
+                    let result = encode_batch(
+                        source,
+                        &batch,
+                        &mut encoder,
+                        &mut buf,
+                        &mut out,
+                        auto.is_some(),
+                        &mut how,
+                    )
+                    .map(|()| out);
+                    if done_tx.send((batch.seq, result, how)).is_err() {
                         return;
                     }
                 }
@@ -767,13 +805,12 @@ fn send_changes<W: Write>(
         // Dropping job_tx on the way out, even on an error, ends the workers.
         let job_tx = job_tx;
         let mut todo = pieces(&changes)
-            .enumerate()
-            .map(|(seq, (offset, length, zero))| Piece {
-                seq: seq as u64,
+            .map(|(offset, length, zero)| Piece {
                 offset,
                 length,
                 zero,
-            });
+            })
+            .peekable();
         // Readahead across extents: the kernel is told of the pieces whose
         // data comes up to READAHEAD bytes after the pieces handed to the
         // workers, so that the disk has many reads queued instead of one
@@ -796,12 +833,26 @@ fn send_changes<W: Write>(
         let (mut sent, mut written) = (0u64, 0u64);
         loop {
             while sent < written + window {
-                let Some(piece) = todo.next() else { break };
-                if !piece.zero {
-                    hint_ahead(piece.length);
+                let mut batch = Batch {
+                    seq: sent,
+                    pieces: Vec::new(),
+                };
+                let mut data = 0u64;
+                while let Some(piece) = todo.next_if(|p| {
+                    batch.pieces.len() < BATCH_PIECES
+                        && (p.zero || batch.pieces.is_empty() || data + p.length <= READ_LEN as u64)
+                }) {
+                    if !piece.zero {
+                        hint_ahead(piece.length);
+                        data += piece.length;
+                    }
+                    batch.pieces.push(piece);
+                }
+                if batch.pieces.is_empty() {
+                    break;
                 }
                 let out = spare.pop().unwrap_or_default();
-                if job_tx.send((piece, out)).is_err() {
+                if job_tx.send((batch, out)).is_err() {
                     break;
                 }
                 sent += 1;

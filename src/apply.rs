@@ -51,9 +51,18 @@ pub const DEST_SIZE: &str = "dest-size";
 const BATCH_BYTES: usize = 8 << 20;
 /// Records held back per batch when a snapback is written.
 const BATCH_RECORDS: usize = 4096;
-/// Verified records queued for the writing thread (each holds up to
-/// [`MAX_RECORD_LEN`] bytes).
+/// Batches of verified records queued for the writing thread.
 const WRITE_QUEUE: usize = 4;
+/// A batch goes to the writing thread once it holds this many bytes, or
+/// [`WRITE_BATCH_RECORDS`] records, so that small records do not cost a
+/// hand-over between threads each. A record of [`OWN_BUFFER_MIN`] bytes or
+/// more keeps the reader's buffer (no copy) and fills a batch alone.
+const WRITE_BATCH_BYTES: usize = 512 << 10;
+/// Records in a batch for the writing thread, at most.
+const WRITE_BATCH_RECORDS: usize = 256;
+/// Records this long or longer are handed over in a buffer of their own
+/// instead of being copied into their batch's.
+const OWN_BUFFER_MIN: u64 = 64 << 10;
 /// Bytes written between two requests to start writeback, so that the disk
 /// works while the stream is still being read.
 const WRITEBACK_BYTES: u64 = 32 << 20;
@@ -470,8 +479,32 @@ pub fn describe_source(s: &SourceInfo) -> Option<String> {
 struct Verified {
     offset: u64,
     length: u64,
-    /// Its content at the start of the buffer; `None` for zeroes.
-    data: Option<Vec<u8>>,
+    data: Content,
+}
+
+/// Where a verified record's content is.
+enum Content {
+    Zero,
+    /// In its batch's `bytes`, from this position.
+    InBatch(usize),
+    /// At the start of a buffer of its own.
+    Own(Vec<u8>),
+}
+
+/// Verified records handed to the writing thread together.
+#[derive(Default)]
+struct WriteBatch {
+    records: Vec<Verified>,
+    /// The content of the records that have no buffer of their own.
+    bytes: Vec<u8>,
+    /// Bytes of buffers it holds.
+    weight: usize,
+}
+
+/// Buffers the writing thread is done with, for the reader to reuse.
+enum Spent {
+    Record(Vec<u8>),
+    Batch(WriteBatch),
 }
 
 /// A verified record waiting for its batch to be saved to the snapback.
@@ -598,8 +631,13 @@ impl Applier {
         }
     }
 
-    fn add(&mut self, rec: &Verified) -> Result<(), ApplyError> {
-        let content = rec.data.as_ref().map(|d| &d[..rec.length as usize]);
+    fn add(&mut self, rec: &Verified, bytes: &[u8]) -> Result<(), ApplyError> {
+        let len = rec.length as usize;
+        let content = match &rec.data {
+            Content::Zero => None,
+            Content::InBatch(at) => Some(&bytes[*at..*at + len]),
+            Content::Own(buf) => Some(&buf[..len]),
+        };
         if self.snapback.is_none() {
             return self.write(rec.offset, rec.length, content);
         }
@@ -623,15 +661,18 @@ impl Applier {
     /// returns spent buffers on `spent`.
     fn run(
         &mut self,
-        records: mpsc::Receiver<Verified>,
-        spent: mpsc::Sender<Vec<u8>>,
+        batches: mpsc::Receiver<WriteBatch>,
+        spent: mpsc::Sender<Spent>,
     ) -> Result<(), ApplyError> {
         let result = (|| {
-            for rec in records {
-                self.add(&rec)?;
-                if let Some(buf) = rec.data {
-                    let _ = spent.send(buf);
+            for mut batch in batches {
+                for rec in batch.records.drain(..) {
+                    self.add(&rec, &batch.bytes)?;
+                    if let Content::Own(buf) = rec.data {
+                        let _ = spent.send(Spent::Record(buf));
+                    }
                 }
+                let _ = spent.send(Spent::Batch(batch));
             }
             self.flush()
         })();
@@ -1452,8 +1493,8 @@ fn apply_opened<R: Read>(
         tracker: Arc::new(Mutex::new(tracker)),
     };
     // This thread reads and checks; a writer thread writes what passed.
-    let (to_writer, records) = mpsc::sync_channel::<Verified>(WRITE_QUEUE);
-    let (spent, from_writer) = mpsc::channel::<Vec<u8>>();
+    let (to_writer, records) = mpsc::sync_channel::<WriteBatch>(WRITE_QUEUE);
+    let (spent, from_writer) = mpsc::channel::<Spent>();
     let writeback = a.dest.writeback().ok();
     let (ask_writeback, writeback_asked) = mpsc::sync_channel::<WritebackRequest>(1);
     a.writeback = writeback.as_ref().map(|_| ask_writeback);
@@ -1469,33 +1510,62 @@ fn apply_opened<R: Read>(
             });
         }
         let writer = scope.spawn(|| a.run(records, spent));
+        let (mut buffers, mut batches) = (Vec::new(), Vec::new());
+        let mut batch = WriteBatch::default();
         let read_result = loop {
             if let Some(p) = &options.progress {
                 p.set(reader.position());
             }
-            let (offset, length, kind) = match reader.next_record() {
-                Ok(Some(rec)) => (rec.offset, rec.length, rec.kind),
+            while let Ok(s) = from_writer.try_recv() {
+                match s {
+                    Spent::Record(buf) => buffers.push(buf),
+                    Spent::Batch(b) => batches.push(b),
+                }
+            }
+            let (offset, length, data) = match reader.next_record() {
+                Ok(Some(rec)) => match rec.kind {
+                    RecordKind::Zero => (rec.offset, rec.length, Content::Zero),
+                    RecordKind::Data { .. } if rec.length < OWN_BUFFER_MIN => {
+                        let at = batch.bytes.len();
+                        batch.bytes.extend_from_slice(rec.content);
+                        (rec.offset, rec.length, Content::InBatch(at))
+                    }
+                    RecordKind::Data { .. } => (rec.offset, rec.length, Content::Own(Vec::new())),
+                },
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             };
-            let data = match kind {
-                RecordKind::Zero => None,
-                RecordKind::Data { .. } => {
-                    let mut buf = from_writer.try_recv().unwrap_or_default();
+            let data = match data {
+                Content::Own(_) => {
+                    let mut buf = buffers.pop().unwrap_or_default();
                     reader.swap_content(&mut buf);
-                    Some(buf)
+                    batch.weight += buf.len();
+                    Content::Own(buf)
                 }
+                other => other,
             };
-            let rec = Verified {
+            batch.records.push(Verified {
                 offset,
                 length,
                 data,
-            };
-            if to_writer.send(rec).is_err() {
-                // The writer stopped on an error; it tells which.
-                break Ok(());
+            });
+            if batch.weight + batch.bytes.len() >= WRITE_BATCH_BYTES
+                || batch.records.len() >= WRITE_BATCH_RECORDS
+            {
+                let mut next = batches.pop().unwrap_or_default();
+                next.bytes.clear();
+                next.weight = 0;
+                if to_writer.send(std::mem::replace(&mut batch, next)).is_err() {
+                    // The writer stopped on an error; it tells which.
+                    break Ok(());
+                }
             }
         };
+        // The records verified before the end, or before damage, are
+        // written.
+        if !batch.records.is_empty() {
+            let _ = to_writer.send(batch);
+        }
         drop(to_writer);
         let write_result = writer.join().unwrap_or_else(|_| {
             Err(ApplyError::DestWrite {

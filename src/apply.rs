@@ -64,8 +64,13 @@ const WRITE_BATCH_RECORDS: usize = 256;
 /// instead of being copied into their batch's.
 const OWN_BUFFER_MIN: u64 = 64 << 10;
 /// Bytes written between two requests to start writeback, so that the disk
-/// works while the stream is still being read.
-const WRITEBACK_BYTES: u64 = 32 << 20;
+/// works while the stream is still being read. Small: a delta of scattered
+/// small extents is often only a few MiB, and what is not written back by
+/// its end waits for the final sync (the request goes to the writeback
+/// thread, so the writer never waits for it).
+const WRITEBACK_BYTES: u64 = 1 << 20;
+/// The same for [`PieceWriter`], which starts writeback itself, in line.
+const PIECES_WRITEBACK_BYTES: u64 = 32 << 20;
 /// Bytes written between two flushes of the destination by the writeback
 /// thread (written back and out of the device's cache), so that the final
 /// sync waits for the last of them only. Unlike a confirmation, nothing
@@ -1276,7 +1281,7 @@ impl PieceWriter {
         self.bytes += len;
         if data.is_some() {
             self.unflushed += len;
-            if self.unflushed >= WRITEBACK_BYTES {
+            if self.unflushed >= PIECES_WRITEBACK_BYTES {
                 self.unflushed = 0;
                 if let Some(wb) = &self.writeback {
                     let _ = wb.start();

@@ -15,10 +15,15 @@
 //!   `sync --full IMAGE COPY` into a local file, with lz4 and with zstd: the
 //!   delta's bytes, all but a few kilobytes of them the data half's.
 //!
+//! Both with the generated data and with the bytes of real files (see
+//! `BENCH_CONTENT`).
+//!
 //! Run: `cargo bench --bench codecs` (the baselines need the zstd and lz4
 //! programs; without them they are left out, with a note). Environment:
 //! `BENCH_GIB`, `BENCH_SEED_GIB`, `BENCH_ROUNDS` (default 3, medians of the
-//! times), `BENCH_DIR` (where the images go), `BENCH_KEEP`.
+//! times), `BENCH_DIR` (where the images go), `BENCH_KEEP`; `BENCH_CONTENT`
+//! (`synthetic`, `files`, or unset for both) and `BENCH_FILES` (the
+//! directory whose files' bytes fill the changed extents, default /usr).
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -32,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use workload::{concat_extents, half_zero_image, Workload, CHUNK};
+use workload::{concat_extents, half_zero_image_with, Data, Workload, CHUNK};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lvmsync-rs");
 
@@ -123,11 +128,25 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
         .join(format!("bench-codecs-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let mb = |b: u64| b as f64 / 1e6;
+    for (n, mut data) in Data::from_env().into_iter().enumerate() {
+        let dir = dir.join(format!("data-{n}"));
+        fs::create_dir_all(&dir).unwrap();
+        println!("with {}:", data.describe());
+        one_percent(&dir, gib, rounds, &mut data);
+        seed_of(&dir, seed_gib, rounds, &mut data);
+    }
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
 
-    // The 1% workload.
-    let work = Workload::scattered(&dir, gib, 1.0);
+fn mb(b: u64) -> f64 {
+    b as f64 / 1e6
+}
+
+/// The 1% workload holding `data`: each codec next to the programs.
+fn one_percent(dir: &Path, gib: f64, rounds: usize, data: &mut Data) {
+    let work = Workload::scattered_with(dir, gib, 1.0, data);
     let changed = work.changed;
     let raw = dir.join("changed.bin");
     concat_extents(&work.new, &work.extents, &raw);
@@ -185,10 +204,14 @@ fn main() {
         );
     }
 
-    // The seed.
+    let _ = fs::remove_file(&work.new);
+}
+
+/// The seed of a half-zero image whose data runs hold `data`.
+fn seed_of(dir: &Path, seed_gib: f64, rounds: usize, data: &mut Data) {
     let seed_size = (seed_gib * (1u64 << 30) as f64) as u64 / CHUNK * CHUNK;
     let image = dir.join("half-zero.img");
-    half_zero_image(&image, seed_size);
+    half_zero_image_with(&image, seed_size, data);
     let copy = dir.join("seed-copy.img");
     let mut seeds = Vec::new();
     for codec in ["lz4", "zstd"] {
@@ -203,8 +226,12 @@ fn main() {
     }
     let data_half = seed_size / 2;
     println!(
-        "seed of a {seed_size}-byte image, half zeroes ({:.0} MB of data: half text, half random); median of {rounds} rounds:",
-        mb(data_half)
+        "seed of a {seed_size}-byte image, half zeroes ({:.0} MB of {}); median of {rounds} rounds:",
+        mb(data_half),
+        match data {
+            Data::Synthetic => "data: half text, half random",
+            Data::Files(_) => "the files' bytes",
+        }
     );
     for (codec, secs, bytes) in &seeds {
         println!(
@@ -217,7 +244,6 @@ fn main() {
         "  zstd / lz4: {:.3} of the bytes",
         seeds[1].2 as f64 / seeds[0].2 as f64
     );
-    if std::env::var_os("BENCH_KEEP").is_none() {
-        fs::remove_dir_all(&dir).unwrap();
-    }
+    let _ = fs::remove_file(&image);
+    let _ = fs::remove_file(&copy);
 }

@@ -1,18 +1,25 @@
-//! A slow link: syncs over ssh to 127.0.0.1 held to 100 Mbit/s
-//! (`--bwlimit 12207k`, 12.5 MB/s of delta), comparing `--compress auto`
-//! with lz4 and zstd, and with the pipe users script, `dd | zstd -3 |
-//! (held to the same 12.5 MB/s) | ssh 'zstd -d | dd'` of the same bytes,
-//! measured in the same run:
+//! A slow link: syncs over ssh to 127.0.0.1 through a link held to 100
+//! Mbit/s (12.5 MB/s each way: this bench, run as ssh's ProxyCommand,
+//! relays the connection to sshd; see `link_proxy`), comparing `--compress
+//! auto` with lz4 and zstd, and with the pipe users script, `dd | zstd -3 |
+//! ssh 'zstd -d | dd'` of the same bytes over the same link, measured in
+//! the same run:
 //!
 //! - the 1% delta of `benches/codecs.rs` (a 4 GiB image, `BENCH_GIB`), the
 //!   pipe given the changed extents' bytes one after the other;
 //! - the seed of a 1 GiB half-zero image (`BENCH_SEED_GIB`), the pipe given
 //!   the whole image.
 //!
+//! Both with the generated data of `benches/common/workload.rs` and with
+//! the bytes of real files in the changed extents and the image's data
+//! runs (`BENCH_CONTENT`).
+//!
 //! Targets (issue 14): auto at most 0.7 of lz4's time, and at least as fast
 //! as the pipe. Run: `cargo bench --bench slowlink` (as root, for the test
 //! sshd; needs openssh-server and zstd, without which the pipe is left out
-//! with a note). `BENCH_ROUNDS` (default 1), `BENCH_DIR`, `BENCH_KEEP`.
+//! with a note). `BENCH_ROUNDS` (default 1), `BENCH_DIR`, `BENCH_KEEP`;
+//! `BENCH_CONTENT` (`synthetic`, `files`, or unset for both) and
+//! `BENCH_FILES` (whose files' bytes, default /usr).
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -28,28 +35,48 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use workload::{concat_extents, half_zero_image, make_copy, Workload, CHUNK};
+use lvmsync::throttle::Throttled;
+
+use workload::{concat_extents, half_zero_image_with, make_copy, Data, Workload, CHUNK};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lvmsync-rs");
 /// 100 Mbit/s.
-const RATE: f64 = 12.5e6;
-const BWLIMIT: &str = "12207k";
+const RATE: u64 = 12_500_000;
 
-/// `sync ... --bwlimit --compress C ARGS DEST`: seconds and the summary.
+/// The link: ssh's connection to sshd, held to [`RATE`] each way. This
+/// bench runs itself as ssh's ProxyCommand (`--link-proxy HOST PORT`): it
+/// connects to HOST:PORT and copies ssh's stdin to the socket and the
+/// socket to ssh's stdout, each through the writer `--bwlimit` uses (no
+/// burst of more than a quarter of a second). Everything over ssh crosses
+/// it, the ssh handshake included, the same for the sync and the pipe.
+fn link_proxy(host: &str, port: &str) -> ! {
+    use std::net::{Shutdown, TcpStream};
+    let socket = TcpStream::connect(format!("{host}:{port}")).expect("connect to sshd");
+    let _ = socket.set_nodelay(true);
+    let back = socket.try_clone().unwrap();
+    let downstream = std::thread::spawn(move || {
+        // Not std::io::stdout(): it holds bytes back until a newline.
+        use std::os::fd::FromRawFd;
+        let stdout = unsafe { std::fs::File::from_raw_fd(1) };
+        let mut to = Throttled::new(stdout, RATE, Box::new(|| {}));
+        let _ = std::io::copy(&mut &back, &mut to);
+        let _ = to.flush();
+    });
+    let mut to = Throttled::new(&socket, RATE, Box::new(|| {}));
+    let _ = std::io::copy(&mut std::io::stdin(), &mut to);
+    let _ = socket.shutdown(Shutdown::Write);
+    let _ = downstream.join();
+    std::process::exit(0)
+}
+
+/// `sync ... --compress C ARGS DEST` over the link: seconds and the
+/// summary.
 fn sync(rsh: &str, codec: &str, args: &[&str], dest: &str) -> (f64, serde_json::Value) {
     let t = Instant::now();
     let out = Command::new(BIN)
-        .args([
-            "sync",
-            "--json",
-            "-q",
-            "--bwlimit",
-            BWLIMIT,
-            "--compress",
-            codec,
-        ])
+        .args(["sync", "--json", "-q", "--compress", codec])
         .args(["-e", rsh, "--remote-path", BIN])
         .args(args)
         .arg(dest)
@@ -62,8 +89,8 @@ fn sync(rsh: &str, codec: &str, args: &[&str], dest: &str) -> (f64, serde_json::
     (secs, doc)
 }
 
-/// `zstd -3 -c < INPUT`, its output held to [`RATE`] here, into `ssh HOST
-/// 'zstd -d | dd of=COPY conv=fsync'`: seconds and the bytes through.
+/// `zstd -3 -c < INPUT` into `ssh HOST 'zstd -d | dd of=COPY conv=fsync'`
+/// over the link: seconds and the bytes through.
 fn pipe(rsh: &str, input: &Path, copy: &Path) -> (f64, u64) {
     let t = Instant::now();
     let mut zstd = Command::new("sh")
@@ -96,10 +123,6 @@ fn pipe(rsh: &str, input: &Path, copy: &Path) -> (f64, u64) {
         }
         to.write_all(&buf[..n]).unwrap();
         sent += n as u64;
-        let due = Duration::from_secs_f64(sent as f64 / RATE);
-        if let Some(wait) = due.checked_sub(t.elapsed()) {
-            std::thread::sleep(wait);
-        }
     }
     drop(to);
     assert!(zstd.wait().unwrap().success() && ssh.wait().unwrap().success());
@@ -107,6 +130,12 @@ fn pipe(rsh: &str, input: &Path, copy: &Path) -> (f64, u64) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, host, port] = &args[..] {
+        if flag == "--link-proxy" {
+            link_proxy(host, port);
+        }
+    }
     let gib = env_f64("BENCH_GIB", 4.0);
     let seed_gib = env_f64("BENCH_SEED_GIB", 1.0);
     let rounds = env_f64("BENCH_ROUNDS", 1.0).max(1.0) as usize;
@@ -116,7 +145,12 @@ fn main() {
         .join(format!("bench-slowlink-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let server = sshd::Sshd::start(&dir.join("sshd"));
-    let rsh = server.rsh();
+    let me = std::env::current_exe().unwrap();
+    let rsh = format!(
+        "{} -o 'ProxyCommand={} --link-proxy %h %p'",
+        server.rsh(),
+        me.display()
+    );
     let have_zstd = Command::new("zstd")
         .arg("--version")
         .stdout(Stdio::null())
@@ -128,8 +162,49 @@ fn main() {
         );
     }
 
-    // The 1% delta.
-    let work = Workload::scattered(&dir, gib, 1.0);
+    for (n, mut data) in Data::from_env().into_iter().enumerate() {
+        let sub = dir.join(format!("data-{n}"));
+        fs::create_dir_all(&sub).unwrap();
+        println!("with {}:", data.describe());
+        delta(&sub, &rsh, gib, rounds, have_zstd, &mut data);
+        seed(&sub, &rsh, seed_gib, rounds, have_zstd, &mut data);
+        let _ = fs::remove_dir_all(&sub);
+    }
+    drop(server);
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Prints `rows` (lz4, zstd, auto, and the pipe when there is one) and the
+/// two targets.
+fn report(title: String, rows: &[(String, f64, u64)]) {
+    println!("{title}");
+    let lz4 = rows[0].1;
+    for (name, secs, wire) in rows {
+        println!(
+            "  {name:<60} {secs:>7.2} s {:>6.3} of lz4's   {wire:>11} bytes on the wire",
+            secs / lz4
+        );
+    }
+    let auto = rows[2].1;
+    println!(
+        "  auto / lz4: {:.3} (target at most 0.7: {})",
+        auto / lz4,
+        if auto <= 0.7 * lz4 { "met" } else { "NOT met" }
+    );
+    if let Some((_, pipe, _)) = rows.get(3) {
+        println!(
+            "  auto / the zstd pipe: {:.3} (target at most 1: {})",
+            auto / pipe,
+            if auto <= *pipe { "met" } else { "NOT met" }
+        );
+    }
+}
+
+/// The 1% delta holding `data`, with each codec and through the pipe.
+fn delta(dir: &Path, rsh: &str, gib: f64, rounds: usize, have_zstd: bool, data: &mut Data) {
+    let work = Workload::scattered_with(dir, gib, 1.0, data);
     let raw = dir.join("changed.bin");
     concat_extents(&work.new, &work.extents, &raw);
     let copy = dir.join("copy.img");
@@ -174,29 +249,6 @@ fn main() {
             wire,
         ));
     }
-    let report = |title: String, rows: &[(String, f64, u64)]| {
-        println!("{title}");
-        let lz4 = rows[0].1;
-        for (name, secs, wire) in rows {
-            println!(
-                "  {name:<60} {secs:>7.2} s {:>6.3} of lz4's   {wire:>11} bytes on the wire",
-                secs / lz4
-            );
-        }
-        let auto = rows[2].1;
-        println!(
-            "  auto / lz4: {:.3} (target at most 0.7: {})",
-            auto / lz4,
-            if auto <= 0.7 * lz4 { "met" } else { "NOT met" }
-        );
-        if let Some((_, pipe, _)) = rows.get(3) {
-            println!(
-                "  auto / the zstd pipe: {:.3} (target at most 1: {})",
-                auto / pipe,
-                if auto <= *pipe { "met" } else { "NOT met" }
-            );
-        }
-    };
     report(
         format!(
             "1% delta: {} changed bytes in {} extents of a {gib} GiB image, over ssh held to 100 Mbit/s; median of {rounds}:",
@@ -205,11 +257,15 @@ fn main() {
         ),
         &rows,
     );
+}
 
-    // The seed.
+/// The seed of a half-zero image whose data runs hold `data`.
+fn seed(dir: &Path, rsh: &str, seed_gib: f64, rounds: usize, have_zstd: bool, data: &mut Data) {
+    let copy = dir.join("copy.img");
+    let dest = format!("{}:{}", sshd::HOST, copy.display());
     let seed_size = (seed_gib * (1u64 << 30) as f64) as u64 / CHUNK * CHUNK;
     let image = dir.join("half-zero.img");
-    half_zero_image(&image, seed_size);
+    half_zero_image_with(&image, seed_size, data);
     let mut rows = Vec::new();
     for codec in ["lz4", "zstd", "auto"] {
         let (mut times, mut wire, mut why) = (Vec::new(), 0, String::new());
@@ -249,8 +305,4 @@ fn main() {
         format!("seed of a {seed_size}-byte half-zero image, over ssh held to 100 Mbit/s; median of {rounds}:"),
         &rows,
     );
-    drop(server);
-    if std::env::var_os("BENCH_KEEP").is_none() {
-        fs::remove_dir_all(&dir).unwrap();
-    }
 }

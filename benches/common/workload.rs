@@ -103,6 +103,136 @@ pub fn fill(rng: &mut Rng, content: Content, b: &mut [u8]) {
     }
 }
 
+/// Bytes of real files, for content as a disk holds it (programs,
+/// libraries, documentation, some of it already compressed): the regular
+/// files of 4 KiB or more under a directory, walked in name order without
+/// following links, one after the other, from the start again at the end.
+pub struct Corpus {
+    root: PathBuf,
+    /// Directories still to walk: each one's entries, last first.
+    stack: Vec<Vec<PathBuf>>,
+    file: Option<File>,
+    /// Bytes handed out.
+    pub taken: u64,
+}
+
+impl Corpus {
+    pub fn new(root: &Path) -> Corpus {
+        Corpus {
+            root: root.to_path_buf(),
+            stack: Vec::new(),
+            file: None,
+            taken: 0,
+        }
+    }
+
+    /// The root named by `BENCH_FILES` (default /usr).
+    pub fn from_env() -> Corpus {
+        Corpus::new(Path::new(
+            &std::env::var("BENCH_FILES").unwrap_or_else(|_| "/usr".into()),
+        ))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v.reverse();
+        v
+    }
+
+    fn next_file(&mut self) -> File {
+        let mut wrapped = false;
+        loop {
+            let Some(top) = self.stack.last_mut() else {
+                assert!(
+                    !wrapped,
+                    "no file of 4 KiB or more under {}",
+                    self.root.display()
+                );
+                wrapped = true;
+                self.stack.push(Corpus::entries(&self.root));
+                continue;
+            };
+            let Some(path) = top.pop() else {
+                self.stack.pop();
+                continue;
+            };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                self.stack.push(Corpus::entries(&path));
+            } else if meta.is_file() && meta.len() >= CHUNK {
+                if let Ok(f) = File::open(&path) {
+                    return f;
+                }
+            }
+        }
+    }
+
+    /// Fills `b` with the next bytes of the files.
+    pub fn fill(&mut self, b: &mut [u8]) {
+        use std::io::Read;
+        let mut at = 0;
+        while at < b.len() {
+            if self.file.is_none() {
+                self.file = Some(self.next_file());
+            }
+            let f = self.file.as_mut().expect("a file");
+            match f.read(&mut b[at..]) {
+                Ok(0) | Err(_) => self.file = None,
+                Ok(n) => at += n,
+            }
+        }
+        self.taken += b.len() as u64;
+    }
+}
+
+/// Where the data of a workload comes from.
+pub enum Data {
+    /// The generated mix of [`Content`] (random, text, zeroes, mixed).
+    Synthetic,
+    /// The extents that are not zeroes hold the bytes of real files.
+    Files(Corpus),
+}
+
+impl Data {
+    /// `BENCH_CONTENT`: `synthetic`, `files` (under `BENCH_FILES`, default
+    /// /usr), or unset: both, synthetic first.
+    pub fn from_env() -> Vec<Data> {
+        match std::env::var("BENCH_CONTENT").as_deref() {
+            Ok("synthetic") => vec![Data::Synthetic],
+            Ok("files") => vec![Data::Files(Corpus::from_env())],
+            Ok(other) if !other.is_empty() => {
+                panic!("BENCH_CONTENT is synthetic or files, not {other}")
+            }
+            _ => vec![Data::Synthetic, Data::Files(Corpus::from_env())],
+        }
+    }
+
+    /// How the data is described in a report.
+    pub fn describe(&self) -> String {
+        match self {
+            Data::Synthetic => "generated data (random, text, zeroes, half and half)".into(),
+            Data::Files(c) => format!("the bytes of the files under {}", c.root().display()),
+        }
+    }
+
+    /// Fills `b`, meant to hold `content`.
+    fn fill(&mut self, rng: &mut Rng, content: Content, b: &mut [u8]) {
+        match self {
+            Data::Files(c) if content != Content::Zero => c.fill(b),
+            _ => fill(rng, content, b),
+        }
+    }
+}
+
 /// The images of a workload.
 pub struct Workload {
     pub extents: Vec<Extent>,
@@ -150,7 +280,7 @@ impl Workload {
             chunk += gap + len;
             changed += len * CHUNK;
         }
-        Workload::write(dir, origin_size, extents, &mut rng, t)
+        Workload::write(dir, origin_size, extents, &mut rng, &mut Data::Synthetic, t)
     }
 
     /// The standard small workload: an image of `gib` GiB in which about
@@ -158,6 +288,12 @@ impl Workload {
     /// scattered at random (for 4 GiB and 1%: about 43 MB in 5,300
     /// extents), holding the same mix of contents.
     pub fn scattered(dir: &Path, gib: f64, percent: f64) -> Workload {
+        Workload::scattered_with(dir, gib, percent, &mut Data::Synthetic)
+    }
+
+    /// The same extents, holding `data` (the same zero extents; with
+    /// [`Data::Files`], real files' bytes in the others).
+    pub fn scattered_with(dir: &Path, gib: f64, percent: f64, data: &mut Data) -> Workload {
         let t = Instant::now();
         let origin_size = (gib * (1u64 << 30) as f64) as u64 / CHUNK * CHUNK;
         let origin_chunks = origin_size / CHUNK;
@@ -181,7 +317,7 @@ impl Workload {
             });
             chunk += gap + len;
         }
-        Workload::write(dir, origin_size, extents, &mut rng, t)
+        Workload::write(dir, origin_size, extents, &mut rng, data, t)
     }
 
     /// Writes the new image and the COW image of `extents`.
@@ -190,6 +326,7 @@ impl Workload {
         origin_size: u64,
         extents: Vec<Extent>,
         rng: &mut Rng,
+        data: &mut Data,
         t: Instant,
     ) -> Workload {
         let changed: u64 = extents.iter().map(|e| e.length).sum();
@@ -201,7 +338,7 @@ impl Workload {
         let mut cw = CowWriter::new(File::create(&cow).unwrap(), CHUNK);
         for e in &extents {
             let b = &mut buf[..e.length as usize];
-            fill(rng, e.content, b);
+            data.fill(rng, e.content, b);
             if e.content != Content::Zero {
                 f.write_all_at(b, e.offset).unwrap();
             }
@@ -221,15 +358,25 @@ impl Workload {
                 * 100.0
                 / changed as f64
         };
+        let mix = match data {
+            Data::Synthetic => format!(
+                "{:.0}% random, {:.0}% text, {:.0}% zeroes, {:.0}% half text half random",
+                share(Content::Random),
+                share(Content::Text),
+                share(Content::Zero),
+                share(Content::Mixed)
+            ),
+            Data::Files(c) => format!(
+                "{:.0}% zeroes, the rest the bytes of the files under {}",
+                share(Content::Zero),
+                c.root().display()
+            ),
+        };
         println!(
-            "changed: {:.3} GiB in {} extents over a {:.0} GiB image ({:.0}% random, {:.0}% text, {:.0}% zeroes, {:.0}% half text half random), made in {:.1} s in {}",
+            "changed: {:.3} GiB in {} extents over a {:.0} GiB image ({mix}), made in {:.1} s in {}",
             changed as f64 / (1u64 << 30) as f64,
             extents.len(),
             origin_size as f64 / (1u64 << 30) as f64,
-            share(Content::Random),
-            share(Content::Text),
-            share(Content::Zero),
-            share(Content::Mixed),
             t.elapsed().as_secs_f64(),
             dir.display()
         );
@@ -255,6 +402,11 @@ impl Workload {
 /// An image of `size` bytes: 4 MiB runs of data (half text, half random)
 /// and of zeroes (written, as on a device), alternating: the seed's image.
 pub fn half_zero_image(path: &Path, size: u64) {
+    half_zero_image_with(path, size, &mut Data::Synthetic)
+}
+
+/// The same image, its data runs holding `data`.
+pub fn half_zero_image_with(path: &Path, size: u64, source: &mut Data) {
     use std::io::Write;
     const RUN: usize = 4 << 20;
     let mut f = File::create(path).unwrap();
@@ -266,8 +418,13 @@ pub fn half_zero_image(path: &Path, size: u64) {
     while at < size {
         let len = RUN.min((size - at) as usize);
         if n % 2 == 0 {
-            text(&mut rng, &mut data[..RUN / 2]);
-            rng.fill(&mut data[RUN / 2..]);
+            match source {
+                Data::Files(c) => c.fill(&mut data),
+                Data::Synthetic => {
+                    text(&mut rng, &mut data[..RUN / 2]);
+                    rng.fill(&mut data[RUN / 2..]);
+                }
+            }
             f.write_all(&data[..len]).unwrap();
         } else {
             f.write_all(&zeroes[..len]).unwrap();

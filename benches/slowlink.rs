@@ -221,7 +221,7 @@ fn delta(dir: &Path, rsh: &str, gib: f64, rounds: usize, have_zstd: bool, data: 
         for _ in 0..rounds {
             make_copy(&copy, work.origin_size, &work.extents);
             let _ = fs::remove_file(format!("{}.lvmsync-state", copy.display()));
-            let (secs, doc) = sync(&rsh, codec, &delta_args, &dest);
+            let (secs, doc) = sync(rsh, codec, &delta_args, &dest);
             times.push(secs);
             wire = doc["bytes_on_wire"].as_u64().unwrap();
             if let Some(a) = doc["auto"].as_object() {
@@ -239,7 +239,7 @@ fn delta(dir: &Path, rsh: &str, gib: f64, rounds: usize, have_zstd: bool, data: 
         let mut wire = 0;
         let piped = dir.join("piped.bin");
         for _ in 0..rounds {
-            let (secs, b) = pipe(&rsh, &raw, &piped);
+            let (secs, b) = pipe(rsh, &raw, &piped);
             times.push(secs);
             wire = b;
         }
@@ -273,7 +273,7 @@ fn seed(dir: &Path, rsh: &str, seed_gib: f64, rounds: usize, have_zstd: bool, da
             let _ = fs::remove_file(&copy);
             let _ = fs::remove_file(format!("{}.lvmsync-state", copy.display()));
             let args = ["--full", "--create", image.to_str().unwrap()];
-            let (secs, doc) = sync(&rsh, codec, &args, &dest);
+            let (secs, doc) = sync(rsh, codec, &args, &dest);
             times.push(secs);
             wire = doc["bytes_on_wire"].as_u64().unwrap();
             if let Some(a) = doc["auto"].as_object() {
@@ -291,7 +291,7 @@ fn seed(dir: &Path, rsh: &str, seed_gib: f64, rounds: usize, have_zstd: bool, da
         let mut wire = 0;
         for _ in 0..rounds {
             let _ = fs::remove_file(&copy);
-            let (secs, b) = pipe(&rsh, &image, &copy);
+            let (secs, b) = pipe(rsh, &image, &copy);
             times.push(secs);
             wire = b;
         }

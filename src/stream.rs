@@ -32,9 +32,10 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3Default};
 pub const MAGIC: [u8; 8] = [0x89, b'L', b'V', b'M', b'S', b'D', b'\r', b'\n'];
 /// The newest format version, which this code reads and writes. A stream
 /// is written in the oldest version that can carry it (see
-/// [`Compression::version`]): version 3 added zstd, so a stream without
-/// zstd is version 2 and readers that know only version 2 read it.
-pub const VERSION: u32 = 3;
+/// [`Compression::version`]): version 3 added zstd and version 4 GROUP
+/// records, which only zstd streams have, so a stream without zstd is
+/// version 2 and readers that know only version 2 read it.
+pub const VERSION: u32 = 4;
 /// The oldest format version this code reads.
 pub const OLDEST_VERSION: u32 = 2;
 
@@ -62,6 +63,12 @@ pub const PREAMBLE_LEN: usize = 16;
 pub const KIND_DATA: u8 = b'D';
 pub const KIND_ZERO: u8 = b'Z';
 pub const KIND_END: u8 = b'E';
+/// GROUP (format version 4): its payload is one zstd frame holding whole
+/// raw DATA and ZERO records, back to back, so that small records are
+/// compressed together rather than each on its own.
+pub const KIND_GROUP: u8 = b'G';
+/// The most bytes the records in a GROUP take, decompressed.
+pub const MAX_GROUP_LEN: u32 = 2 << 20;
 /// DATA flag: the payload is an lz4 block.
 pub const FLAG_LZ4: u8 = 1;
 /// DATA flag: the payload is one zstd frame (format version 3). Never set
@@ -204,8 +211,18 @@ impl Compression {
     };
 
     /// The format version of a stream written with this compression: the
-    /// oldest that has it.
+    /// oldest that has all a writer may put in it (a zstd stream may have
+    /// GROUP records: version 4).
     pub fn version(self) -> u32 {
+        match self {
+            Compression::None | Compression::Lz4 => 2,
+            Compression::Zstd { .. } => 4,
+        }
+    }
+
+    /// The format version that added it: a stream of an older version
+    /// cannot say it.
+    pub fn added_in(self) -> u32 {
         match self {
             Compression::None | Compression::Lz4 => 2,
             Compression::Zstd { .. } => 3,
@@ -586,6 +603,14 @@ impl<W: Write> Writer<W> {
         })
     }
 
+    /// Whether the records appended may come in GROUP records (see
+    /// [`Encoder::group`]): in a zstd stream whose records are not located
+    /// one by one ([`Writer::keep_locations`]: an archive's records are
+    /// read alone, and a GROUP's only together).
+    pub fn may_group(&self) -> bool {
+        matches!(self.encoder.compression(), Compression::Zstd { .. }) && self.locations.is_none()
+    }
+
     /// From now on, keeps where each record goes (see
     /// [`Writer::take_locations`]): memory grows by 32 bytes a record.
     pub fn keep_locations(&mut self) {
@@ -921,6 +946,85 @@ impl Encoder {
         out.totals.zero_bytes += u64::from(length);
         Ok(())
     }
+
+    /// The records of `raw` (encoded without compression, in order) into
+    /// `out`: as one GROUP record when the stream is zstd, they are two or
+    /// more, and its frame is smaller than they are; else one by one, each
+    /// compressed as [`Encoder::data`] does.
+    pub fn group(&mut self, raw: &Encoded, out: &mut Encoded) -> io::Result<()> {
+        if self.try_group(raw, out)? {
+            return Ok(());
+        }
+        let bytes = raw.as_bytes();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let head = bytes
+                .get(pos..pos + RECORD_HEADER_LEN)
+                .and_then(|b| RecordHeader::decode(b.try_into().ok()?))
+                .ok_or_else(|| io::Error::other("a record to group is not a whole record"))?;
+            let stored = head.stored as usize;
+            let start = pos + RECORD_HEADER_LEN;
+            match head.kind {
+                KIND_ZERO => self.zero(head.offset, u64::from(head.length), out)?,
+                _ => self.data(head.offset, &bytes[start..start + stored], out)?,
+            }
+            pos = start + stored;
+        }
+        Ok(())
+    }
+
+    /// [`Encoder::group`]'s GROUP record, if it makes one.
+    fn try_group(&mut self, raw: &Encoded, out: &mut Encoded) -> io::Result<bool> {
+        let bytes = raw.as_bytes();
+        let Compression::Zstd { level } = self.compression else {
+            return Ok(false);
+        };
+        if self.level == Some(None)
+            || raw.totals.records < 2
+            || bytes.len() > MAX_GROUP_LEN as usize
+        {
+            return Ok(false);
+        }
+        if self.zstd.is_none() {
+            let level = match self.level {
+                Some(Some(l)) => l,
+                _ => level.clamp(*ZSTD_LEVELS.start(), *ZSTD_LEVELS.end()),
+            };
+            self.zstd = Some(zstd::bulk::Compressor::new(level)?);
+        }
+        let first = RecordHeader::decode(
+            bytes[..RECORD_HEADER_LEN]
+                .try_into()
+                .expect("RECORD_HEADER_LEN bytes"),
+        )
+        .ok_or_else(|| io::Error::other("a record to group is not a whole record"))?;
+        let room = out.room(RECORD_HEADER_LEN + bytes.len());
+        let Some(z) = self.zstd.as_mut() else {
+            return Ok(false);
+        };
+        let Ok(stored) =
+            z.compress_to_buffer(bytes, &mut room[RECORD_HEADER_LEN..][..bytes.len() - 1])
+        else {
+            return Ok(false);
+        };
+        let head = RecordHeader {
+            kind: KIND_GROUP,
+            flags: FLAG_ZSTD,
+            length: bytes.len() as u32,
+            offset: first.offset,
+            stored: stored as u32,
+            checksum: xxh3_64(bytes),
+        }
+        .encode();
+        room[..RECORD_HEADER_LEN].copy_from_slice(&head);
+        out.used += RECORD_HEADER_LEN + stored;
+        let t = &raw.totals;
+        out.totals.records += t.records;
+        out.totals.data_bytes += t.data_bytes;
+        out.totals.zero_bytes += t.zero_bytes;
+        out.totals.payload_bytes += stored as u64;
+        Ok(true)
+    }
 }
 
 fn record_length(len: usize) -> io::Result<u32> {
@@ -952,8 +1056,11 @@ pub struct Record<'a> {
     pub offset: u64,
     pub length: u64,
     pub kind: RecordKind,
-    /// Payload bytes it took in the stream.
+    /// Payload bytes it took in the stream (0 in a GROUP, whose payload
+    /// holds it).
     pub stored: u64,
+    /// It came in a GROUP record (then `at` is the GROUP's).
+    pub grouped: bool,
     /// The extent's new content (empty for ZERO).
     pub content: &'a [u8],
 }
@@ -984,6 +1091,22 @@ pub struct Reader<R: Read> {
     content: Vec<u8>,
     decoder: Decoder,
     end: Option<End>,
+    /// The GROUP whose records are being handed out, and its records
+    /// (decompressed and checked as a whole).
+    group: Option<Group>,
+    group_body: Vec<u8>,
+}
+
+/// Where a [`Reader`] is in a GROUP record.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    /// The stream offset of its header.
+    at: u64,
+    /// Its first record's offset, as its header says.
+    offset: u64,
+    /// Bytes of its records, and how far they have been handed out.
+    len: usize,
+    pos: usize,
 }
 
 impl<R: Read> Reader<R> {
@@ -1060,12 +1183,12 @@ impl<R: Read> Reader<R> {
             .map_err(|e| StreamError::DamagedHeader {
                 reason: format!("its checksum holds but it cannot be decoded ({e})"),
             })?;
-        if header.compression.version() > version {
+        if header.compression.added_in() > version {
             return Err(StreamError::DamagedHeader {
                 reason: format!(
                     "it says {} compression, which format version {version} does not have (version {} added it)",
                     header.compression.codec(),
-                    header.compression.version()
+                    header.compression.added_in()
                 ),
             });
         }
@@ -1097,6 +1220,8 @@ impl<R: Read> Reader<R> {
             content: vec![0u8; MAX_RECORD_LEN as usize],
             decoder: Decoder::new(),
             end: None,
+            group: None,
+            group_body: Vec::new(),
         })
     }
 
@@ -1146,6 +1271,9 @@ impl<R: Read> Reader<R> {
         if self.end.is_some() {
             return Ok(None);
         }
+        if self.group.is_some() {
+            return self.next_in_group().map(Some);
+        }
         let at = self.position;
         let index = self.totals.records;
         let mut raw = [0u8; RECORD_HEADER_LEN];
@@ -1169,6 +1297,10 @@ impl<R: Read> Reader<R> {
             RecordHeader::decode(&raw).ok_or(StreamError::DamagedRecordHeader { index, at })?;
         if head.kind == KIND_END {
             return self.read_end(at, &head).map(|()| None);
+        }
+        if head.kind == KIND_GROUP {
+            self.read_group(at, index, &head, &raw)?;
+            return self.next_in_group().map(Some);
         }
         let bad = |reason: String| StreamError::BadRecord { index, at, reason };
         check_head(&head, self.header.compression, self.header.origin_size).map_err(bad)?;
@@ -1229,11 +1361,162 @@ impl<R: Read> Reader<R> {
             length,
             kind,
             stored: stored as u64,
+            grouped: false,
             content: match kind {
                 RecordKind::Zero => &[],
                 RecordKind::Data { .. } => &self.content[..len],
             },
         }))
+    }
+
+    /// Reads and checks the GROUP record at `at` whose header is `head`
+    /// (`raw`): its frame, decompressed, must be its `length` bytes and
+    /// match its checksum. Its records are then checked one by one as
+    /// they are handed out.
+    fn read_group(
+        &mut self,
+        at: u64,
+        index: u64,
+        head: &RecordHeader,
+        raw: &[u8; RECORD_HEADER_LEN],
+    ) -> Result<(), StreamError> {
+        let bad = |reason: String| StreamError::BadRecord { index, at, reason };
+        if self.version < 4 {
+            return Err(bad(format!(
+                "a GROUP record, which format version {} does not have (version 4 added it)",
+                self.version
+            )));
+        }
+        check_group_head(head, self.header.compression, self.header.origin_size).map_err(bad)?;
+        if head.offset < self.prev_end {
+            return Err(bad(format!(
+                "it starts at offset {}, before the end of the previous record or the offset the delta resumes at ({}); records must be in increasing order without overlap",
+                head.offset, self.prev_end
+            )));
+        }
+        self.hasher.update(raw);
+        let (len, stored) = (head.length as usize, head.stored as usize);
+        if self.payload.len() < stored {
+            self.payload.resize(MAX_GROUP_LEN as usize, 0);
+        }
+        let buf = &mut self.payload[..stored];
+        let n = read_full(&mut self.input, buf, self.position)?;
+        if n < stored {
+            return Err(StreamError::Truncated {
+                at: self.position + n as u64,
+                context: format!(
+                    "inside the payload of the GROUP record that starts at byte {at} (record {index})"
+                ),
+            });
+        }
+        self.hasher.update(buf);
+        self.position += stored as u64;
+        if self.group_body.len() < len {
+            self.group_body.resize(MAX_GROUP_LEN as usize, 0);
+        }
+        self.decoder
+            .decode(head, &self.payload[..stored], &mut self.group_body[..len])
+            .map_err(|reason| StreamError::DamagedPayload { index, at, reason })?;
+        self.totals.payload_bytes += stored as u64;
+        self.group = Some(Group {
+            at,
+            offset: head.offset,
+            len,
+            pos: 0,
+        });
+        Ok(())
+    }
+
+    /// The next record of the current GROUP, checked as any record is: a
+    /// raw DATA or a ZERO record, in order, within the origin.
+    fn next_in_group(&mut self) -> Result<Record<'_>, StreamError> {
+        let Some(mut g) = self.group else {
+            return Err(StreamError::BadRecord {
+                index: self.totals.records,
+                at: self.position,
+                reason: "no GROUP record is being read".into(),
+            });
+        };
+        let index = self.totals.records;
+        let at = g.at;
+        let bad = |reason: String| StreamError::BadRecord {
+            index,
+            at,
+            reason: format!("in the GROUP record at byte {at}: {reason}"),
+        };
+        let body = &self.group_body[..g.len];
+        let raw: &[u8; RECORD_HEADER_LEN] = body
+            .get(g.pos..g.pos + RECORD_HEADER_LEN)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "its records end with {} bytes that are not a whole record header",
+                    g.len - g.pos
+                ))
+            })?;
+        let head = RecordHeader::decode(raw)
+            .ok_or_else(|| bad(format!("the header of record {index} in it is damaged")))?;
+        if !matches!((head.kind, head.flags), (KIND_DATA, 0) | (KIND_ZERO, 0)) {
+            return Err(bad(format!(
+                "a record of kind 0x{:02x} with flags 0x{:02x}: a GROUP holds raw DATA and ZERO records only",
+                head.kind, head.flags
+            )));
+        }
+        check_head(&head, Compression::None, self.header.origin_size).map_err(bad)?;
+        if g.pos == 0 && head.offset != g.offset {
+            return Err(bad(format!(
+                "its first record starts at offset {}, not at the GROUP's offset {}",
+                head.offset, g.offset
+            )));
+        }
+        if head.offset < self.prev_end {
+            return Err(bad(format!(
+                "a record starts at offset {}, before the end of the previous record ({}); records must be in increasing order without overlap",
+                head.offset, self.prev_end
+            )));
+        }
+        let (len, stored) = (head.length as usize, head.stored as usize);
+        let start = g.pos + RECORD_HEADER_LEN;
+        let Some(content) = body.get(start..start + stored) else {
+            return Err(bad(format!(
+                "record {index} in it ends past the end of its records"
+            )));
+        };
+        let kind = if head.kind == KIND_ZERO {
+            RecordKind::Zero
+        } else {
+            if xxh3_64(content) != head.checksum {
+                return Err(StreamError::DamagedPayload {
+                    index,
+                    at,
+                    reason: "content checksum mismatch (a record in a GROUP)".into(),
+                });
+            }
+            self.content[..len].copy_from_slice(content);
+            RecordKind::Data { compressed: true }
+        };
+        g.pos = start + stored;
+        self.group = (g.pos < g.len).then_some(g);
+        let length = u64::from(head.length);
+        self.prev_end = head.offset + length;
+        self.totals.records += 1;
+        match kind {
+            RecordKind::Zero => self.totals.zero_bytes += length,
+            RecordKind::Data { .. } => self.totals.data_bytes += length,
+        }
+        Ok(Record {
+            index,
+            at,
+            offset: head.offset,
+            length,
+            kind,
+            stored: 0,
+            grouped: true,
+            content: match kind {
+                RecordKind::Zero => &[],
+                RecordKind::Data { .. } => &self.content[..len],
+            },
+        })
     }
 
     fn read_end(&mut self, at: u64, head: &RecordHeader) -> Result<(), StreamError> {
@@ -1320,6 +1603,50 @@ impl<R: Read> Reader<R> {
         });
         Ok(())
     }
+}
+
+/// What is wrong with a GROUP record's header, in a stream with this
+/// `compression` and origin size.
+fn check_group_head(
+    head: &RecordHeader,
+    compression: Compression,
+    origin_size: u64,
+) -> Result<(), String> {
+    if head.flags != FLAG_ZSTD {
+        return Err(format!(
+            "a GROUP record with flags 0x{:02x}: its payload is a zstd frame (flags 02)",
+            head.flags
+        ));
+    }
+    if !matches!(compression, Compression::Zstd { .. }) {
+        return Err(format!(
+            "a GROUP record in a stream whose header says {}",
+            match compression {
+                Compression::None => "no compression",
+                other => other.codec(),
+            }
+        ));
+    }
+    if head.length < 2 * RECORD_HEADER_LEN as u32 || head.length > MAX_GROUP_LEN {
+        return Err(format!(
+            "a GROUP record of {} bytes of records (must be {} to {MAX_GROUP_LEN})",
+            head.length,
+            2 * RECORD_HEADER_LEN
+        ));
+    }
+    if head.stored == 0 || head.stored >= head.length {
+        return Err(format!(
+            "zstd payload of {} bytes for {} bytes of records (must be smaller)",
+            head.stored, head.length
+        ));
+    }
+    if head.offset >= origin_size {
+        return Err(format!(
+            "it starts at offset {}, past the end of the origin ({origin_size} bytes)",
+            head.offset
+        ));
+    }
+    Ok(())
 }
 
 /// What is wrong with a DATA or ZERO record's header, in a stream with
@@ -1733,7 +2060,7 @@ mod tests {
             err.to_string(),
             format!("delta format version 9, but this lvmsync-rs reads versions {OLDEST_VERSION} to {VERSION} only: it was written by a newer lvmsync-rs; use one that knows version 9")
         );
-        for version in [1, 4] {
+        for version in [1, 5] {
             bytes[8] = version;
             assert!(
                 matches!(read_all(&bytes), Err(StreamError::UnknownVersion { found, .. }) if found == u32::from(version))
@@ -1861,9 +2188,9 @@ mod tests {
             w.data(3 << 20, &text[..1]).unwrap();
             w.data(4 << 20, small).unwrap();
             let (bytes, totals, _) = w.finish().unwrap();
-            assert_eq!(LittleEndian::read_u32(&bytes[8..12]), 3, "level {level}");
+            assert_eq!(LittleEndian::read_u32(&bytes[8..12]), 4, "level {level}");
             let r = Reader::open(&bytes[..]).unwrap();
-            assert_eq!((r.version(), r.header().compression), (3, c));
+            assert_eq!((r.version(), r.header().compression), (4, c));
             let recs = read_all(&bytes).unwrap();
             let zstd = RecordKind::Data { compressed: true };
             let raw = RecordKind::Data { compressed: false };
@@ -2040,6 +2367,282 @@ mod tests {
         }
     }
 
+    /// A zstd stream (version 4, origin of 64 MiB) of `records` (each
+    /// `(offset, content, zero)`), grouped by [`Encoder::group`].
+    fn grouped(records: &[(u64, Vec<u8>, bool)]) -> (Vec<u8>, Totals) {
+        let mut raw = Encoded::new();
+        let plain = Encoder::new(Compression::None);
+        let mut plain = plain;
+        for (offset, content, zero) in records {
+            if *zero {
+                plain.zero(*offset, content.len() as u64, &mut raw).unwrap();
+            } else {
+                plain.data(*offset, content, &mut raw).unwrap();
+            }
+        }
+        let mut out = Encoded::new();
+        Encoder::new(Compression::ZSTD)
+            .group(&raw, &mut out)
+            .unwrap();
+        let mut w = Writer::new(Vec::new(), &header(64 << 20, Compression::ZSTD)).unwrap();
+        assert!(w.may_group());
+        w.append(&out).unwrap();
+        let (bytes, totals, _) = w.finish().unwrap();
+        (bytes, totals)
+    }
+
+    /// The stream offset of the first record.
+    fn first_record(bytes: &[u8]) -> usize {
+        24 + LittleEndian::read_u32(&bytes[12..16]) as usize
+    }
+
+    /// A GROUP record at `offset` whose records are `body`, as bytes.
+    fn group_record(offset: u64, body: &[u8]) -> Vec<u8> {
+        let frame = zstd::bulk::compress(body, 3).unwrap();
+        let mut out = RecordHeader {
+            kind: KIND_GROUP,
+            flags: FLAG_ZSTD,
+            length: body.len() as u32,
+            offset,
+            stored: frame.len() as u32,
+            checksum: xxh3_64(body),
+        }
+        .encode()
+        .to_vec();
+        out.extend_from_slice(&frame);
+        out
+    }
+
+    /// A stream of `version` (its header and END fixed to match) holding
+    /// `records` as they are.
+    fn stream_of(
+        version: u8,
+        compression: Compression,
+        records: &[u8],
+        totals: &Totals,
+    ) -> Vec<u8> {
+        let w = Writer::new(Vec::new(), &header(64 << 20, compression)).unwrap();
+        let (empty, _, _) = w.finish().unwrap();
+        let mut bytes = empty[..empty.len() - END_LEN].to_vec();
+        bytes[8] = version;
+        let n = LittleEndian::read_u32(&bytes[12..16]) as usize;
+        let sum = xxh3_64(&bytes[..16 + n]);
+        LittleEndian::write_u64(&mut bytes[16 + n..24 + n], sum);
+        bytes.extend_from_slice(records);
+        let end = encode_end(totals, digest(&bytes));
+        bytes.extend_from_slice(&end);
+        bytes
+    }
+
+    /// Raw records as a GROUP holds them.
+    fn raw_records(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let mut raw = Encoded::new();
+        let mut plain = Encoder::new(Compression::None);
+        for (offset, content) in records {
+            plain.data(*offset, content, &mut raw).unwrap();
+        }
+        raw.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn small_records_travel_in_a_group_and_read_back_as_written() {
+        let records = vec![
+            (4096, text(4096), false),
+            (3 * 4096, vec![0u8; 8192], true),
+            (10 * 4096, text(12288), false),
+            (20 * 4096, text(100), false),
+        ];
+        let (bytes, totals) = grouped(&records);
+        let at = first_record(&bytes);
+        assert_eq!(bytes[at], KIND_GROUP, "one GROUP record");
+        let head = RecordHeader::decode(bytes[at..at + 40].try_into().unwrap()).unwrap();
+        assert_eq!(at + 40 + head.stored as usize + END_LEN, bytes.len());
+        assert_eq!(Reader::open(&bytes[..]).unwrap().version(), 4);
+        let back = read_all(&bytes).unwrap();
+        assert_eq!(back.len(), 4);
+        for ((offset, content, zero), (o, l, kind, c)) in records.iter().zip(&back) {
+            assert_eq!((*o, *l), (*offset, content.len() as u64));
+            if *zero {
+                assert_eq!(*kind, RecordKind::Zero);
+            } else {
+                assert_eq!(*kind, RecordKind::Data { compressed: true });
+                assert_eq!(c, content);
+            }
+        }
+        // The END counts the records in the group, and the GROUP's payload.
+        assert_eq!((totals.records, totals.zero_bytes), (4, 8192));
+        assert_eq!(totals.data_bytes, 4096 + 12288 + 100);
+        assert_eq!(totals.payload_bytes, u64::from(head.stored));
+        // A stream whose records are located one by one has no groups.
+        let mut w = Writer::new(Vec::new(), &header(1 << 20, Compression::ZSTD)).unwrap();
+        w.keep_locations();
+        assert!(!w.may_group());
+        let w = Writer::new(Vec::new(), &header(1 << 20, Compression::Lz4)).unwrap();
+        assert!(!w.may_group());
+    }
+
+    #[test]
+    fn records_that_do_not_shrink_together_are_not_grouped() {
+        let mut noise = vec![0u8; 8192];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let (bytes, _) = grouped(&[
+            (0, noise[..4096].to_vec(), false),
+            (8192, noise[4096..].to_vec(), false),
+        ]);
+        let at = first_record(&bytes);
+        assert_eq!(bytes[at], KIND_DATA);
+        assert_eq!(read_all(&bytes).unwrap().len(), 2);
+        // One record alone is not grouped either.
+        let (bytes, _) = grouped(&[(0, text(4096), false)]);
+        assert_eq!(bytes[first_record(&bytes)], KIND_DATA);
+    }
+
+    #[test]
+    fn a_version_3_stream_reads_and_cannot_hold_a_group() {
+        // zstd records one by one, as version 3 wrote them.
+        let mut raw = Encoded::new();
+        Encoder::new(Compression::ZSTD)
+            .data(0, &text(8192), &mut raw)
+            .unwrap();
+        let t = raw.totals;
+        let v3 = stream_of(3, Compression::ZSTD, raw.as_bytes(), &t);
+        assert_eq!(Reader::open(&v3[..]).unwrap().version(), 3);
+        assert_eq!(read_all(&v3).unwrap()[0].3, text(8192));
+        // A GROUP in it is refused.
+        let body = raw_records(&[(0, text(4096)), (8192, text(4096))]);
+        let group = group_record(0, &body);
+        let totals = Totals {
+            records: 2,
+            data_bytes: 8192,
+            zero_bytes: 0,
+            payload_bytes: group.len() as u64 - 40,
+        };
+        let err = read_all(&stream_of(3, Compression::ZSTD, &group, &totals)).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "a GROUP record, which format version 3 does not have (version 4 added it)"
+            ),
+            "{err}"
+        );
+        // The same in version 4 reads.
+        let back = read_all(&stream_of(4, Compression::ZSTD, &group, &totals)).unwrap();
+        assert_eq!(back.len(), 2);
+        // A GROUP in a stream whose header says lz4 is refused.
+        let err = read_all(&stream_of(4, Compression::Lz4, &group, &totals)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a GROUP record in a stream whose header says lz4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_a_group_holds_is_checked_record_by_record() {
+        let a = (4096u64, text(4096));
+        let b = (4 * 4096u64, text(8192));
+        let check = |body: &[u8], offset: u64, needle: &str| {
+            let group = group_record(offset, body);
+            let totals = Totals {
+                records: 2,
+                data_bytes: 4096 + 8192,
+                zero_bytes: 0,
+                payload_bytes: group.len() as u64 - 40,
+            };
+            let err = read_all(&stream_of(4, Compression::ZSTD, &group, &totals)).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+            assert!(!err.to_string().contains('\n'));
+        };
+        // Out of order.
+        check(
+            &raw_records(&[b.clone(), a.clone()]),
+            b.0,
+            "increasing order",
+        );
+        // Overlapping.
+        check(
+            &raw_records(&[a.clone(), (a.0 + 100, text(4096))]),
+            a.0,
+            "increasing order",
+        );
+        // The GROUP's offset is not its first record's.
+        check(
+            &raw_records(&[a.clone(), b.clone()]),
+            0,
+            "not at the GROUP's offset 0",
+        );
+        // Bytes after the last record.
+        let mut tail = raw_records(&[a.clone(), b.clone()]);
+        tail.extend_from_slice(&[1, 2, 3]);
+        check(&tail, a.0, "3 bytes that are not a whole record header");
+        // A compressed record in it.
+        let mut lz = Encoded::new();
+        let mut e = Encoder::new(Compression::Lz4);
+        e.data(a.0, &a.1, &mut lz).unwrap();
+        e.data(b.0, &b.1, &mut lz).unwrap();
+        check(
+            lz.as_bytes(),
+            a.0,
+            "a GROUP holds raw DATA and ZERO records only",
+        );
+        // A record past the origin's end.
+        check(
+            &raw_records(&[a.clone(), (64 << 20, text(4096))]),
+            a.0,
+            "past the end of the origin",
+        );
+        // A record whose content does not match its checksum: the GROUP's
+        // own checksum is made to match, so the record's check must fail.
+        let mut body = raw_records(&[a.clone(), b.clone()]);
+        body[50] ^= 1;
+        check(&body, a.0, "content checksum mismatch");
+        // A GROUP whose frame does not decompress to its length.
+        let good = raw_records(&[a.clone(), b.clone()]);
+        let mut group = group_record(a.0, &good);
+        LittleEndian::write_u32(&mut group[4..8], good.len() as u32 + 1);
+        let sum = xxh3_64(&group[..32]);
+        LittleEndian::write_u64(&mut group[32..40], sum);
+        let totals = Totals {
+            records: 2,
+            data_bytes: 12288,
+            zero_bytes: 0,
+            payload_bytes: group.len() as u64 - 40,
+        };
+        let err = read_all(&stream_of(4, Compression::ZSTD, &group, &totals)).unwrap_err();
+        assert!(err.to_string().contains("damaged payload"), "{err}");
+    }
+
+    #[test]
+    fn every_flipped_bit_of_a_group_is_caught() {
+        let records = vec![
+            (4096, text(4096), false),
+            (3 * 4096, vec![0u8; 4096], true),
+            (10 * 4096, text(8192), false),
+        ];
+        let (bytes, _) = grouped(&records);
+        let good = read_all(&bytes).unwrap();
+        let start = first_record(&bytes);
+        for i in start..bytes.len() {
+            for bit in [0, 3, 7] {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                match read_all(&b) {
+                    Err(_) => {}
+                    Ok(back) => panic!(
+                        "byte {i} bit {bit} flipped, and it read back ({} records, same: {})",
+                        back.len(),
+                        back == good
+                    ),
+                }
+            }
+        }
+    }
+
     #[test]
     fn damaged_zstd_payloads_are_refused_in_one_line() {
         let content = text(100_000);
@@ -2187,6 +2790,10 @@ mod tests {
         }
         assert_eq!(
             [Compression::None, Compression::Lz4, Compression::ZSTD].map(Compression::version),
+            [2, 2, 4]
+        );
+        assert_eq!(
+            [Compression::None, Compression::Lz4, Compression::ZSTD].map(Compression::added_in),
             [2, 2, 3]
         );
     }

@@ -134,6 +134,7 @@ fn json<R: Read>(
         kind: &'static str,
         compressed: bool,
         stored: u64,
+        grouped: bool,
     }
     write!(out, "{{\"command\":\"inspect\",\"delta\":")?;
     serde_json::to_writer(&mut *out, name)?;
@@ -169,6 +170,7 @@ fn json<R: Read>(
                         kind,
                         compressed,
                         stored: rec.stored,
+                        grouped: rec.grouped,
                     },
                 )?;
             }
@@ -244,10 +246,15 @@ fn text<R: Read>(
                 if rec.kind != RecordKind::Zero {
                     data_records += 1;
                 }
+                let stored = if rec.grouped {
+                    "in group".to_string()
+                } else {
+                    rec.stored.to_string()
+                };
                 writeln!(
                     out,
                     "{:>16} {:>20} {:>10}  {:<8} {:>10}",
-                    rec.at, rec.offset, rec.length, kind, rec.stored
+                    rec.at, rec.offset, rec.length, kind, stored
                 )?;
             }
             Ok(None) => break None,

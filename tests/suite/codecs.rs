@@ -63,12 +63,14 @@ fn send(c: &Change, how: &str, out: &Path) {
 }
 
 /// A record as `inspect --json` lists it: where it is in the delta, its
-/// offset and length in the origin, whether it is compressed.
+/// offset and length in the origin, whether it is compressed, and whether
+/// it came in a GROUP record (then `at` is the GROUP's).
 struct Rec {
     at: usize,
     offset: u64,
     length: u64,
     compressed: bool,
+    grouped: bool,
 }
 
 fn inspect(delta: &Path) -> (serde_json::Value, Vec<Rec>) {
@@ -82,6 +84,7 @@ fn inspect(delta: &Path) -> (serde_json::Value, Vec<Rec>) {
             offset: r["offset"].as_u64().unwrap(),
             length: r["length"].as_u64().unwrap(),
             compressed: r["compressed"].as_bool().unwrap(),
+            grouped: r["grouped"].as_bool().unwrap(),
         })
         .collect();
     (doc, recs)
@@ -94,9 +97,9 @@ fn each_codec_round_trips_through_send_piped_into_apply() {
     let cases: [(&str, u64, &str, Option<i64>); 5] = [
         ("none", 2, "none", None),
         ("lz4", 2, "lz4", None),
-        ("zstd:1", 3, "zstd", Some(1)),
-        ("zstd", 3, "zstd", Some(3)),
-        ("zstd:19", 3, "zstd", Some(19)),
+        ("zstd:1", 4, "zstd", Some(1)),
+        ("zstd", 4, "zstd", Some(3)),
+        ("zstd:19", 4, "zstd", Some(19)),
     ];
     let mut sizes = Vec::new();
     for (how, version, codec, level) in cases {
@@ -142,8 +145,14 @@ fn each_codec_round_trips_through_send_piped_into_apply() {
             .find(|r| r.offset == RANDOM_RUN * CHUNK)
             .expect("the random run's record");
         assert_eq!(random.length, 60 * CHUNK);
-        assert!(!random.compressed, "{how}: random data is stored raw");
+        // Raw, or in a GROUP (whose frame stores it raw within).
+        assert!(
+            !random.compressed || random.grouped,
+            "{how}: random data is stored raw"
+        );
         assert_eq!(recs.iter().any(|r| r.compressed), how != "none", "{how}");
+        // zstd sends the small extents in GROUP records; the others never.
+        assert_eq!(recs.iter().any(|r| r.grouped), codec == "zstd", "{how}");
         let copy = c.copy_of_old("file.img");
         assert_ok(&run(&["apply", s(&delta), s(&copy)]));
         assert_same(&copy, &c.new, &format!("{how}: from a file"));
@@ -161,9 +170,10 @@ fn each_codec_round_trips_through_send_piped_into_apply() {
     assert_ok(&o);
     let text = stdout(&o);
     for needle in [
-        "format:       version 3, written by lvmsync-rs ",
+        "format:       version 4, written by lvmsync-rs ",
         "compression:  zstd, level 3",
         "data zstd",
+        "in group",
         "check:        whole: every checksum holds",
     ] {
         assert!(text.contains(needle), "{needle:?} in {text}");
@@ -283,7 +293,23 @@ fn refused(
 
 #[test]
 fn a_codec_flag_that_is_unknown_or_not_the_headers_is_refused() {
-    let c = change("codecs-flags");
+    // The small extents of `change`, and one of 2 MiB of words after
+    // them: its pieces of 1 MiB are zstd DATA records of their own, not
+    // in a GROUP.
+    let small = (0..256u64).filter_map(|c| match c % 16 {
+        0..=5 => Some((c, Fill::Words)),
+        6 => Some((c, Fill::Random)),
+        9 => Some((c, Fill::Zero)),
+        _ => None,
+    });
+    let big = (512..1024).map(|c| (c, Fill::Words));
+    let c = Change::new(
+        scratch("codecs-flags"),
+        6 << 20,
+        CHUNK,
+        0x0dd5_eed5_1234_5679,
+        small.chain(big),
+    );
     let zstd_delta = c.path("zstd.lvd");
     let lz4_delta = c.path("lz4.lvd");
     send(&c, "zstd", &zstd_delta);
@@ -294,7 +320,12 @@ fn a_codec_flag_that_is_unknown_or_not_the_headers_is_refused() {
     let (_, lrecs) = inspect(&lz4_delta);
     // A compressed record past the first, so that the ones before it are
     // written and it is not.
-    let k = zrecs.iter().skip(1).position(|r| r.compressed).unwrap() + 1;
+    let k = zrecs
+        .iter()
+        .skip(1)
+        .position(|r| r.compressed && !r.grouped)
+        .unwrap()
+        + 1;
     let at = zrecs[k].at;
     assert_eq!(zstd[at + 1], stream::FLAG_ZSTD);
     let invalid = format!("invalid record at byte {at} (record {k}): ");
@@ -315,6 +346,29 @@ fn a_codec_flag_that_is_unknown_or_not_the_headers_is_refused() {
         let err = refused(&c, &zrecs, &name, &bytes, needle, 5, k);
         assert!(err.contains(&invalid), "{name}: {err}");
     }
+    // A GROUP record's flags: 02 only.
+    let k = zrecs.iter().position(|r| r.grouped).unwrap();
+    let at = zrecs[k].at;
+    assert_eq!(zstd[at], stream::KIND_GROUP);
+    for flags in [0, stream::FLAG_LZ4, stream::FLAG_ZSTD | 4] {
+        let name = format!("group-flags-{flags:02x}");
+        let bytes = with_flags(&zstd, at, flags);
+        let err = refused(
+            &c,
+            &zrecs,
+            &name,
+            &bytes,
+            &format!(
+                "a GROUP record with flags 0x{flags:02x}: its payload is a zstd frame (flags 02)"
+            ),
+            5,
+            k,
+        );
+        assert!(
+            err.contains(&format!("invalid record at byte {at} (record {k}): ")),
+            "{name}: {err}"
+        );
+    }
     // A zstd flag in a version 2 (lz4) delta.
     let k = lrecs.iter().skip(1).position(|r| r.compressed).unwrap() + 1;
     let bytes = with_flags(&lz4, lrecs[k].at, stream::FLAG_ZSTD);
@@ -330,13 +384,13 @@ fn a_codec_flag_that_is_unknown_or_not_the_headers_is_refused() {
 
     // A newer version is refused (exit 4), before anything is written.
     let mut newer = zstd.clone();
-    newer[8] = 4;
+    newer[8] = 5;
     refused(
         &c,
         &zrecs,
-        "version-4",
+        "version-5",
         &newer,
-        "delta format version 4, but this lvmsync-rs reads versions 2 to 3 only: it was written by a newer lvmsync-rs",
+        "delta format version 5, but this lvmsync-rs reads versions 2 to 4 only: it was written by a newer lvmsync-rs",
         4,
         0,
     );
@@ -475,9 +529,9 @@ fn auto_says_what_it_chose_and_its_delta_applies() {
     let auto = &doc["auto"];
     assert!(auto["chose"].as_str().unwrap().starts_with("zstd:") || auto["chose"] == "raw");
     assert!(!auto["why"].as_str().unwrap().is_empty(), "{doc}");
-    // A zstd stream (version 3) whatever the levels.
+    // A zstd stream (version 4) whatever the levels.
     let (doc, _) = inspect(&delta);
-    assert_eq!(doc["format_version"], 3);
+    assert_eq!(doc["format_version"], 4);
     assert_eq!(doc["header"]["compression"], "zstd");
     let copy = c.copy_of_old("copy.img");
     assert_ok(&run(&["apply", s(&delta), s(&copy)]));

@@ -17,7 +17,9 @@ use crate::common::images::{delta_bytes, image_header, random};
 use crate::common::scratch;
 use lvmsync::apply::{self, Options};
 use lvmsync::cowgen::Rng;
-use lvmsync::stream::{Compression, Reader, RecordKind, RECORD_HEADER_LEN};
+use lvmsync::stream::{
+    Compression, Encoded, Encoder, Reader, RecordKind, KIND_GROUP, RECORD_HEADER_LEN,
+};
 
 const SIZE: usize = 2 << 20;
 
@@ -25,14 +27,42 @@ const SIZE: usize = 2 << 20;
 /// records that it shrinks and ones it cannot, ZERO records, a record of
 /// 64 KiB, in offset order.
 fn good_delta(seed: u64, compression: Compression) -> Vec<u8> {
+    delta_of(seed, compression, false)
+}
+
+/// The same records; with `grouped`, each four of them in a GROUP record
+/// (zstd), as `send` groups small extents.
+fn delta_of(seed: u64, compression: Compression, grouped: bool) -> Vec<u8> {
     let noise = random(SIZE, seed);
     let header = lvmsync::stream::Header {
         compression,
         ..image_header(SIZE as u64, 4096)
     };
     delta_bytes(&header, |w| {
+        let mut plain = Encoder::new(Compression::None);
+        let mut raw = Encoded::new();
+        let mut out = Encoded::new();
         for i in 0..40u64 {
             let at = i * 24 * 1024 + (seed % 7) * 512;
+            if grouped {
+                match i % 4 {
+                    0 => plain.zero(at, 4096, &mut raw).unwrap(),
+                    1 => plain
+                        .data(at, &noise[at as usize..at as usize + 4096], &mut raw)
+                        .unwrap(),
+                    2 => plain
+                        .data(at, &[b'a' + (i % 26) as u8; 8192], &mut raw)
+                        .unwrap(),
+                    _ => plain.data(at, &noise[..2048], &mut raw).unwrap(),
+                }
+                if i % 4 == 3 {
+                    out.clear();
+                    Encoder::new(compression).group(&raw, &mut out).unwrap();
+                    w.append(&out).unwrap();
+                    raw.clear();
+                }
+                continue;
+            }
             match i % 4 {
                 0 => w.zero(at, 4096).unwrap(),
                 1 => w.data(at, &noise[at as usize..at as usize + 4096]).unwrap(),
@@ -52,6 +82,8 @@ fn boundaries(delta: &[u8]) -> (Vec<usize>, usize) {
     while let Some(rec) = r.next_record().unwrap() {
         starts.push(rec.at as usize);
     }
+    // The records of a GROUP share its start: it is one record here.
+    starts.dedup();
     let end = delta.len() - lvmsync::stream::END_LEN;
     (starts, end)
 }
@@ -84,7 +116,9 @@ fn forge(delta: &mut [u8], at: usize, change: impl FnOnce(&mut [u8])) {
 /// A change to a record header's 40 bytes.
 type Forgery = Box<dyn Fn(&mut [u8])>;
 
-fn mutants(good: &[u8], other: &[u8]) -> Vec<(String, Vec<u8>)> {
+/// The mutants of `good`: every byte flipped up to `flips` (the header and
+/// the first records when `None`), and the rest as below.
+fn mutants(good: &[u8], other: &[u8], flips: Option<usize>) -> Vec<(String, Vec<u8>)> {
     let (starts, end) = boundaries(good);
     let (o_starts, o_end) = boundaries(other);
     let record = |d: &[u8], s: &[usize], e: usize, i: usize| {
@@ -95,7 +129,7 @@ fn mutants(good: &[u8], other: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut rng = Rng(0x5eed_1234);
     // Bits flipped: every byte of the header and the first records, then
     // random ones everywhere.
-    for i in 0..starts[2] {
+    for i in 0..flips.unwrap_or(starts[2]) {
         let mut m = good.to_vec();
         m[i] ^= 1 << (i % 8);
         out.push((format!("flip byte {i}"), m));
@@ -198,9 +232,43 @@ fn every_mutant_of_a_zstd_delta_is_refused_and_only_checked_records_are_written(
     every_mutant_is_refused("mutation-zstd", Compression::ZSTD);
 }
 
+#[test]
+fn every_mutant_of_a_zstd_delta_in_groups_is_refused_and_only_checked_records_are_written() {
+    let good = delta_of(1, Compression::ZSTD, true);
+    // Groups, each a record of the stream.
+    let (starts, _) = boundaries(&good);
+    assert_eq!(starts.len(), 11, "10 GROUP records and one DATA record");
+    assert!(starts[..10].iter().all(|&at| good[at] == KIND_GROUP));
+    // Every byte of the header, of the first GROUP's header and of the
+    // start of its frame flipped (the stream unit tests flip every byte of
+    // a GROUP as the reader reads it).
+    let flips = starts[0] + RECORD_HEADER_LEN + 1000;
+    mutants_are_refused(
+        "mutation-zstd-groups",
+        Compression::ZSTD,
+        good,
+        delta_of(2, Compression::ZSTD, true),
+        Some(flips),
+    );
+}
+
 fn every_mutant_is_refused(name: &str, compression: Compression) {
-    let good = good_delta(1, compression);
-    let other = good_delta(2, compression);
+    mutants_are_refused(
+        name,
+        compression,
+        good_delta(1, compression),
+        good_delta(2, compression),
+        None,
+    );
+}
+
+fn mutants_are_refused(
+    name: &str,
+    compression: Compression,
+    good: Vec<u8>,
+    other: Vec<u8>,
+    flips: Option<usize>,
+) {
     // Both codecs' deltas have records it compresses and ones it stores
     // raw.
     let mut r = Reader::open(&good[..]).unwrap();
@@ -226,8 +294,9 @@ fn every_mutant_is_refused(name: &str, compression: Compression) {
     fs::write(&dest, &base).unwrap();
     apply::apply(&good[..], "good", &dest, &Options::default()).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), expected(&base, &good));
-    let all = mutants(&good, &other);
-    assert!(all.len() > 3000, "only {} mutants", all.len());
+    let all = mutants(&good, &other, flips);
+    let least = if flips.is_some() { 2000 } else { 3000 };
+    assert!(all.len() > least, "only {} mutants", all.len());
     let mut failures = Vec::new();
     for (what, m) in &all {
         fs::write(&dest, &base).unwrap();

@@ -225,7 +225,13 @@ fn delta(dir: &Path, rsh: &str, gib: f64, rounds: usize, have_zstd: bool, data: 
             times.push(secs);
             wire = doc["bytes_on_wire"].as_u64().unwrap();
             if let Some(a) = doc["auto"].as_object() {
-                why = format!(" ({}: {})", a["chose"], a["why"]);
+                why = format!(
+                    " ({} for {:.0}%, {} changes: {})",
+                    a["chose"],
+                    a["share"].as_f64().unwrap_or(0.0) * 100.0,
+                    a["changes"],
+                    a["why"]
+                );
             }
         }
         rows.push((
@@ -277,7 +283,13 @@ fn seed(dir: &Path, rsh: &str, seed_gib: f64, rounds: usize, have_zstd: bool, da
             times.push(secs);
             wire = doc["bytes_on_wire"].as_u64().unwrap();
             if let Some(a) = doc["auto"].as_object() {
-                why = format!(" ({}: {})", a["chose"], a["why"]);
+                why = format!(
+                    " ({} for {:.0}%, {} changes: {})",
+                    a["chose"],
+                    a["share"].as_f64().unwrap_or(0.0) * 100.0,
+                    a["changes"],
+                    a["why"]
+                );
             }
         }
         rows.push((

@@ -83,6 +83,11 @@ pub const START: usize = 4;
 /// Input bytes between two decisions.
 pub const WINDOW: u64 = 8 << 20;
 
+/// Record bytes an output may take before it says anything of the speed
+/// of what is behind it: more than a pipe (1 MiB), ssh's channel window
+/// (2 MiB and more) and the sockets' buffers hold together.
+pub const BUFFERED: u64 = 16 << 20;
+
 /// How a level name reads: `raw`, `zstd:-5`, `zstd:3`.
 pub fn level_name(step: usize) -> String {
     match LADDER[step] {
@@ -142,7 +147,10 @@ pub enum Reason {
 ///   10% to spare): one step faster;
 /// - the sink takes less than half of what the encoders make, and the
 ///   next stronger level, as last measured, would still make more than
-///   the sink takes (or is not measured yet): one step stronger;
+///   the sink takes (or is not measured yet): one step stronger; two
+///   when the sink takes less than an eighth and the level two steps up
+///   passes the same test (a short delta over a slow link would
+///   otherwise be mostly over before auto got there);
 /// - otherwise: stay.
 pub fn decide(step: usize, w: &Window, measured: &[f64; LADDER.len()]) -> (usize, Reason) {
     let encode = w.encode_rate();
@@ -150,13 +158,18 @@ pub fn decide(step: usize, w: &Window, measured: &[f64; LADDER.len()]) -> (usize
     if encode < sink * 1.1 && step > 0 {
         return (step - 1, Reason::EncoderBound);
     }
-    if sink * 2.0 < encode && step + 1 < LADDER.len() {
-        let next = measured[step + 1];
-        // The stronger level keeps about the same ratio's worth of input
-        // flowing only if it encodes faster than the link takes it.
-        if next == 0.0 || next > sink * 1.5 {
-            return (step + 1, Reason::LinkBound);
-        }
+    // The stronger level keeps about the same ratio's worth of input
+    // flowing only if it encodes faster than the link takes it.
+    let fast_enough = |s: usize| measured[s] == 0.0 || measured[s] > sink * 1.5;
+    if sink * 8.0 < encode
+        && step + 2 < LADDER.len()
+        && fast_enough(step + 1)
+        && fast_enough(step + 2)
+    {
+        return (step + 2, Reason::LinkBound);
+    }
+    if sink * 2.0 < encode && step + 1 < LADDER.len() && fast_enough(step + 1) {
+        return (step + 1, Reason::LinkBound);
     }
     (step, Reason::Balanced)
 }
@@ -177,6 +190,8 @@ struct State {
     input_at: [u64; LADDER.len()],
     last: Option<(Window, Reason)>,
     changes: u32,
+    /// Record bytes handed to the output so far.
+    output: u64,
 }
 
 impl Default for Auto {
@@ -231,7 +246,15 @@ impl Auto {
         }
         let w = std::mem::take(&mut s.window);
         s.measured[step] = w.encode_rate();
-        let (next, reason) = decide(step, &w, &s.measured);
+        let (mut next, mut reason) = decide(step, &w, &s.measured);
+        // Until the output's buffers (a pipe, ssh's channel window, the
+        // sockets') are full, they take the records as fast as they come,
+        // whatever the link: that says nothing of its speed, so no step
+        // down before [`BUFFERED`] bytes went out.
+        s.output += w.output;
+        if s.output < BUFFERED && reason == Reason::EncoderBound {
+            (next, reason) = (step, Reason::Balanced);
+        }
         if next != step {
             s.changes += 1;
         }
@@ -341,11 +364,20 @@ mod tests {
         // 100 Mbit/s: 12.5 MB/s of records; zstd:1 makes 300 MB/s.
         let w = window(0.55, 300.0, 12.5);
         let measured = [0.0; LADDER.len()];
-        assert_eq!(decide(ONE, &w, &measured), (ONE + 1, Reason::LinkBound));
+        // The link takes less than an eighth of what zstd:1 makes: two
+        // steps.
+        assert_eq!(decide(ONE, &w, &measured), (ONE + 2, Reason::LinkBound));
+        // Half of it: one.
+        let half = window(0.55, 300.0, 60.0);
+        assert_eq!(decide(ONE, &half, &measured), (ONE + 1, Reason::LinkBound));
         // Up the ladder while the stronger level still outruns the link.
         let mut m = measured;
         m[ONE + 2] = 150e6;
-        assert_eq!(decide(ONE + 1, &w, &m), (ONE + 2, Reason::LinkBound));
+        assert_eq!(decide(ONE + 1, &w, &m), (ONE + 3, Reason::LinkBound));
+        // Not two steps past a level measured too slow for it.
+        m[ONE + 2] = 30e6;
+        assert_eq!(decide(ONE, &w, &m), (ONE + 1, Reason::LinkBound));
+        m[ONE + 2] = 150e6;
         // Not to a level measured too slow for it.
         m[ONE + 3] = 15e6;
         assert_eq!(decide(ONE + 2, &w, &m), (ONE + 2, Reason::Balanced));
@@ -383,6 +415,33 @@ mod tests {
     }
 
     #[test]
+    fn a_fast_output_is_believed_once_its_buffers_are_full() {
+        let auto = Auto::new();
+        // A local pipe taking 2 GB/s, zstd:3 making 280 MB/s: until 16 MiB
+        // went out, that could be the output's buffers filling.
+        let out = (WINDOW as f64 * 0.4) as u64;
+        let fast = |auto: &Auto| {
+            let level = auto.level();
+            auto.piece(
+                level,
+                WINDOW,
+                out,
+                WINDOW as f64 * 2.0 / 280e6,
+                out as f64 / 2e9,
+                2,
+            );
+        };
+        let mut sent = 0;
+        while sent + out < BUFFERED {
+            fast(&auto);
+            sent += out;
+            assert_eq!(auto.level(), LADDER[START], "{sent} bytes out");
+        }
+        fast(&auto);
+        assert_eq!(auto.level(), LADDER[START - 1]);
+    }
+
+    #[test]
     fn the_controller_moves_after_a_window_and_reports_why() {
         let auto = Auto::new();
         assert_eq!(auto.level(), Some(3));
@@ -403,7 +462,8 @@ mod tests {
         slow_sink(&auto, Some(3));
         assert_eq!(auto.level(), Some(3));
         slow_sink(&auto, Some(3));
-        assert_eq!(auto.level(), Some(6));
+        // The link takes far less than the encoders make: two steps.
+        assert_eq!(auto.level(), Some(9));
         for _ in 0..20 {
             let level = auto.level();
             slow_sink(&auto, level);

@@ -949,11 +949,24 @@ impl Encoder {
 
     /// The records of `raw` (encoded without compression, in order) into
     /// `out`: as one GROUP record when the stream is zstd, they are two or
-    /// more, and its frame is smaller than they are; else one by one, each
-    /// compressed as [`Encoder::data`] does.
+    /// more, and its frame is smaller than they are; as they are when the
+    /// frame of them all is not smaller (no frame of one of them would be);
+    /// else one by one, each compressed as [`Encoder::data`] does.
     pub fn group(&mut self, raw: &Encoded, out: &mut Encoded) -> io::Result<()> {
-        if self.try_group(raw, out)? {
-            return Ok(());
+        match self.try_group(raw, out)? {
+            Some(true) => return Ok(()),
+            Some(false) => {
+                let bytes = raw.as_bytes();
+                out.room(bytes.len()).copy_from_slice(bytes);
+                out.used += bytes.len();
+                let (t, r) = (&mut out.totals, &raw.totals);
+                t.records += r.records;
+                t.data_bytes += r.data_bytes;
+                t.zero_bytes += r.zero_bytes;
+                t.payload_bytes += r.payload_bytes;
+                return Ok(());
+            }
+            None => {}
         }
         let bytes = raw.as_bytes();
         let mut pos = 0;
@@ -973,17 +986,19 @@ impl Encoder {
         Ok(())
     }
 
-    /// [`Encoder::group`]'s GROUP record, if it makes one.
-    fn try_group(&mut self, raw: &Encoded, out: &mut Encoded) -> io::Result<bool> {
+    /// [`Encoder::group`]'s GROUP record: whether it made one, or `None`
+    /// when it does not try (not zstd, stored raw by auto, one record, too
+    /// long).
+    fn try_group(&mut self, raw: &Encoded, out: &mut Encoded) -> io::Result<Option<bool>> {
         let bytes = raw.as_bytes();
         let Compression::Zstd { level } = self.compression else {
-            return Ok(false);
+            return Ok(None);
         };
         if self.level == Some(None)
             || raw.totals.records < 2
             || bytes.len() > MAX_GROUP_LEN as usize
         {
-            return Ok(false);
+            return Ok(None);
         }
         if self.zstd.is_none() {
             let level = match self.level {
@@ -1000,12 +1015,14 @@ impl Encoder {
         .ok_or_else(|| io::Error::other("a record to group is not a whole record"))?;
         let room = out.room(RECORD_HEADER_LEN + bytes.len());
         let Some(z) = self.zstd.as_mut() else {
-            return Ok(false);
+            return Ok(None);
         };
+        // Into less room than the records: a frame that does not fit would
+        // not be smaller, and fails.
         let Ok(stored) =
             z.compress_to_buffer(bytes, &mut room[RECORD_HEADER_LEN..][..bytes.len() - 1])
         else {
-            return Ok(false);
+            return Ok(Some(false));
         };
         let head = RecordHeader {
             kind: KIND_GROUP,
@@ -1023,7 +1040,7 @@ impl Encoder {
         out.totals.data_bytes += t.data_bytes;
         out.totals.zero_bytes += t.zero_bytes;
         out.totals.payload_bytes += stored as u64;
-        Ok(true)
+        Ok(Some(true))
     }
 }
 
@@ -2371,8 +2388,7 @@ mod tests {
     /// `(offset, content, zero)`), grouped by [`Encoder::group`].
     fn grouped(records: &[(u64, Vec<u8>, bool)]) -> (Vec<u8>, Totals) {
         let mut raw = Encoded::new();
-        let plain = Encoder::new(Compression::None);
-        let mut plain = plain;
+        let mut plain = Encoder::new(Compression::None);
         for (offset, content, zero) in records {
             if *zero {
                 plain.zero(*offset, content.len() as u64, &mut raw).unwrap();
@@ -2496,7 +2512,7 @@ mod tests {
             (8192, noise[4096..].to_vec(), false),
         ]);
         let at = first_record(&bytes);
-        assert_eq!(bytes[at], KIND_DATA);
+        assert_eq!((bytes[at], bytes[at + 1]), (KIND_DATA, 0), "raw DATA");
         assert_eq!(read_all(&bytes).unwrap().len(), 2);
         // One record alone is not grouped either.
         let (bytes, _) = grouped(&[(0, text(4096), false)]);

@@ -176,9 +176,65 @@ fn main() {
     }
 }
 
+/// A row of the report: what ran, its median time, its bytes on the wire.
+type Row = (String, f64, u64);
+
+/// `sync --compress C ARGS DEST` for lz4, zstd and auto, `rounds` times
+/// each, `prepare` before each run: their rows, named `what`.
+fn codec_rows(
+    rsh: &str,
+    dest: &str,
+    rounds: usize,
+    what: &str,
+    args: &[&str],
+    prepare: impl Fn(),
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for codec in ["lz4", "zstd", "auto"] {
+        let (mut times, mut wire, mut why) = (Vec::new(), 0, String::new());
+        for _ in 0..rounds {
+            prepare();
+            let (secs, doc) = sync(rsh, codec, args, dest);
+            times.push(secs);
+            wire = doc["bytes_on_wire"].as_u64().unwrap();
+            if let Some(a) = doc["auto"].as_object() {
+                why = format!(
+                    " ({} for {:.0}%, {} changes: {})",
+                    a["chose"],
+                    a["share"].as_f64().unwrap_or(0.0) * 100.0,
+                    a["changes"],
+                    a["why"]
+                );
+            }
+        }
+        rows.push((
+            format!("{what} --compress {codec}{why}"),
+            median(&mut times),
+            wire,
+        ));
+    }
+    rows
+}
+
+/// The pipe's row: `run` (seconds, bytes through), `rounds` times.
+fn pipe_row(rounds: usize, mut run: impl FnMut() -> (f64, u64)) -> Row {
+    let mut times = Vec::new();
+    let mut wire = 0;
+    for _ in 0..rounds {
+        let (secs, b) = run();
+        times.push(secs);
+        wire = b;
+    }
+    (
+        "dd | zstd -3 | 100 Mbit/s | ssh zstd -d | dd".into(),
+        median(&mut times),
+        wire,
+    )
+}
+
 /// Prints `rows` (lz4, zstd, auto, and the pipe when there is one) and the
 /// two targets.
-fn report(title: String, rows: &[(String, f64, u64)]) {
+fn report(title: String, rows: &[Row]) {
     println!("{title}");
     let lz4 = rows[0].1;
     for (name, secs, wire) in rows {
@@ -215,45 +271,13 @@ fn delta(dir: &Path, rsh: &str, gib: f64, rounds: usize, have_zstd: bool, data: 
         "--data-source",
         work.new.to_str().unwrap(),
     ];
-    let mut rows = Vec::new();
-    for codec in ["lz4", "zstd", "auto"] {
-        let (mut times, mut wire, mut why) = (Vec::new(), 0, String::new());
-        for _ in 0..rounds {
-            make_copy(&copy, work.origin_size, &work.extents);
-            let _ = fs::remove_file(format!("{}.lvmsync-state", copy.display()));
-            let (secs, doc) = sync(rsh, codec, &delta_args, &dest);
-            times.push(secs);
-            wire = doc["bytes_on_wire"].as_u64().unwrap();
-            if let Some(a) = doc["auto"].as_object() {
-                why = format!(
-                    " ({} for {:.0}%, {} changes: {})",
-                    a["chose"],
-                    a["share"].as_f64().unwrap_or(0.0) * 100.0,
-                    a["changes"],
-                    a["why"]
-                );
-            }
-        }
-        rows.push((
-            format!("sync --compress {codec}{why}"),
-            median(&mut times),
-            wire,
-        ));
-    }
+    let mut rows = codec_rows(rsh, &dest, rounds, "sync", &delta_args, || {
+        make_copy(&copy, work.origin_size, &work.extents);
+        let _ = fs::remove_file(format!("{}.lvmsync-state", copy.display()));
+    });
     if have_zstd {
-        let mut times = Vec::new();
-        let mut wire = 0;
         let piped = dir.join("piped.bin");
-        for _ in 0..rounds {
-            let (secs, b) = pipe(rsh, &raw, &piped);
-            times.push(secs);
-            wire = b;
-        }
-        rows.push((
-            "dd | zstd -3 | 100 Mbit/s | ssh zstd -d | dd".into(),
-            median(&mut times),
-            wire,
-        ));
+        rows.push(pipe_row(rounds, || pipe(rsh, &raw, &piped)));
     }
     report(
         format!(
@@ -272,46 +296,17 @@ fn seed(dir: &Path, rsh: &str, seed_gib: f64, rounds: usize, have_zstd: bool, da
     let seed_size = (seed_gib * (1u64 << 30) as f64) as u64 / CHUNK * CHUNK;
     let image = dir.join("half-zero.img");
     half_zero_image_with(&image, seed_size, data);
-    let mut rows = Vec::new();
-    for codec in ["lz4", "zstd", "auto"] {
-        let (mut times, mut wire, mut why) = (Vec::new(), 0, String::new());
-        for _ in 0..rounds {
-            let _ = fs::remove_file(&copy);
-            let _ = fs::remove_file(format!("{}.lvmsync-state", copy.display()));
-            let args = ["--full", "--create", image.to_str().unwrap()];
-            let (secs, doc) = sync(rsh, codec, &args, &dest);
-            times.push(secs);
-            wire = doc["bytes_on_wire"].as_u64().unwrap();
-            if let Some(a) = doc["auto"].as_object() {
-                why = format!(
-                    " ({} for {:.0}%, {} changes: {})",
-                    a["chose"],
-                    a["share"].as_f64().unwrap_or(0.0) * 100.0,
-                    a["changes"],
-                    a["why"]
-                );
-            }
-        }
-        rows.push((
-            format!("sync --full --compress {codec}{why}"),
-            median(&mut times),
-            wire,
-        ));
-    }
+    let args = ["--full", "--create", image.to_str().unwrap()];
+    let fresh = || {
+        let _ = fs::remove_file(&copy);
+        let _ = fs::remove_file(format!("{}.lvmsync-state", copy.display()));
+    };
+    let mut rows = codec_rows(rsh, &dest, rounds, "sync --full", &args, fresh);
     if have_zstd {
-        let mut times = Vec::new();
-        let mut wire = 0;
-        for _ in 0..rounds {
-            let _ = fs::remove_file(&copy);
-            let (secs, b) = pipe(rsh, &image, &copy);
-            times.push(secs);
-            wire = b;
-        }
-        rows.push((
-            "dd | zstd -3 | 100 Mbit/s | ssh zstd -d | dd".into(),
-            median(&mut times),
-            wire,
-        ));
+        rows.push(pipe_row(rounds, || {
+            fresh();
+            pipe(rsh, &image, &copy)
+        }));
     }
     report(
         format!("seed of a {seed_size}-byte half-zero image, over ssh held to 100 Mbit/s; median of {rounds}:"),

@@ -204,7 +204,9 @@ fn one_percent(dir: &Path, gib: f64, rounds: usize, data: &mut Data) {
         );
     }
 
-    let _ = fs::remove_file(&work.new);
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        let _ = fs::remove_file(&work.new);
+    }
 }
 
 /// The seed of a half-zero image whose data runs hold `data`.

@@ -30,7 +30,7 @@ use crate::lvm;
 use crate::progress::{Progress, Style};
 use crate::stream::{
     Compression, Encoded, Encoder, Header, PointInTime, SourceInfo, SourceKind, ThinSource, Totals,
-    Writer, MAX_RECORD_LEN,
+    Writer, MAX_GROUP_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN,
 };
 use crate::Error;
 
@@ -659,7 +659,11 @@ struct Piece {
 
 /// Consecutive pieces handed to a worker as one job, so that small
 /// extents do not cost a hand-over between threads each: at most
-/// [`READ_LEN`] bytes of data to read and [`BATCH_PIECES`] pieces.
+/// [`READ_LEN`] bytes of data to read and [`BATCH_PIECES`] pieces; with
+/// groups, as many as one GROUP holds ([`MAX_GROUP_LEN`] bytes of raw
+/// records), since the more records a frame holds, the more of what they
+/// share it finds: 4 MiB write about 4% fewer bytes than 1 MiB on the
+/// files' bytes of the codecs bench, at zstd:3 (7% at zstd:9).
 #[derive(Debug, Default)]
 struct Batch {
     seq: u64,
@@ -874,15 +878,22 @@ fn send_changes<W: Write>(
                     seq: sent,
                     pieces: Vec::new(),
                 };
-                let mut data = 0u64;
+                let (mut data, mut records) = (0u64, 0u64);
                 while let Some(piece) = todo.next_if(|p| {
-                    batch.pieces.len() < BATCH_PIECES
-                        && (p.zero || batch.pieces.is_empty() || data + p.length <= READ_LEN as u64)
+                    batch.pieces.is_empty()
+                        || if group {
+                            records + RECORD_HEADER_LEN as u64 + if p.zero { 0 } else { p.length }
+                                <= u64::from(MAX_GROUP_LEN)
+                        } else {
+                            batch.pieces.len() < BATCH_PIECES
+                                && (p.zero || data + p.length <= READ_LEN as u64)
+                        }
                 }) {
                     if !piece.zero {
                         hint_ahead(piece.length);
                         data += piece.length;
                     }
+                    records += RECORD_HEADER_LEN as u64 + if piece.zero { 0 } else { piece.length };
                     batch.pieces.push(piece);
                 }
                 if batch.pieces.is_empty() {

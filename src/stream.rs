@@ -67,8 +67,9 @@ pub const KIND_END: u8 = b'E';
 /// raw DATA and ZERO records, back to back, so that small records are
 /// compressed together rather than each on its own.
 pub const KIND_GROUP: u8 = b'G';
-/// The most bytes the records in a GROUP take, decompressed.
-pub const MAX_GROUP_LEN: u32 = 2 << 20;
+/// The most bytes the records in a GROUP take, decompressed: what a
+/// reader holds of one twice (the frame and its records).
+pub const MAX_GROUP_LEN: u32 = 4 << 20;
 /// DATA flag: the payload is an lz4 block.
 pub const FLAG_LZ4: u8 = 1;
 /// DATA flag: the payload is one zstd frame (format version 3). Never set
@@ -800,8 +801,10 @@ impl Encoded {
     /// `len` more bytes of room after what is used.
     fn room(&mut self, len: usize) -> &mut [u8] {
         let need = self.used + len;
+        // Only up to what is needed: Vec grows its capacity by doubling,
+        // and the pages past its length are not touched.
         if self.buf.len() < need {
-            self.buf.resize(need.max(self.buf.len() * 2), 0);
+            self.buf.resize(need, 0);
         }
         &mut self.buf[self.used..need]
     }
@@ -819,6 +822,10 @@ pub struct Encoder {
     /// With zstd: the level set by [`Encoder::set_zstd_level`] (`--compress
     /// auto`), or records stored raw (`None`), instead of the header's.
     level: Option<Option<i32>>,
+    /// A GROUP's frame, before it goes out after its header: only the
+    /// frame's bytes of it are touched, so that a worker's output holds
+    /// what a GROUP takes compressed, not what it holds.
+    frame: Vec<u8>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -835,6 +842,7 @@ impl Encoder {
             compression,
             zstd: None,
             level: None,
+            frame: Vec::new(),
         }
     }
 
@@ -1013,17 +1021,20 @@ impl Encoder {
                 .expect("RECORD_HEADER_LEN bytes"),
         )
         .ok_or_else(|| io::Error::other("a record to group is not a whole record"))?;
-        let room = out.room(RECORD_HEADER_LEN + bytes.len());
         let Some(z) = self.zstd.as_mut() else {
             return Ok(None);
         };
-        // Into less room than the records: a frame that does not fit would
-        // not be smaller, and fails.
-        let Ok(stored) =
-            z.compress_to_buffer(bytes, &mut room[RECORD_HEADER_LEN..][..bytes.len() - 1])
-        else {
-            return Ok(Some(false));
+        // Into less room than the records (a frame that does not fit would
+        // not be smaller, and fails), or about that: the room may be more.
+        let frame = &mut self.frame;
+        frame.clear();
+        frame.reserve(bytes.len() - 1);
+        let stored = match z.compress_to_buffer(bytes, frame) {
+            Ok(stored) if stored < bytes.len() => stored,
+            _ => return Ok(Some(false)),
         };
+        let room = out.room(RECORD_HEADER_LEN + stored);
+        room[RECORD_HEADER_LEN..].copy_from_slice(&frame[..stored]);
         let head = RecordHeader {
             kind: KIND_GROUP,
             flags: FLAG_ZSTD,
@@ -1414,7 +1425,7 @@ impl<R: Read> Reader<R> {
         self.hasher.update(raw);
         let (len, stored) = (head.length as usize, head.stored as usize);
         if self.payload.len() < stored {
-            self.payload.resize(MAX_GROUP_LEN as usize, 0);
+            self.payload.resize(stored, 0);
         }
         let buf = &mut self.payload[..stored];
         let n = read_full(&mut self.input, buf, self.position)?;
@@ -1429,7 +1440,7 @@ impl<R: Read> Reader<R> {
         self.hasher.update(buf);
         self.position += stored as u64;
         if self.group_body.len() < len {
-            self.group_body.resize(MAX_GROUP_LEN as usize, 0);
+            self.group_body.resize(len, 0);
         }
         self.decoder
             .decode(head, &self.payload[..stored], &mut self.group_body[..len])

@@ -293,16 +293,17 @@ fn refused(
 
 #[test]
 fn a_codec_flag_that_is_unknown_or_not_the_headers_is_refused() {
-    // The small extents of `change`, and one of 2 MiB of words after
-    // them: its pieces of 1 MiB are zstd DATA records of their own, not
-    // in a GROUP.
+    // The small extents of `change` (512 KiB), and one of 4 MiB of words
+    // after them: a GROUP holds at most 4 MiB of records, so the small
+    // ones and three pieces of 1 MiB fill the first, and the last piece
+    // is a zstd DATA record of its own, not in a GROUP.
     let small = (0..256u64).filter_map(|c| match c % 16 {
         0..=5 => Some((c, Fill::Words)),
         6 => Some((c, Fill::Random)),
         9 => Some((c, Fill::Zero)),
         _ => None,
     });
-    let big = (512..1024).map(|c| (c, Fill::Words));
+    let big = (512..1536).map(|c| (c, Fill::Words));
     let c = Change::new(
         scratch("codecs-flags"),
         6 << 20,

@@ -673,6 +673,16 @@ struct Batch {
 /// Pieces in a batch, at most.
 const BATCH_PIECES: usize = 256;
 
+/// With groups, the raw records the batch numbered `seq` may hold: 256
+/// KiB for the first, doubling up to [`MAX_GROUP_LEN`] from the fifth.
+/// The first records go out after a few milliseconds rather than after
+/// the 25 or so that compressing a whole GROUP takes, when a slow link
+/// would wait for them; the first 4 MiB of data lose a little of what
+/// the larger frames would find.
+fn group_len(seq: u64) -> u64 {
+    u64::from(MAX_GROUP_LEN) >> 4u64.saturating_sub(seq)
+}
+
 /// The pieces of `changes`, in offset order, none longer than [`READ_LEN`].
 fn pieces<'a>(changes: &Changes<'a>) -> impl Iterator<Item = (u64, u64, bool)> + 'a {
     changes.in_order().flat_map(|(e, zero)| {
@@ -879,18 +889,18 @@ fn send_changes<W: Write>(
                     pieces: Vec::new(),
                 };
                 let (mut data, mut records) = (0u64, 0u64);
+                let group_len = group_len(sent);
                 while let Some(piece) = todo.next_if(|p| {
                     batch.pieces.is_empty()
                         || if group {
                             records + RECORD_HEADER_LEN as u64 + if p.zero { 0 } else { p.length }
-                                <= u64::from(MAX_GROUP_LEN)
+                                <= group_len
                         } else {
                             batch.pieces.len() < BATCH_PIECES
                                 && (p.zero || data + p.length <= READ_LEN as u64)
                         }
                 }) {
                     if !piece.zero {
-                        hint_ahead(piece.length);
                         data += piece.length;
                     }
                     records += RECORD_HEADER_LEN as u64 + if piece.zero { 0 } else { piece.length };
@@ -903,12 +913,25 @@ fn send_changes<W: Write>(
                 if job_tx.send((batch, out)).is_err() {
                     break;
                 }
+                // Once the batch is out: the first hints are many.
+                hint_ahead(data);
                 sent += 1;
             }
             if written == sent {
                 return Ok(());
             }
-            let Ok((seq, result, how)) = done_rx.recv() else {
+            // Before waiting for the workers, what is buffered goes out:
+            // a slow link would otherwise wait for it too, at the start
+            // (the first records fill no buffer) and whenever the
+            // encoders are behind.
+            let done = match done_rx.try_recv() {
+                Err(mpsc::TryRecvError::Empty) => {
+                    writer.flush().map_err(SendError::Write)?;
+                    done_rx.recv().ok()
+                }
+                done => done.ok(),
+            };
+            let Some((seq, result, how)) = done else {
                 return Err(SendError::Write(io::Error::other(
                     "a worker thread stopped",
                 )));
@@ -937,6 +960,67 @@ mod tests {
 
     fn e(offset: u64, length: u64) -> Extent {
         Extent { offset, length }
+    }
+
+    #[test]
+    fn groups_start_small_and_grow_to_the_most_a_group_holds() {
+        assert_eq!(group_len(0), 256 << 10);
+        assert_eq!(group_len(1), 512 << 10);
+        assert_eq!(group_len(4), u64::from(MAX_GROUP_LEN));
+        assert_eq!(group_len(40), u64::from(MAX_GROUP_LEN));
+        // 24 MiB of words, changed in extents of 8 KiB every 16 KiB.
+        let size = 24u64 << 20;
+        let path = std::env::temp_dir().join(format!("lvmsync-send-ramp-{}", std::process::id()));
+        let words: Vec<u8> = (0..size)
+            .map(|i| {
+                b"the quick brown fox jumps over a lazy dog "[(i % 41) as usize] ^ (i / 4096) as u8
+            })
+            .collect();
+        std::fs::write(&path, &words).unwrap();
+        let source = Source::open(&path).unwrap();
+        let header = Header {
+            origin_size: size,
+            chunk_size: 8192,
+            source: SourceInfo::of_kind(SourceKind::Thin),
+            compression: Compression::ZSTD,
+            tool: crate::TOOL.into(),
+            base: None,
+            target: None,
+            resume_from: 0,
+            properties: Default::default(),
+        };
+        let read: Vec<Extent> = (0..size / 16384).map(|i| e(i * 16384, 8192)).collect();
+        let mut w = Writer::new(Vec::new(), &header).unwrap();
+        send_changes(
+            &source,
+            Changes {
+                read: &read,
+                zero: &[],
+            },
+            &mut w,
+            None,
+            |_| {},
+        )
+        .unwrap();
+        let (bytes, _, _) = w.finish().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // The raw bytes of each GROUP's records, in order.
+        let mut r = Reader::open(&bytes[..]).unwrap();
+        let mut groups: Vec<(u64, u64)> = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            assert!(rec.grouped, "record at {} is not in a GROUP", rec.offset);
+            let raw = RECORD_HEADER_LEN as u64 + rec.length;
+            match groups.last_mut() {
+                Some((at, len)) if *at == rec.at => *len += raw,
+                _ => groups.push((rec.at, raw)),
+            }
+        }
+        let lens: Vec<u64> = groups.iter().map(|g| g.1).collect();
+        for (i, len) in lens.iter().enumerate() {
+            assert!(*len <= group_len(i as u64), "GROUP {i}: {lens:?}");
+        }
+        assert!(lens[0] > group_len(0) / 2, "{lens:?}");
+        assert!(lens[5] > u64::from(MAX_GROUP_LEN) / 2, "{lens:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! the bytes of real files in the changed extents and the image's data
 //! runs (`BENCH_CONTENT`).
 //!
-//! Targets (issue 14): auto at most 0.7 of lz4's time, and at least as fast
+//! Targets: auto at most 0.7 of lz4's time, and at least as fast
 //! as the pipe. Run: `cargo bench --bench slowlink` (as root, for the test
 //! sshd; needs openssh-server and zstd, without which the pipe is left out
 //! with a note). `BENCH_ROUNDS` (default 1), `BENCH_DIR`, `BENCH_KEEP`;

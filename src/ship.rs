@@ -286,6 +286,8 @@ pub struct Session {
     stall: Duration,
     bwlimit: Option<u64>,
     progress: Progress,
+    /// Whether a remote shell runs the apply.
+    remote: bool,
 }
 
 impl Session {
@@ -313,6 +315,7 @@ impl Session {
             stall: link.timeout,
             bwlimit: link.bwlimit,
             progress,
+            remote: launch.remote,
         })
     }
 
@@ -346,6 +349,9 @@ impl Session {
             .set_total(delta.changes.as_changes().total_bytes());
         transfer.resumed_from = delta.header.resume_from;
         transfer.compression = delta.compression_name();
+        if let (Some(auto), true) = (&delta.auto, self.remote) {
+            auto.start_remote();
+        }
         let Some(stdin) = conn.take_stdin() else {
             return Err(TransportError::Cut {
                 host: self.name.clone(),

@@ -882,6 +882,8 @@ fn send_changes<W: Write>(
         let mut spare: Vec<Encoded> = Vec::new();
         let mut ready: BTreeMap<u64, (Encoded, Encoding)> = BTreeMap::new();
         let (mut sent, mut written) = (0u64, 0u64);
+        // Seconds spent flushing the output since the last records.
+        let mut flushing = 0.0;
         loop {
             while sent < written + window {
                 let mut batch = Batch {
@@ -926,7 +928,10 @@ fn send_changes<W: Write>(
             // encoders are behind.
             let done = match done_rx.try_recv() {
                 Err(mpsc::TryRecvError::Empty) => {
+                    let started = Instant::now();
                     writer.flush().map_err(SendError::Write)?;
+                    // The sink's time, counted with the next records.
+                    flushing += started.elapsed().as_secs_f64();
                     done_rx.recv().ok()
                 }
                 done => done.ok(),
@@ -941,7 +946,7 @@ fn send_changes<W: Write>(
                 let started = Instant::now();
                 writer.append(&out).map_err(SendError::Write)?;
                 if let (Some(auto), true) = (auto, how.input > 0) {
-                    let sink = started.elapsed().as_secs_f64();
+                    let sink = started.elapsed().as_secs_f64() + std::mem::take(&mut flushing);
                     let bytes = out.as_bytes().len() as u64;
                     auto.piece(how.level, how.input, bytes, how.secs, sink, workers);
                 }

@@ -2642,6 +2642,19 @@ mod tests {
         };
         let err = read_all(&stream_of(4, Compression::ZSTD, &group, &totals)).unwrap_err();
         assert!(err.to_string().contains("damaged payload"), "{err}");
+        // A GROUP that says it holds more than a GROUP may: refused from
+        // its header, before its payload is read.
+        LittleEndian::write_u32(&mut group[4..8], MAX_GROUP_LEN + 1);
+        let sum = xxh3_64(&group[..32]);
+        LittleEndian::write_u64(&mut group[32..40], sum);
+        let err = read_all(&stream_of(4, Compression::ZSTD, &group, &totals)).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "{} bytes of records (must be 80 to 4194304)",
+                MAX_GROUP_LEN + 1
+            )),
+            "{err}"
+        );
     }
 
     #[test]

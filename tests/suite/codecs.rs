@@ -449,6 +449,29 @@ fn each_codec_round_trips_through_sync_over_ssh() {
     for w in wire.windows(2) {
         assert!(w[1].1 < w[0].1, "{wire:?}");
     }
+    // auto through the remote shell starts at zstd:6, and this change is
+    // too short for it to move: all of it goes at that level.
+    let copy = c.copy_of_old("copy.img");
+    let doc = sync(&sshd, &c, "auto", &copy);
+    assert_same(&copy, &c.new, "auto: synced over ssh");
+    assert_eq!(doc["auto"]["chose"], "zstd:6", "{doc}");
+    assert_eq!(doc["auto"]["share"], 1.0, "{doc}");
+    // Locally it starts at zstd:3.
+    let o = run(&[
+        "sync",
+        "--cow",
+        s(&c.cow_path),
+        "--data-source",
+        s(&c.new_path),
+        "--compress",
+        "auto",
+        "--json",
+        "-q",
+        s(&c.copy_of_old("copy2.img")),
+    ]);
+    assert_ok(&o);
+    let doc = strict_json(&stdout(&o)).unwrap();
+    assert_eq!(doc["auto"]["chose"], "zstd:3", "{doc}");
 }
 
 /// SRC: 3 MiB of words; DEST: SRC with every other 64 KiB block zeroed.

@@ -412,26 +412,32 @@ fn a_codec_flag_that_is_unknown_or_not_the_headers_is_refused() {
     );
 }
 
-/// An sshd and a change.
-fn sync(sshd: &Sshd, c: &Change, how: &str, dest: &Path) -> serde_json::Value {
-    let o = run(&[
+/// `sync --json` of a change to DEST (`args` before it: how to reach it),
+/// compressed `how`: its summary.
+fn sync_json(c: &Change, how: &str, args: &[&str], dest: &str) -> serde_json::Value {
+    let mut argv = vec![
         "sync",
         "--cow",
         s(&c.cow_path),
         "--data-source",
         s(&c.new_path),
-        "-e",
-        &sshd.rsh(),
-        "--remote-path",
-        s(&bin()),
         "--compress",
         how,
         "--json",
         "-q",
-        &format!("{HOST}:{}", s(dest)),
-    ]);
+    ];
+    argv.extend_from_slice(args);
+    argv.push(dest);
+    let o = run(&argv);
     assert_ok(&o);
     strict_json(&stdout(&o)).unwrap()
+}
+
+/// An sshd and a change.
+fn sync(sshd: &Sshd, c: &Change, how: &str, dest: &Path) -> serde_json::Value {
+    let (rsh, remote) = (sshd.rsh(), bin());
+    let link = ["-e", &rsh, "--remote-path", s(&remote)];
+    sync_json(c, how, &link, &format!("{HOST}:{}", s(dest)))
 }
 
 #[test]
@@ -457,20 +463,7 @@ fn each_codec_round_trips_through_sync_over_ssh() {
     assert_eq!(doc["auto"]["chose"], "zstd:6", "{doc}");
     assert_eq!(doc["auto"]["share"], 1.0, "{doc}");
     // Locally it starts at zstd:3.
-    let o = run(&[
-        "sync",
-        "--cow",
-        s(&c.cow_path),
-        "--data-source",
-        s(&c.new_path),
-        "--compress",
-        "auto",
-        "--json",
-        "-q",
-        s(&c.copy_of_old("copy2.img")),
-    ]);
-    assert_ok(&o);
-    let doc = strict_json(&stdout(&o)).unwrap();
+    let doc = sync_json(&c, "auto", &[], s(&c.copy_of_old("copy2.img")));
     assert_eq!(doc["auto"]["chose"], "zstd:3", "{doc}");
 }
 

@@ -1351,17 +1351,14 @@ impl<R: Read> Reader<R> {
             } else {
                 &mut self.content[..len]
             };
-            let n = read_full(&mut self.input, buf, self.position)?;
-            if n < stored {
-                return Err(StreamError::Truncated {
-                    at: self.position + n as u64,
-                    context: format!(
-                        "inside the payload of the record that starts at byte {at} (record {index})"
-                    ),
-                });
-            }
-            self.hasher.update(buf);
-            self.position += stored as u64;
+            let what = ("record", at, index);
+            read_payload(
+                &mut self.input,
+                &mut self.hasher,
+                &mut self.position,
+                buf,
+                what,
+            )?;
             let (payload, content) = (&self.payload[..], &mut self.content[..]);
             let payload = if compressed {
                 &payload[..stored]
@@ -1428,17 +1425,14 @@ impl<R: Read> Reader<R> {
             self.payload.resize(stored, 0);
         }
         let buf = &mut self.payload[..stored];
-        let n = read_full(&mut self.input, buf, self.position)?;
-        if n < stored {
-            return Err(StreamError::Truncated {
-                at: self.position + n as u64,
-                context: format!(
-                    "inside the payload of the GROUP record that starts at byte {at} (record {index})"
-                ),
-            });
-        }
-        self.hasher.update(buf);
-        self.position += stored as u64;
+        let what = ("GROUP record", at, index);
+        read_payload(
+            &mut self.input,
+            &mut self.hasher,
+            &mut self.position,
+            buf,
+            what,
+        )?;
         if self.group_body.len() < len {
             self.group_body.resize(len, 0);
         }
@@ -1890,6 +1884,32 @@ pub fn check_record(
 
 /// Fills `buf` as far as the input goes; returns the bytes read. A read
 /// error is reported at the stream offset `at` plus what was read.
+/// Reads the payload of a record into all of `buf`, at stream offset
+/// `position`, which it advances, and hashes it into the digest; `what`
+/// names the record for the error when the stream ends first: its kind
+/// (`record`, `GROUP record`), the offset of its header and its index.
+fn read_payload<R: Read>(
+    input: &mut R,
+    hasher: &mut Xxh3Default,
+    position: &mut u64,
+    buf: &mut [u8],
+    what: (&str, u64, u64),
+) -> Result<(), StreamError> {
+    let n = read_full(input, buf, *position)?;
+    if n < buf.len() {
+        let (kind, at, index) = what;
+        return Err(StreamError::Truncated {
+            at: *position + n as u64,
+            context: format!(
+                "inside the payload of the {kind} that starts at byte {at} (record {index})"
+            ),
+        });
+    }
+    hasher.update(buf);
+    *position += buf.len() as u64;
+    Ok(())
+}
+
 fn read_full<R: Read>(input: &mut R, buf: &mut [u8], at: u64) -> Result<usize, StreamError> {
     match crate::files::read_full(input, buf) {
         (n, Ok(())) => Ok(n),
